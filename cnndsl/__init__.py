@@ -1,0 +1,19 @@
+"""cnndsl: a language and compiler for convolutional networks.
+
+    import cnndsl
+    net = cnndsl.load("net.cnn")          # or cnndsl.parse(text)
+    print(net.analyze().params)
+    model = net.to_torch()                # an nn.Module (needs the `torch` extra)
+    cnndsl.compile(net, target="onnx", out="net.onnx")
+
+Parsing, checking and analysis need only lark; torch, numpy and onnx are imported only by the
+backend that needs them.
+"""
+
+from __future__ import annotations
+
+from .api import Net, compile, load, parse
+from .errors import CnnDslError, Diagnostic, Source, Span
+
+__version__ = "0.1.0"
+__all__ = ["Net", "parse", "load", "compile", "CnnDslError", "Diagnostic", "Source", "Span", "__version__"]

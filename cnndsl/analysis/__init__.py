@@ -1,0 +1,228 @@
+"""Analysis passes over the IR: shapes, receptive fields, cost, the user's expectations.
+
+`analyze(network)` runs them all and returns a `Report`: the figures `cnndsl analyze` prints,
+per layer and in total. Each pass is a pure function of the IR; nothing here imports torch or
+numpy.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+from .. import ir
+from ..errors import CnnDslError, Diagnostic, ExpectationError
+from .cost import ZERO, Cost, TensorSpec, node_cost, tensor_specs
+from .receptive_field import INPUT_FIELD, Field, receptive_fields
+from .shapes import LayerShape, Shapes, active, fmt, infer_shapes, same_padding, window
+
+__all__ = ["Report", "LayerReport", "analyze", "infer_shapes", "receptive_fields", "tensor_specs",
+           "same_padding", "window", "Shapes", "LayerShape", "Field", "TensorSpec", "fmt"]
+
+BYTES_PER_VALUE = 4  # float32
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    op: str
+    line: int
+    column: int
+    statement: str
+    depth: int
+    input: tuple[int, ...]
+    output: tuple[int, ...]
+    params: int
+    macs: int
+    rf: tuple[int, int]
+    jump: tuple[int, int]
+    offset: tuple[float, float]
+    explain: tuple[str, ...] = ()
+    call_lines: tuple[int, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "op": self.op, "line": self.line, "column": self.column,
+            "statement": self.statement, "input": list(self.input), "output": list(self.output),
+            "params": self.params, "macs": self.macs, "rf": list(self.rf), "jump": list(self.jump),
+            "offset": [_num(o) for o in self.offset], "call_lines": list(self.call_lines),
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    network: str
+    input: tuple[int, ...]
+    output: tuple[int, ...]
+    params: int
+    trainable_params: int
+    buffers: int
+    macs: int
+    weight_bytes: int
+    activation_bytes: int
+    rf: tuple[int, int]
+    jump: tuple[int, int]
+    offset: tuple[float, float]
+    layers: tuple[LayerReport, ...]
+    warnings: tuple[Diagnostic, ...] = ()
+    shapes: Shapes = field(default_factory=Shapes, repr=False, compare=False)
+
+    def layer(self, name: str) -> LayerReport:
+        for row in self.layers:
+            if row.name == name:
+                return row
+        raise KeyError(name)
+
+    def to_json(self) -> dict:
+        return {
+            "network": self.network, "input": list(self.input), "output": list(self.output),
+            "params": self.params, "trainable_params": self.trainable_params, "buffers": self.buffers,
+            "macs": self.macs, "weight_bytes": self.weight_bytes, "activation_bytes": self.activation_bytes,
+            "rf": list(self.rf), "jump": list(self.jump), "offset": [_num(o) for o in self.offset],
+            "layers": [row.to_json() for row in self.layers],
+            "warnings": [{"line": w.span.line if w.span else None, "column": w.span.column if w.span else None,
+                          "message": w.message} for w in self.warnings],
+        }
+
+
+def _num(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _statement(network: ir.Network, node: ir.Node) -> str:
+    text = network.source.line_text(node.span.line)
+    if node.span.end_line == node.span.line and node.span.end_column > node.span.column:
+        text = text[node.span.column - 1 : node.span.end_column - 1]
+    return text.strip()
+
+
+def _shape_explain(node: ir.Node, shape: LayerShape) -> tuple[str, ...]:
+    if shape.windows is None:
+        return ()
+    lines = []
+    for axis, w in zip(("height", "width"), shape.windows, strict=True):
+        rounding = "ceil" if getattr(node, "ceil", False) else "floor"
+        lines.append(f"{axis}: {rounding}(({w.size} + {w.pad_begin} + {w.pad_end} - {w.kernel}) / {w.stride}) + 1 "
+                     f"= {w.out}")
+    return tuple(lines)
+
+
+def _rf_explain(before: Field, after: Field) -> str:
+    return (f"rf: {before.size[0]} -> {after.size[0]}, jump {before.jump[0]} -> {after.jump[0]}, "
+            f"first centre {before.start[0]:g} -> {after.start[0]:g}")
+
+
+def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, check_expects: bool = True
+            ) -> Report:
+    """All figures for `network` (at `input_shape` if given). Raises CnnDslError on a shape error or a
+    broken `expect` line."""
+    shapes = infer_shapes(network, input_shape)
+    fields = receptive_fields(network, shapes) if len(input_shape or network.input_shape) == 3 else {}
+    rows: list[LayerReport] = []
+    params = trainable = buffers = macs = activations = 0
+    depth_of = _depths(network.body)
+    previous = {}  # node name -> field before it, for --explain
+    _fields_before(network.body, fields.get("__input__"), fields, previous)
+    for node in active(network.body, shapes):
+        if isinstance(node, ir.Seq):
+            continue
+        shape = shapes.of(node)
+        cost: Cost = node_cost(node, shape) if isinstance(node, ir.LEAVES) else ZERO
+        params += cost.params
+        trainable += cost.params
+        buffers += cost.buffers
+        macs += cost.macs
+        activations += _numel(shape.output)
+        f = fields.get(node.name)
+        explain = _shape_explain(node, shape) + cost.explain
+        if f is not None and node.name in previous and previous[node.name] != f:
+            explain += (_rf_explain(previous[node.name], f),)
+        rows.append(LayerReport(
+            name=node.name, op=node.kind, line=node.span.line, column=node.span.column,
+            statement=_statement(network, node), depth=depth_of.get(node.name, 0), input=shape.input,
+            output=shape.output, params=cost.params, macs=cost.macs,
+            rf=f.size if f else (0, 0), jump=f.jump if f else (0, 0), offset=f.start if f else (0.0, 0.0),
+            explain=explain, call_lines=tuple(c.line for c in node.calls)))
+    pre = network.preprocess
+    if pre is not None:
+        buffers += 1 + (2 * network.input_shape[0] if pre.standardize else 0)
+    final = fields.get(network.body.name) if fields else None
+    out_shape = shapes.of(network.body).output
+    report = Report(
+        network=network.name, input=tuple(input_shape or network.input_shape), output=out_shape,
+        params=params, trainable_params=trainable, buffers=buffers, macs=macs,
+        weight_bytes=(params + buffers) * BYTES_PER_VALUE, activation_bytes=activations * BYTES_PER_VALUE,
+        rf=final.size if final else (0, 0), jump=final.jump if final else (0, 0),
+        offset=final.start if final else (0.0, 0.0), layers=tuple(rows),
+        warnings=tuple(shapes.warnings.items), shapes=shapes)
+    if check_expects:
+        try:
+            check_expectations(network, report)
+        except CnnDslError as err:
+            raise err.with_source(network.source) from None
+    return report
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for d in shape:
+        total *= d
+    return total
+
+
+def _depths(node: ir.Node, depth: int = 0, out: dict | None = None) -> dict[str, int]:
+    """Nesting depth for the table's indentation: block calls, branches and shortcuts indent."""
+    out = {} if out is None else out
+    out[node.name] = depth
+    passes_through = node.name == "" or (isinstance(node, ir.Seq) and node.name.endswith(".body"))
+    for child in ir.children(node):
+        nested = isinstance(node, ir.Seq) and not passes_through
+        _depths(child, depth + 1 if nested else depth, out)
+    return out
+
+
+def _fields_before(node: ir.Node, before, fields: dict, out: dict) -> object:
+    """Record, for --explain, the field each node starts from."""
+    before = before or INPUT_FIELD
+    out[node.name] = before
+    if isinstance(node, ir.Seq):
+        for item in node.items:
+            before = _fields_before(item, before, fields, out)
+    else:
+        for child in ir.children(node):
+            _fields_before(child, before, fields, out)
+    return fields.get(node.name, before)
+
+
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
+
+
+def _figure(what: str, report: Report):
+    return {
+        "params": report.params, "trainable_params": report.trainable_params, "macs": report.macs,
+        "memory": report.weight_bytes + report.activation_bytes, "rf": report.rf, "output": report.output,
+    }[what]
+
+
+def check_expectations(network: ir.Network, report: Report) -> None:
+    for expect in network.expects:
+        actual = _figure(expect.what, report)
+        compare = _COMPARE[expect.comparison]
+        if expect.what == "output":
+            wanted = tuple(int(v) for v in expect.value)
+            ok = compare(tuple(actual), wanted) if expect.comparison == "==" else False
+            shown, want = fmt(actual), fmt(wanted)
+            if expect.comparison != "==":
+                raise ExpectationError("expect output compares shapes with '=' only", expect.span,
+                                       hint=f"write 'expect output {want}'")
+        elif expect.what == "rf":
+            ok = all(compare(axis, expect.value[0]) for axis in actual)
+            shown, want = fmt(actual), f"{expect.value[0]:g}"
+        else:
+            ok = compare(actual, expect.value[0])
+            shown, want = f"{actual:,}", f"{expect.value[0]:,}"
+        if not ok:
+            raise ExpectationError(
+                f"expectation failed: {expect.what} {expect.comparison} {want}, but the network has "
+                f"{expect.what} {shown}", expect.span,
+                hint="change the network, or the expectation if the network is right")

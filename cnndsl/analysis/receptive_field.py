@@ -1,0 +1,96 @@
+"""Receptive field, jump (effective stride) and centre offset of the first output, per axis.
+
+The forward recursion from Distill's "Computing Receptive Fields of CNNs": through a window of
+effective size k, stride s and leading padding p,
+
+    r += (k - 1) * j        start += ((k - 1) / 2 - p) * j        j *= s
+
+`start` is the input coordinate of the centre of the first output. Across branches the field is
+the largest per axis, and every branch must have the same jump and start, else the outputs are
+misaligned and adding or concatenating them mixes different places of the image (an error).
+A flatten, a global pool and an `fc` on a CxHxW input see their whole input: a window of HxW.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import ir
+from ..errors import CnnDslError, ShapeError
+from .shapes import Shapes
+
+
+@dataclass(frozen=True)
+class Field:
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    start: tuple[float, float]
+
+    def through(self, kernel: tuple[int, int], stride: tuple[int, int], pad_begin: tuple[int, int]) -> Field:
+        return Field(
+            tuple(r + (k - 1) * j for r, k, j in zip(self.size, kernel, self.jump, strict=True)),
+            tuple(j * s for j, s in zip(self.jump, stride, strict=True)),
+            tuple(st + ((k - 1) / 2 - p) * j
+                  for st, k, p, j in zip(self.start, kernel, pad_begin, self.jump, strict=True)),
+        )
+
+
+INPUT_FIELD = Field((1, 1), (1, 1), (0.0, 0.0))
+
+
+def receptive_fields(network: ir.Network, shapes: Shapes) -> dict[str, Field]:
+    """node name -> the Field of its output."""
+    fields: dict[str, Field] = {}
+    try:
+        _field(network.body, INPUT_FIELD, shapes, fields)
+    except CnnDslError as err:
+        raise err.with_source(network.source) from None
+    return fields
+
+
+def _field(node: ir.Node, field: Field, shapes: Shapes, fields: dict[str, Field]) -> Field:
+    out = _through(node, field, shapes, fields)
+    fields[node.name] = out
+    return out
+
+
+def _whole_input(field: Field, shape) -> Field:
+    if len(shape) != 3:
+        return field
+    return field.through((shape[1], shape[2]), (1, 1), (0, 0))
+
+
+def _through(node: ir.Node, field: Field, shapes: Shapes, fields: dict[str, Field]) -> Field:
+    if isinstance(node, ir.Seq):
+        for item in node.items:
+            field = _field(item, field, shapes, fields)
+        return field
+    if isinstance(node, (ir.Conv, ir.Pool)):
+        h, w = shapes.of(node).windows
+        return field.through((h.kernel, w.kernel), (h.stride, w.stride), (h.pad_begin, w.pad_begin))
+    if isinstance(node, (ir.GlobalPool, ir.Flatten, ir.Linear)):
+        return _whole_input(field, shapes.of(node).input)
+    if isinstance(node, ir.Residual):
+        paths = [_field(node.body, field, shapes, fields)]
+        if shapes.of(node).projects:
+            paths.append(_field(node.shortcut, field, shapes, fields))
+        else:
+            paths.append(field)
+        return _merge(node, paths)
+    if isinstance(node, (ir.Concat, ir.Add)):
+        return _merge(node, [_field(b, field, shapes, fields) for b in node.branches])
+    return field
+
+
+def _merge(node: ir.Node, paths: list[Field]) -> Field:
+    jumps = {p.jump for p in paths}
+    starts = {p.start for p in paths}
+    if len(jumps) > 1 or len(starts) > 1:
+        listing = [f"branch {i}: jump {p.jump[0]}x{p.jump[1]}, first output centred at "
+                   f"({p.start[0]:g}, {p.start[1]:g})" for i, p in enumerate(paths, 1)]
+        raise ShapeError(f"the branches of this {node.kind} are misaligned: their outputs are centred on "
+                         f"different input pixels", node.span, notes=listing, calls=node.calls,
+                         hint="give every branch the same total stride and symmetric padding "
+                              "(pad (k-1)/2 for a kxk kernel)")
+    size = tuple(max(p.size[axis] for p in paths) for axis in range(2))
+    return Field(size, paths[0].jump, paths[0].start)

@@ -1,0 +1,124 @@
+"""The Python API: `parse`, `load`, `compile` and the `Net` they return."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from . import ir
+from .analysis import Report, Shapes, TensorSpec, analyze, tensor_specs
+from .errors import CnnDslError, Diagnostic, Source
+from .expand import expand
+from .parser import parse_program
+
+TARGETS = ("torch", "numpy", "onnx")
+
+
+class Net:
+    """A parsed, expanded network: the IR plus the figures and backends that read it."""
+
+    def __init__(self, network: ir.Network):
+        self.ir = network
+
+    def __repr__(self) -> str:
+        return f"<cnndsl.Net {self.ir.name} input={'x'.join(map(str, self.ir.input_shape))}>"
+
+    @property
+    def name(self) -> str:
+        return self.ir.name
+
+    @property
+    def source(self) -> Source:
+        return self.ir.source
+
+    @cached_property
+    def report(self) -> Report:
+        return analyze(self.ir)
+
+    def analyze(self, input_shape: tuple[int, ...] | None = None) -> Report:
+        """Per-layer and total figures; raises CnnDslError on a shape error or a failed `expect`."""
+        return self.report if input_shape is None else analyze(self.ir, input_shape, check_expects=False)
+
+    def check(self) -> list[Diagnostic]:
+        """Run every check; return the warnings (errors raise CnnDslError)."""
+        return list(self.report.warnings)
+
+    @property
+    def shapes(self) -> Shapes:
+        return self.report.shapes
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        """Names, shapes and roles of every tensor, the same in every backend."""
+        return tensor_specs(self.ir, self.shapes)
+
+    def init_weights(self, seed: int = 0) -> dict[str, Any]:
+        """Fresh numpy weights (PyTorch's default initialisation), keyed by tensor name."""
+        from .weights import init_weights
+
+        return init_weights(self, seed)
+
+    def to_torch(self, weights: str | os.PathLike | dict | None = None):
+        """An `nn.Module` (needs torch)."""
+        from .backends import torch_codegen
+
+        return torch_codegen.build(self, weights)
+
+    def to_numpy(self, weights: str | os.PathLike | dict | None = None):
+        """A NumPy model with forward and backward."""
+        from .backends import numpy_codegen
+
+        return numpy_codegen.build(self, weights)
+
+    def to_onnx(self, weights: str | os.PathLike | dict | None = None, seed: int = 0):
+        """An `onnx.ModelProto` built straight from the IR (no torch)."""
+        from .backends import onnx_builder
+
+        return onnx_builder.build(self, weights, seed=seed)
+
+
+def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None = None) -> Net:
+    """Parse cnndsl source text. Raises CnnDslError on any mistake in it."""
+    source = Source(text, path)
+    return Net(expand(parse_program(text, source), source, input_shape))
+
+
+def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> Net:
+    """Read and parse a .cnn file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise CnnDslError(f"cannot read {os.fspath(path)}: {reason}",
+                          hint="check the path; cnndsl reads UTF-8 text files") from None
+    return parse(text, os.fspath(path), input_shape)
+
+
+def generate(net: Net, target: str, weights=None, seed: int = 0) -> bytes:
+    """The compiled artefact for `target` as bytes: Python source, or a serialized ONNX model."""
+    if target == "torch":
+        from .backends import torch_codegen
+
+        return torch_codegen.generate(net).encode()
+    if target == "numpy":
+        from .backends import numpy_codegen
+
+        return numpy_codegen.generate(net).encode()
+    if target == "onnx":
+        return net.to_onnx(weights, seed=seed).SerializeToString()
+    raise CnnDslError(f"unknown target '{target}'", hint=f"use one of: {', '.join(TARGETS)}")
+
+
+def compile(net: Net | str | os.PathLike, target: str = "torch", out: str | os.PathLike | None = None,
+            weights: str | os.PathLike | None = None, force: bool = False, seed: int = 0) -> Path:
+    """Compile `net` (a Net or a .cnn path) for `target` and write it atomically to `out`."""
+    from .outputs import default_output, write_output
+
+    if not isinstance(net, Net):
+        net = load(net)
+    net.analyze()
+    data = generate(net, target, weights, seed)
+    path = Path(out) if out is not None else default_output(net, target)
+    write_output(path, data, net, force=force)
+    return path

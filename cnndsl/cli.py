@@ -1,0 +1,131 @@
+"""The `cnndsl` command: check, analyze, compile (and train, with the training extra).
+
+User mistakes print as `file:line:col: error: ...` on stderr with exit status 1; this module
+imports no backend (and so no torch) unless the command needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from .errors import CnnDslError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 2
+
+
+def _shape(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(p) for p in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a shape; write CxHxW, e.g. 3x64x64") from None
+    if len(dims) not in (1, 3) or min(dims) < 1:
+        raise click.BadParameter(f"'{value}' is not a shape; write CxHxW, e.g. 3x64x64")
+    return dims
+
+
+def _user_errors(command):
+    """Turn CnnDslError into a rendered message and exit 1; anything else is our bug, said plainly."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CnnDslError as err:
+            click.echo(err.render(), err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except click.exceptions.Exit:
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
+            if os.environ.get("CNNDSL_DEBUG"):
+                raise
+            click.echo(f"cnndsl: internal error: {type(err).__name__}: {err}\n"
+                       "  this is a bug in cnndsl, not in your network; rerun with CNNDSL_DEBUG=1 for details",
+                       err=True)
+            sys.exit(EXIT_INTERNAL_ERROR)
+
+    return wrapper
+
+
+def _print_warnings(net) -> None:
+    for warning in net.check():
+        click.echo(warning.render(net.source), err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cnndsl")
+def main() -> None:
+    """A language and compiler for convolutional networks."""
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_shape", help="Override the input shape, e.g. 3x64x64.")
+@_user_errors
+def check(file: str, input_shape: str | None) -> None:
+    """Check FILE: syntax, shapes, alignment and `expect` lines. Exit status 1 on errors."""
+    from .api import load
+
+    net = load(file, _shape(input_shape))
+    report = net.analyze()
+    _print_warnings(net)
+    warnings = len(report.warnings)
+    click.echo(f"{file}: ok: {net.name}, {report.params:,} parameters, output "
+               f"{'x'.join(map(str, report.output))}" + (f", {warnings} warning(s)" if warnings else ""))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_shape", help="Analyze at another input shape, e.g. 3x64x64.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--explain", is_flag=True, help="Show the arithmetic behind each figure.")
+@_user_errors
+def analyze(file: str, input_shape: str | None, as_json: bool, explain: bool) -> None:
+    """Per-layer shapes, parameters, MACs and receptive fields of FILE, and totals."""
+    from .api import load
+
+    net = load(file, _shape(input_shape))
+    report = net.analyze()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    _print_warnings(net)
+    from .summary import print_report
+
+    print_report(report, net, explain=explain)
+
+
+@main.command(name="compile")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--target", "-t", type=click.Choice(["torch", "numpy", "onnx"]), required=True,
+              help="What to generate.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Output file (default: next to FILE).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="A .safetensors file to load (onnx bakes it in).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initial weights (onnx).")
+@click.option("--force", is_flag=True, help="Replace OUT even if cnndsl did not write it.")
+@click.option("--input", "input_shape", help="Compile for another input shape, e.g. 3x64x64.")
+@_user_errors
+def compile_(file: str, target: str, out: str | None, weights: str | None, seed: int, force: bool,
+             input_shape: str | None) -> None:
+    """Generate a PyTorch or NumPy module (Python source) or an ONNX model from FILE."""
+    from .api import compile as compile_net
+    from .api import load
+
+    net = load(file, _shape(input_shape))
+    _print_warnings(net)
+    path = compile_net(net, target=target, out=out, weights=weights, force=force, seed=seed)
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,151 @@
+"""User-facing diagnostics.
+
+Every mistake a user can make is a `CnnDslError` carrying a `Span`; it renders as
+``file:line:col: error: message``, the source line, a caret under the offending text, the
+shapes involved and a fix. Anything else escaping the package is a bug in cnndsl.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    """A 1-based source range (end column exclusive)."""
+
+    line: int
+    column: int
+    end_line: int = 0
+    end_column: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """The text a network came from, for rendering diagnostics."""
+
+    text: str
+    path: str = "<string>"
+
+    def line_text(self, line: int) -> str:
+        lines = self.text.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """An error or warning about one place in the source."""
+
+    severity: str  # "error" | "warning"
+    message: str
+    span: Span | None = None
+    hint: str | None = None
+    notes: tuple[str, ...] = ()
+    calls: tuple[Span, ...] = ()  # block call sites that led here, outermost first
+
+    def render(self, source: Source | None = None) -> str:
+        path = source.path if source else "<string>"
+        where = f"{path}:{self.span.line}:{self.span.column}: " if self.span else f"{path}: "
+        out = [f"{where}{self.severity}: {self.message}"]
+        if self.span and source is not None:
+            text = source.line_text(self.span.line)
+            if text:
+                width = 1
+                if self.span.end_line == self.span.line and self.span.end_column > self.span.column:
+                    width = self.span.end_column - self.span.column
+                out.append(f"  {self.span.line:>4} | {text.rstrip()}")
+                out.append(f"       | {' ' * (self.span.column - 1)}^{'~' * (width - 1)}")
+        out.extend(f"  {note}" for note in self.notes)
+        for call in reversed(self.calls):
+            line = source.line_text(call.line).strip() if source else ""
+            out.append(f"  in the block call at {path}:{call.line}:{call.column}: {line}")
+        if self.hint:
+            out.append(f"  fix: {self.hint}")
+        return "\n".join(out)
+
+
+class CnnDslError(Exception):
+    """A mistake in a user's program (or its command line): reported, never a traceback."""
+
+    kind = "error"
+
+    def __init__(
+        self,
+        message: str,
+        span: Span | None = None,
+        *,
+        hint: str | None = None,
+        notes: tuple[str, ...] | list[str] = (),
+        calls: tuple[Span, ...] = (),
+        source: Source | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+        self.notes = tuple(notes)
+        self.calls = tuple(calls)
+        self.source = source
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span else None
+
+    def diagnostic(self) -> Diagnostic:
+        return Diagnostic("error", self.message, self.span, self.hint, self.notes, self.calls)
+
+    def with_source(self, source: Source) -> CnnDslError:
+        if self.source is None:
+            self.source = source
+        return self
+
+    def render(self) -> str:
+        return self.diagnostic().render(self.source)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class CnnSyntaxError(CnnDslError):
+    """The text does not follow the grammar."""
+
+
+class UnknownNameError(CnnDslError):
+    """An unknown block, parameter or name, or a bad call."""
+
+
+class BadValueError(CnnDslError):
+    """A number that is out of range, not whole where it must be, or otherwise unusable."""
+
+
+class ShapeError(CnnDslError):
+    """Sizes that do not fit together: kernels, channels, branches."""
+
+
+class ExpectationError(CnnDslError):
+    """The network breaks one of the user's `expect` lines."""
+
+
+class LimitError(CnnDslError):
+    """Expansion would exceed a safety bound (repetition, nesting, total layers)."""
+
+
+class WeightsError(CnnDslError):
+    """A weights file whose tensor names or shapes do not match the network."""
+
+
+@dataclass
+class Warnings:
+    """Collects warnings from the passes in order."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def warn(self, message: str, span: Span | None, hint: str | None = None, notes=(), calls=()) -> None:
+        self.items.append(Diagnostic("warning", message, span, hint, tuple(notes), tuple(calls)))

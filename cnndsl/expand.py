@@ -1,0 +1,499 @@
+"""Parsed program -> flat IR, in one place: block calls inlined, `x N` repeated, arithmetic
+evaluated, option values checked, and every node given its unique dotted name.
+
+Limits keep a hostile or mistaken program from exhausting the machine: a repeat count, the depth
+of nested block calls, and the total number of nodes are bounded, and each is checked before the
+work is done (`x 1000000000` fails at once, not after expanding).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import ir
+from . import syntax as S
+from .errors import BadValueError, CnnDslError, LimitError, Source, Span, UnknownNameError
+from .parser import KEYWORDS
+
+MAX_REPEAT = 10_000
+MAX_CALL_DEPTH = 64
+MAX_NODES = 100_000
+
+EXPECTATIONS = ("params", "trainable_params", "macs", "rf", "output", "memory")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+@dataclass
+class _Scope:
+    prefix: str
+    counts: Counter = field(default_factory=Counter)
+
+    def name(self, kind: str) -> str:
+        self.counts[kind] += 1
+        return f"{self.prefix}{kind}{self.counts[kind]}"
+
+
+@dataclass
+class _Frame:
+    env: dict[str, int | float]
+    calls: tuple[Span, ...]
+    blocks_on_stack: tuple[str, ...]
+    block: str | None = None
+
+
+class _Expander:
+    def __init__(self, blocks: dict[str, S.BlockDef]):
+        self.blocks = blocks
+        self.nodes = 0
+
+    # ------------------------------------------------------------ arithmetic
+    def eval(self, expr: S.Expr, frame: _Frame) -> int | float:
+        if isinstance(expr, S.Num):
+            return expr.value
+        if isinstance(expr, S.Var):
+            if expr.name in frame.env:
+                return frame.env[expr.name]
+            known = sorted(frame.env)
+            close = difflib.get_close_matches(expr.name, known, n=1)
+            if frame.block:
+                hint = f"the parameters of block {frame.block} are: {', '.join(known) or '(none)'}"
+                if close:
+                    hint = f"did you mean '{close[0]}'? " + hint
+            else:
+                hint = "names stand for block parameters; outside a block write a number"
+            raise UnknownNameError(f"unknown name '{expr.name}'", expr.span, hint=hint, calls=frame.calls)
+        if isinstance(expr, S.Neg):
+            return -self.eval(expr.operand, frame)
+        left, right = self.eval(expr.left, frame), self.eval(expr.right, frame)
+        if expr.op == "+":
+            return left + right
+        if expr.op == "-":
+            return left - right
+        if expr.op == "*":
+            return left * right
+        if right == 0:
+            raise BadValueError("division by zero", expr.span, calls=frame.calls,
+                                notes=[f"{left} / {right}"])
+        if isinstance(left, int) and isinstance(right, int) and left % right == 0:
+            return left // right
+        return left / right
+
+    def integer(self, expr: S.Expr, frame: _Frame, what: str, minimum: int = 1) -> int:
+        value = self.eval(expr, frame)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise BadValueError(f"{what} must be a whole number, got {value:g}", expr.span,
+                                    calls=frame.calls, hint="round it, e.g. with integer arithmetic")
+            value = int(value)
+        if value < minimum:
+            raise BadValueError(f"{what} must be at least {minimum}, got {value}", expr.span, calls=frame.calls)
+        return value
+
+    def number(self, expr: S.Expr, frame: _Frame, what: str, low: float, high: float) -> float:
+        value = float(self.eval(expr, frame))
+        if not low <= value <= high:
+            raise BadValueError(f"{what} must be between {low:g} and {high:g}, got {value:g}", expr.span,
+                                calls=frame.calls)
+        return value
+
+    def pair(self, exprs: tuple[S.Expr, ...], frame: _Frame, what: str, minimum: int = 1) -> tuple[int, int]:
+        values = [self.integer(e, frame, what, minimum) for e in exprs]
+        if len(values) == 1:
+            return (values[0], values[0])
+        if len(values) != 2:
+            raise BadValueError(f"{what} takes one size or HxW, got {len(values)} sizes", exprs[0].span,
+                                calls=frame.calls)
+        return (values[0], values[1])
+
+    # ------------------------------------------------------------ statements
+    def statements(self, stmts: tuple[S.Statement, ...], scope: _Scope, frame: _Frame) -> list[ir.Node]:
+        out: list[ir.Node] = []
+        for stmt in stmts:
+            out.extend(self.statement(stmt, scope, frame))
+        return out
+
+    def statement(self, stmt: S.Statement, scope: _Scope, frame: _Frame) -> list[ir.Node]:
+        if isinstance(stmt, S.Repeat):
+            count = self.integer(stmt.count, frame, "a repeat count")
+            if count > MAX_REPEAT:
+                raise LimitError(f"repeat count {count} exceeds the limit of {MAX_REPEAT}", stmt.count.span,
+                                 calls=frame.calls, hint="a network this deep is almost surely a typo")
+            out: list[ir.Node] = []
+            for _ in range(count):
+                out.extend(self.statement(stmt.stmt, scope, frame))
+            return out
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span, calls=frame.calls)
+        if isinstance(stmt, S.Layer):
+            return [self.layer(stmt, scope, frame)]
+        if isinstance(stmt, S.Call):
+            return [self.call(stmt, scope, frame)]
+        if isinstance(stmt, S.Residual):
+            name = scope.name("residual")
+            body = ir.Seq(name=f"{name}.body", span=stmt.span, calls=frame.calls,
+                          items=tuple(self.statements(stmt.body, scope, frame)))
+            shortcut = None
+            if stmt.shortcut is not None:
+                inner = _Scope(scope.name("shortcut") + ".")
+                shortcut = ir.Seq(name=inner.prefix[:-1], span=stmt.span, calls=frame.calls,
+                                  items=tuple(self.statements(stmt.shortcut, inner, frame)))
+            return [ir.Residual(name=name, span=stmt.span, calls=frame.calls, body=body, shortcut=shortcut,
+                                always=stmt.always)]
+        assert isinstance(stmt, S.Branches)
+        if not stmt.branches:
+            raise BadValueError(f"{stmt.kind} needs at least one branch", stmt.span, calls=frame.calls,
+                                hint=f"{stmt.kind} {{ branch {{ ... }} branch {{ ... }} }}")
+        name = scope.name(stmt.kind)
+        branches = []
+        for index, (body, span) in enumerate(zip(stmt.branches, stmt.branch_spans, strict=True), 1):
+            inner = _Scope(f"{name}.branch{index}.")
+            branches.append(ir.Seq(name=inner.prefix[:-1], span=span, calls=frame.calls,
+                                   items=tuple(self.statements(body, inner, frame))))
+        node_type = ir.Concat if stmt.kind == "concat" else ir.Add
+        return [node_type(name=name, span=stmt.span, calls=frame.calls, branches=tuple(branches))]
+
+    def call(self, stmt: S.Call, scope: _Scope, frame: _Frame) -> ir.Seq:
+        block = self.blocks.get(stmt.block)
+        if block is None:
+            candidates = list(self.blocks) + list(KEYWORDS)
+            close = difflib.get_close_matches(stmt.block, candidates, n=1)
+            defined = ", ".join(sorted(self.blocks)) or "none"
+            raise UnknownNameError(
+                f"unknown block or layer '{stmt.block}'", stmt.span, calls=frame.calls,
+                hint=(f"did you mean '{close[0]}'? " if close else "") + f"(blocks defined: {defined})")
+        if stmt.block in frame.blocks_on_stack:
+            chain = " -> ".join(frame.blocks_on_stack + (stmt.block,))
+            raise LimitError(f"block {stmt.block} calls itself ({chain}), which would never end", stmt.span,
+                             calls=frame.calls, hint="a block may call other blocks, not itself")
+        if len(frame.calls) >= MAX_CALL_DEPTH:
+            raise LimitError(f"block calls nest deeper than {MAX_CALL_DEPTH}", stmt.span, calls=frame.calls)
+        env = self.bind(block, stmt, frame)
+        inner_frame = _Frame(env, frame.calls + (stmt.span,), frame.blocks_on_stack + (stmt.block,), block.name)
+        inner = _Scope(scope.name(block.name) + ".")
+        items = self.statements(block.body, inner, inner_frame)
+        return ir.Seq(name=inner.prefix[:-1], span=block.span, calls=frame.calls + (stmt.span,),
+                      items=tuple(items), block=block.name, args=tuple(env.items()))
+
+    def bind(self, block: S.BlockDef, stmt: S.Call, frame: _Frame) -> dict[str, int | float]:
+        names = [p.name for p in block.params]
+        signature = f"{block.name}({', '.join(p.name + ('=...' if p.default else '') for p in block.params)})"
+        if len(stmt.args) > len(names):
+            raise UnknownNameError(
+                f"block {block.name} takes {len(names)} argument(s), {len(stmt.args)} given", stmt.span,
+                calls=frame.calls, hint=f"call it as {signature}")
+        env: dict[str, int | float] = {}
+        for param, arg in zip(block.params, stmt.args, strict=False):
+            env[param.name] = self.eval(arg, frame)
+        for kw in stmt.kwargs:
+            if kw.name not in names:
+                close = difflib.get_close_matches(kw.name, names, n=1)
+                raise UnknownNameError(
+                    f"block {block.name} has no parameter '{kw.name}'", kw.span, calls=frame.calls,
+                    hint=(f"did you mean '{close[0]}'? " if close else "") + f"the block is {signature}")
+            if kw.name in env:
+                raise UnknownNameError(f"parameter '{kw.name}' is given twice", kw.span, calls=frame.calls)
+            env[kw.name] = self.eval(kw.value, frame)
+        # Defaults may refer to earlier parameters: block b(c, mid=c/4).
+        for param in block.params:
+            if param.name in env:
+                continue
+            if param.default is None:
+                raise UnknownNameError(f"block {block.name} needs a value for '{param.name}'", stmt.span,
+                                       calls=frame.calls, hint=f"call it as {signature}")
+            env[param.name] = self.eval(param.default, _Frame(dict(env), frame.calls, (), block.name))
+        return env
+
+    # ------------------------------------------------------------ layers
+    def layer(self, stmt: S.Layer, scope: _Scope, frame: _Frame) -> ir.Node:
+        options: dict[str, S.Option] = {}
+        for option in stmt.options:
+            if option.key in options:
+                raise BadValueError(f"'{option.key}' is given twice", option.span, calls=frame.calls,
+                                    hint="keep one of them")
+            options[option.key] = option
+        common = dict(span=stmt.span, calls=frame.calls)
+        builder = getattr(self, f"_{stmt.op}")
+        return builder(stmt, options, scope, frame, common)
+
+    def _padding(self, option: S.Option | None, frame: _Frame) -> ir.Padding:
+        if option is None or option.value == "valid":
+            return ir.Padding()
+        if option.value == "same":
+            return ir.Padding(same=True)
+        ph, pw = self.pair(option.value, frame, "padding", minimum=0)
+        return ir.Padding(top=ph, bottom=ph, left=pw, right=pw)
+
+    def _conv(self, stmt, options, scope, frame, common) -> ir.Conv:
+        kernel = self.pair(options["kernel"].value, frame, "a kernel size")
+        stride = self.pair(options["stride"].value, frame, "a stride") if "stride" in options else (1, 1)
+        dilation = self.pair(options["dil"].value, frame, "a dilation") if "dil" in options else (1, 1)
+        depthwise = "depthwise" in options
+        out = self.integer(options["out"].value, frame, "an output channel count") if "out" in options else None
+        multiplier = 1
+        if "mult" in options:
+            if not depthwise:
+                raise BadValueError("a channel multiplier ('-> 2x') only applies to a depthwise conv",
+                                    options["mult"].span, calls=frame.calls,
+                                    hint="add 'depthwise', or give a channel count: '-> 64'")
+            if out is not None:
+                raise BadValueError("give either '-> N' or '-> Nx', not both", options["mult"].span,
+                                    calls=frame.calls)
+            multiplier = self.integer(options["mult"].value, frame, "a channel multiplier")
+        if out is None and not depthwise:
+            raise BadValueError("conv needs an output channel count", stmt.span, calls=frame.calls,
+                                hint="add '-> C', e.g. 'conv 3x3 pad1 -> 64', or 'depthwise'")
+        groups = 1
+        if "groups" in options:
+            if depthwise:
+                raise BadValueError("'groups' and 'depthwise' do not go together: depthwise sets the groups",
+                                    options["groups"].span, calls=frame.calls, hint="keep one of them")
+            groups = self.integer(options["groups"].value, frame, "groups")
+        return ir.Conv(name=scope.name("conv"), out_channels=out, kernel=kernel, stride=stride,
+                       padding=self._padding(options.get("pad"), frame), dilation=dilation, groups=groups,
+                       depthwise=depthwise, multiplier=multiplier, bias="nobias" not in options, **common)
+
+    def _pool(self, stmt, options, scope, frame, common) -> ir.Node:
+        mode = options["mode"].value
+        if "global" in options:
+            for key in ("pad", "ceil"):
+                if key in options:
+                    raise BadValueError(f"a global pool takes no '{key}'", options[key].span, calls=frame.calls,
+                                        hint=f"remove '{key}'")
+            return ir.GlobalPool(name=scope.name("pool"), mode=mode, **common)
+        kernel = self.pair(options["kernel"].value, frame, "a pool size")
+        stride = self.pair(options["stride"].value, frame, "a stride") if "stride" in options else kernel
+        return ir.Pool(name=scope.name("pool"), mode=mode, kernel=kernel, stride=stride,
+                       padding=self._padding(options.get("pad"), frame), ceil="ceil" in options, **common)
+
+    def _fc(self, stmt, options, scope, frame, common) -> ir.Linear:
+        out = self.integer(options["out"].value, frame, "an output size")
+        return ir.Linear(name=scope.name("fc"), out_features=out, bias="nobias" not in options, **common)
+
+    def _flatten(self, stmt, options, scope, frame, common) -> ir.Flatten:
+        return ir.Flatten(name=scope.name("flatten"), **common)
+
+    def _dropout(self, stmt, options, scope, frame, common) -> ir.Dropout:
+        p = self.number(options["p"].value, frame, "a dropout probability", 0.0, 0.999) if "p" in options else 0.5
+        return ir.Dropout(name=scope.name("dropout"), p=p, **common)
+
+    def _bn(self, stmt, options, scope, frame, common) -> ir.BatchNorm:
+        eps = self.number(options["eps"].value, frame, "eps", 1e-12, 1.0) if "eps" in options else 1e-5
+        momentum = (self.number(options["momentum"].value, frame, "momentum", 0.0, 1.0)
+                    if "momentum" in options else 0.1)
+        return ir.BatchNorm(name=scope.name("bn"), eps=eps, momentum=momentum, **common)
+
+    def _act(self, stmt, options, scope, frame, common) -> ir.Activation:
+        fn = options["kind"].value
+        alpha = ir.ACTIVATION_DEFAULT_ALPHA.get(fn)
+        if "alpha" in options:
+            if fn not in ir.ACTIVATION_DEFAULT_ALPHA:
+                raise BadValueError(f"{fn} takes no parameter", options["alpha"].span, calls=frame.calls,
+                                    hint=f"write '{fn}' alone; 'leaky' and 'elu' take a slope/alpha")
+            alpha = self.number(options["alpha"].value, frame, f"the {fn} parameter", 0.0, 100.0)
+        return ir.Activation(name=scope.name(fn), fn=fn, alpha=alpha, **common)
+
+
+# ---------------------------------------------------------------- the program
+
+
+def expand(program: S.Program, source: Source, input_override: tuple[int, ...] | None = None) -> ir.Network:
+    """Build the flat IR from a parsed program. Raises a `CnnDslError` for any mistake."""
+    try:
+        return _expand(program, source, input_override)
+    except CnnDslError as err:
+        raise err.with_source(source) from None
+
+
+def _single(items: list, what: str, fix: str):
+    if len(items) > 1:
+        raise BadValueError(f"'{what}' is given more than once", items[1].span,
+                            hint=f"keep one '{what}' line", notes=[f"first at line {items[0].span.line}"])
+    return items[0] if items else None
+
+
+def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] | None) -> ir.Network:
+    headers = [i for i in program.items if isinstance(i, S.NetworkHeader)]
+    inputs = [i for i in program.items if isinstance(i, S.InputHeader)]
+    block_defs = [i for i in program.items if isinstance(i, S.BlockDef)]
+    expects = [i for i in program.items if isinstance(i, S.ExpectStmt)]
+    sections = [i for i in program.items if isinstance(i, S.Section)]
+    statements = tuple(i for i in program.items if isinstance(i, (S.Layer, S.Call, S.Repeat, S.Residual,
+                                                                    S.Branches)))
+    header = _single(headers, "network", "")
+    input_header = _single(inputs, "input", "")
+
+    blocks: dict[str, S.BlockDef] = {}
+    for block in block_defs:
+        if block.name in blocks:
+            raise BadValueError(f"block {block.name} is defined twice", block.span,
+                                notes=[f"first defined at line {blocks[block.name].span.line}"],
+                                hint="rename one of them")
+        if block.name in KEYWORDS:
+            raise BadValueError(f"'{block.name}' is a keyword and cannot name a block", block.span,
+                                hint=f"call it {block.name}_block")
+        seen = set()
+        for param in block.params:
+            if param.name in seen:
+                raise BadValueError(f"parameter '{param.name}' appears twice in block {block.name}", param.span)
+            seen.add(param.name)
+        blocks[block.name] = block
+
+    if input_override is not None:
+        input_shape, input_span = tuple(input_override), input_header.span if input_header else None
+    elif input_header is None:
+        first = statements[0].span if statements else Span(1, 1)
+        raise BadValueError("the network has no 'input' statement", Span(first.line, first.column),
+                            hint="add a line like 'input 3x224x224' (channels x height x width) before the layers")
+    else:
+        input_shape, input_span = input_header.shape, input_header.span
+    if len(input_shape) not in (1, 3) or min(input_shape) < 1:
+        raise BadValueError(f"input must be CxHxW (or one size for a vector), got {'x'.join(map(str, input_shape))}",
+                            input_span, hint="e.g. 'input 3x32x32'")
+    if not statements:
+        raise BadValueError("the network has no layers", input_span or Span(1, 1),
+                            hint="add statements after 'input', e.g. 'conv 3x3 pad1 -> 16; relu'")
+
+    expander = _Expander(blocks)
+    body = expander.statements(statements, _Scope(""), _Frame({}, (), ()))
+    name = header.name if header else _default_name(source.path)
+    return ir.Network(
+        name=name,
+        input_shape=input_shape,
+        body=ir.Seq(name="", span=statements[0].span, items=tuple(body)),
+        expects=tuple(_expect(e) for e in expects),
+        preprocess=_preprocess(_single([s for s in sections if s.kind == "preprocess"], "preprocess", "")),
+        augment=_augment(_single([s for s in sections if s.kind == "augment"], "augment", "")),
+        train=_train(_single([s for s in sections if s.kind == "train"], "train", "")),
+        source=source,
+        input_span=input_span,
+    )
+
+
+def _default_name(path: str) -> str:
+    stem = path.rsplit("/", 1)[-1].split(".", 1)[0]
+    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
+    return cleaned if cleaned and cleaned[0].isalpha() else "network"
+
+
+def _expect(stmt: S.ExpectStmt) -> ir.Expect:
+    if stmt.what not in EXPECTATIONS:
+        close = difflib.get_close_matches(stmt.what, EXPECTATIONS, n=1)
+        raise UnknownNameError(f"unknown expectation '{stmt.what}'", stmt.what_span,
+                               hint=(f"did you mean '{close[0]}'? " if close else "")
+                               + f"one of: {', '.join(EXPECTATIONS)}")
+    if stmt.what != "output" and len(stmt.value) > 1:
+        raise BadValueError(f"expect {stmt.what} takes one number", stmt.span)
+    return ir.Expect(stmt.what, stmt.comparison, stmt.value, stmt.span)
+
+
+# ---------------------------------------------------------------- sections
+
+_TOP = _Frame({}, (), ())
+
+
+def _const(expr, what: str, low: float = float("-inf"), high: float = float("inf")) -> float:
+    return _Expander({}).number(expr, _TOP, what, low, high)
+
+
+def _preprocess(section: S.Section | None) -> ir.Preprocess | None:
+    if section is None:
+        return None
+    scale, standardize, mean, std = None, False, None, None
+    for setting in _unique_settings(section):
+        if setting.key == "scale":
+            scale = _const(setting.values[0], "scale", 1e-12, 1e12)
+        else:
+            standardize = True
+            options = dict(setting.options)
+            if options:
+                mean = tuple(_const(e, "a mean") for e in options["mean"])
+                std = tuple(_const(e, "a standard deviation", 1e-12) for e in options["std"])
+                if len(mean) != len(std):
+                    raise BadValueError(f"mean has {len(mean)} values but std has {len(std)}", setting.span,
+                                        hint="give one mean and one std per input channel")
+    return ir.Preprocess(scale=scale, standardize=standardize, mean=mean, std=std, span=section.span)
+
+
+def _unique_settings(section: S.Section):
+    seen: dict[str, S.Setting] = {}
+    for setting in section.settings:
+        if setting.key in seen:
+            raise BadValueError(f"'{setting.key}' is given twice in {section.kind}", setting.span,
+                                notes=[f"first at line {seen[setting.key].span.line}"], hint="keep one")
+        seen[setting.key] = setting
+        yield setting
+
+
+def _augment(section: S.Section | None) -> ir.Augment | None:
+    if section is None:
+        return None
+    fields: dict[str, object] = {}
+    flips = []
+    for setting in section.settings:
+        key, values = setting.key, setting.values
+        if key == "flip":
+            flips.append(values[0] if values else "horizontal")
+            continue
+        if key in fields:
+            raise BadValueError(f"'{key}' is given twice in augment", setting.span, hint="keep one")
+        if key == "rotate":
+            fields[key] = _const(values[0], "a rotation in degrees", 0, 180)
+        elif key == "zoom":
+            low = _const(values[0], "a zoom factor", 0.1, 10)
+            high = _const(values[1], "a zoom factor", low, 10) if len(values) > 1 else 1 / low
+            fields[key] = (min(low, high), max(low, high))
+        elif key == "skew":
+            fields[key] = _const(values[0], "a skew", 0, 1)
+        elif key == "crop":
+            fields["crop"] = int(_const(values[0], "a crop size", 1, 1e6))
+            if setting.options:
+                fields["crop_pad"] = int(_const(setting.options[0][1], "crop padding", 0, 1e6))
+        else:  # brightness, contrast
+            fields[key] = _const(values[0], key, 0, 1)
+    return ir.Augment(flip=tuple(dict.fromkeys(flips)), span=section.span, **fields)
+
+
+def _train(section: S.Section | None) -> ir.TrainConfig:
+    if section is None:
+        return ir.TrainConfig()
+    fields: dict[str, object] = {}
+    for setting in _unique_settings(section):
+        key, values = setting.key, setting.values
+        if key == "optimizer":
+            name = values[0]
+            if name not in OPTIMIZERS:
+                close = difflib.get_close_matches(name, OPTIMIZERS, n=1)
+                raise UnknownNameError(f"unknown optimizer '{name}'", setting.span,
+                                       hint=(f"did you mean '{close[0]}'? " if close else "")
+                                       + f"one of: {', '.join(OPTIMIZERS)}")
+            fields["optimizer"] = name
+            for opt, value in setting.options:
+                if opt == "nesterov":
+                    fields["nesterov"] = True
+                elif opt == "betas":
+                    betas = tuple(_const(v, "a beta", 0, 0.999999) for v in value)
+                    if len(betas) != 2:
+                        raise BadValueError("betas takes two numbers: betas (0.9, 0.999)", setting.span)
+                    fields["betas"] = betas
+                else:
+                    fields[opt] = _const(value, opt, 0, 10)
+        elif key == "schedule":
+            name, *args = values
+            if name not in SCHEDULES:
+                close = difflib.get_close_matches(name, SCHEDULES, n=1)
+                raise UnknownNameError(f"unknown schedule '{name}'", setting.span,
+                                       hint=(f"did you mean '{close[0]}'? " if close else "")
+                                       + f"one of: {', '.join(SCHEDULES)}")
+            fields["schedule"] = name
+            fields["schedule_args"] = tuple(float(_const(a, "a schedule argument")) for a in args)
+        elif key in ("batch", "epochs", "seed"):
+            fields[key] = _Expander({}).integer(values[0], _TOP, key, minimum=0 if key == "seed" else 1)
+        elif key in ("lr", "weight_decay"):
+            fields[key] = _const(values[0], key, 0, 10)
+        else:  # label_smoothing, val_split
+            fields[key] = _const(values[0], key, 0, 0.99)
+    return ir.TrainConfig(span=section.span, **fields)

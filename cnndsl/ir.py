@@ -1,0 +1,244 @@
+"""The one IR: a flat graph of small frozen dataclasses that every pass and backend reads.
+
+`cnndsl.expand` builds it from the parsed program: block calls are inlined, `x N` repeated and
+arithmetic evaluated, so every number here is concrete. Structure is kept only where it means
+something to the network: a `Seq` for a block call or a branch, `Residual`, `Concat`, `Add`.
+
+Every node has a unique dotted `name` (`basic3.shortcut1.conv1`). It is the name of the node's
+tensors in every backend (`basic3.shortcut1.conv1.weight`), so weights move between PyTorch,
+NumPy and ONNX by name. Every node keeps the span of its statement and, through `calls`, the
+spans of the block calls that produced it (outermost first).
+
+Figures that depend on the input size (shapes, `pad same` amounts, the channels a depthwise conv
+sees, whether a residual projects) are not stored here: `cnndsl.analysis.shapes` computes them
+once, and backends ask it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .errors import Source, Span
+
+
+@dataclass(frozen=True, kw_only=True)
+class Node:
+    name: str
+    span: Span
+    calls: tuple[Span, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__.lower()
+
+
+@dataclass(frozen=True)
+class Padding:
+    """`pad same` (resolved per input size by the shape pass) or explicit amounts."""
+
+    same: bool = False
+    top: int = 0
+    bottom: int = 0
+    left: int = 0
+    right: int = 0
+
+    def __str__(self) -> str:
+        if self.same:
+            return "same"
+        if self.top == self.bottom == self.left == self.right:
+            return str(self.top)
+        return f"{self.top},{self.bottom},{self.left},{self.right}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conv(Node):
+    out_channels: int | None  # None for depthwise: input channels x multiplier
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: Padding = Padding()
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    depthwise: bool = False
+    multiplier: int = 1  # depthwise channel multiplier (`-> 2x`)
+    bias: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pool(Node):
+    mode: str  # max | avg
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Padding = Padding()
+    ceil: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobalPool(Node):
+    mode: str  # max | avg
+
+    @property
+    def kind(self) -> str:
+        return "pool"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Linear(Node):
+    """`fc N`: on a CxHxW input, the HxW convolution to N flattened (C*H*W inputs)."""
+
+    out_features: int
+    bias: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "fc"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flatten(Node):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dropout(Node):
+    p: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchNorm(Node):
+    eps: float = 1e-5
+    momentum: float = 0.1  # PyTorch convention: running = (1 - momentum) * running + momentum * batch
+
+    @property
+    def kind(self) -> str:
+        return "bn"
+
+
+ACTIVATIONS = ("relu", "relu6", "leaky", "elu", "sigmoid", "tanh", "gelu", "silu", "hardswish", "softmax")
+ACTIVATION_DEFAULT_ALPHA = {"leaky": 0.01, "elu": 1.0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Activation(Node):
+    fn: str  # one of ACTIVATIONS
+    alpha: float | None = None  # leaky slope / elu alpha
+
+    @property
+    def kind(self) -> str:
+        return self.fn
+
+
+@dataclass(frozen=True, kw_only=True)
+class Seq(Node):
+    """Statements in order. A block call (`block` set) or a branch body; the top-level body."""
+
+    items: tuple[Node, ...]
+    block: str | None = None
+    args: tuple[tuple[str, int | float], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Residual(Node):
+    """body(x) + shortcut(x); the shortcut is the identity unless the body changes the shape
+    (or `always`). Whether it projects is the shape pass's answer (`LayerShape.projects`)."""
+
+    body: Seq
+    shortcut: Seq | None
+    always: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Concat(Node):
+    branches: tuple[Seq, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Add(Node):
+    branches: tuple[Seq, ...]
+
+
+LEAVES = (Conv, Pool, GlobalPool, Linear, Flatten, Dropout, BatchNorm, Activation)
+
+
+@dataclass(frozen=True)
+class Expect:
+    what: str  # params | trainable_params | macs | rf | output | memory
+    comparison: str
+    value: tuple[int | float, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    scale: float | None = None
+    standardize: bool = False
+    mean: tuple[float, ...] | None = None  # given in the file; else computed on the training set
+    std: tuple[float, ...] | None = None
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Augment:
+    flip: tuple[str, ...] = ()  # horizontal / vertical
+    rotate: float = 0.0  # degrees
+    zoom: tuple[float, float] | None = None
+    skew: float = 0.0
+    crop: int | None = None
+    crop_pad: int = 0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    batch: int = 64
+    epochs: int = 10
+    schedule: str = "constant"
+    schedule_args: tuple[float, ...] = ()
+    seed: int = 0
+    label_smoothing: float = 0.0
+    val_split: float = 0.2
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    input_shape: tuple[int, ...]  # (C, H, W), or (N,) for a vector input
+    body: Seq
+    expects: tuple[Expect, ...] = ()
+    preprocess: Preprocess | None = None
+    augment: Augment | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source: Source = Source("")
+    input_span: Span | None = None
+
+    def walk(self) -> Iterator[Node]:
+        """Every node, parents before children, in statement order."""
+        return walk(self.body)
+
+    def leaves(self) -> Iterator[Node]:
+        return (n for n in self.walk() if isinstance(n, LEAVES))
+
+
+def children(node: Node) -> tuple[Node, ...]:
+    if isinstance(node, Seq):
+        return node.items
+    if isinstance(node, Residual):
+        return (node.body,) + ((node.shortcut,) if node.shortcut is not None else ())
+    if isinstance(node, (Concat, Add)):
+        return node.branches
+    return ()
+
+
+def walk(node: Node) -> Iterator[Node]:
+    yield node
+    for child in children(node):
+        yield from walk(child)

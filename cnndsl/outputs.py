@@ -1,0 +1,51 @@
+"""Writing outputs: atomically, and never over something the user wrote."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import CnnDslError
+
+GENERATED_MARK = b"cnndsl"  # every generated file carries it near its start
+SUFFIX = {"torch": ".py", "numpy": ".py", "onnx": ".onnx"}
+
+
+def default_output(net, target: str) -> Path:
+    source = Path(net.source.path)
+    stem = source.stem if net.source.path != "<string>" else net.name
+    suffix = SUFFIX[target]
+    name = f"{stem}_{target}{suffix}" if target != "onnx" else f"{stem}{suffix}"
+    return source.with_name(name) if net.source.path != "<string>" else Path(name)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so a reader sees the old file or the new one, never half of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_output(path: Path, data: bytes, net, force: bool = False) -> None:
+    path = Path(path)
+    if net.source.path != "<string>" and path.exists() and path.resolve() == Path(net.source.path).resolve():
+        raise CnnDslError(f"refusing to write the compiled model over its source {path}",
+                          hint="choose another output with -o")
+    if path.exists() and not force:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+        if GENERATED_MARK not in head:
+            raise CnnDslError(f"{path} exists and was not written by cnndsl; not overwriting it",
+                              hint="choose another output with -o, or pass --force to replace it")
+    if not path.parent.exists():
+        raise CnnDslError(f"the folder {path.parent} does not exist", hint="create it or choose another -o")
+    write_atomic(path, data)

@@ -1,0 +1,414 @@
+"""Text -> `syntax.Program`, with lark (LALR, contextual lexer) and a Transformer.
+
+Lark's own exceptions never escape: they become `CnnSyntaxError`s that name the line, the
+column, the offending text, what was expected in words, and a "did you mean" for misspelled
+keywords.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from importlib import resources
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from . import syntax as S
+from .errors import CnnDslError, CnnSyntaxError, Source, Span
+
+LAYER_KEYWORDS = (
+    "conv", "pool", "fc", "flatten", "dropout", "bn", "relu", "relu6", "leaky", "elu", "sigmoid",
+    "tanh", "gelu", "silu", "hardswish", "softmax", "residual", "concat", "add",
+)
+TOP_KEYWORDS = ("network", "input", "block", "expect", "preprocess", "augment", "train")
+OPTION_KEYWORDS = (
+    "pad", "dil", "groups", "depthwise", "nobias", "same", "valid", "ceil", "global", "max", "avg",
+    "eps", "momentum", "shortcut", "always", "branch",
+)
+KEYWORDS = LAYER_KEYWORDS + TOP_KEYWORDS + OPTION_KEYWORDS
+
+# What a terminal means to a user, for "expected ..." lists.
+_TERMINAL_WORDS = {
+    "_SEP": "the end of the statement (';' or a newline)",
+    "$END": "the end of the file",
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "SIZE": "a number like 5M",
+    "DIMS": "a size like 3x3",
+    "MULT": "a channel multiplier like 2x",
+    "ACTIVATION": "an activation (relu, tanh, ...)",
+    "POOL_MODE": "'max' or 'avg'",
+    "FLIP_AXIS": "'horizontal' or 'vertical'",
+    "SETTING": "a setting (batch, epochs, lr, weight_decay, seed)",
+}
+
+
+@functools.cache
+def _parser() -> Lark:
+    grammar = resources.files("cnndsl.grammar").joinpath("cnndsl.lark").read_text(encoding="utf-8")
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False, cache=True)
+
+
+def _span(meta_or_token) -> Span:
+    if isinstance(meta_or_token, Token):
+        return Span(meta_or_token.line, meta_or_token.column, meta_or_token.end_line, meta_or_token.end_column)
+    if getattr(meta_or_token, "empty", False):
+        return Span(0, 0)
+    m = meta_or_token
+    return Span(m.line, m.column, m.end_line, m.end_column)
+
+
+def _number(text: str) -> int | float:
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1])
+    if scale:
+        text = text[:-1]
+    value = float(text) if any(c in text for c in ".eE") else int(text)
+    if scale:
+        value = value * scale
+        if float(value).is_integer():
+            value = int(value)
+    return value
+
+
+def _dims(token: Token) -> tuple[S.Num, ...]:
+    span = _span(token)
+    return tuple(S.Num(int(part), span) for part in token.split("x"))
+
+
+@v_args(meta=True)
+class _ToSyntax(Transformer):
+    """One method per grammar rule; each returns a `syntax` node carrying its span."""
+
+    def start(self, meta, items):
+        return S.Program(tuple(items))
+
+    def network(self, meta, items):
+        return S.NetworkHeader(str(items[0]), _span(meta))
+
+    def input(self, meta, items):
+        return S.InputHeader(tuple(int(p) for p in str(items[0]).split("x")), _span(items[0]))
+
+    # ------------------------------------------------------------ blocks
+    def block_def(self, meta, items):
+        name, *rest = items
+        params = rest[0] if len(rest) == 2 else ()
+        return S.BlockDef(str(name), params, rest[-1], _span(meta))
+
+    def params(self, meta, items):
+        return tuple(items)
+
+    def param(self, meta, items):
+        return S.Param(str(items[0]), items[1] if len(items) > 1 else None, _span(meta))
+
+    def body(self, meta, items):
+        return tuple(items)
+
+    def repeat(self, meta, items):
+        return S.Repeat(items[0], items[1], _span(meta))
+
+    def call(self, meta, items):
+        args = items[1] if len(items) > 1 else ()
+        positional = tuple(a for a in args if not isinstance(a, S.KeywordArg))
+        keywords = tuple(a for a in args if isinstance(a, S.KeywordArg))
+        return S.Call(str(items[0]), positional, keywords, _span(meta))
+
+    def call_args(self, meta, items):
+        return tuple(items)
+
+    def positional_arg(self, meta, items):
+        return items[0]
+
+    def keyword_arg(self, meta, items):
+        return S.KeywordArg(str(items[0]), items[1], _span(meta))
+
+    def residual(self, meta, items):
+        body = items[0]
+        shortcut, always = (items[1] if len(items) > 1 else (None, False))
+        return S.Residual(body, shortcut, always, _span(meta))
+
+    def shortcut(self, meta, items):
+        return (items[-1], len(items) == 2)
+
+    def concat(self, meta, items):
+        return S.Branches("concat", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), _span(meta))
+
+    def add(self, meta, items):
+        return S.Branches("add", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), _span(meta))
+
+    def branches(self, meta, items):
+        return tuple(items)
+
+    def branch(self, meta, items):
+        return (items[0], _span(meta))
+
+    # ------------------------------------------------------------ layers
+    def _layer(self, op, meta, options):
+        return S.Layer(op, tuple(options), _span(meta))
+
+    def _flag(self, token: Token) -> S.Option:
+        return S.Option(str(token).lower(), True, _span(token))
+
+    def _options(self, items):
+        return [self._flag(i) if isinstance(i, Token) else i for i in items]
+
+    def conv(self, meta, items):
+        return self._layer("conv", meta, self._options(items))
+
+    def kernel(self, meta, items):
+        return S.Option("kernel", self._pair(items[0]), _span(meta))
+
+    def stride(self, meta, items):
+        return S.Option("stride", self._pair(items[0]), _span(meta))
+
+    def _pair(self, item):
+        return _dims(item) if isinstance(item, Token) else (item,)
+
+    def out(self, meta, items):
+        return S.Option("out", items[0], _span(meta))
+
+    def mult(self, meta, items):
+        return S.Option("mult", S.Num(int(str(items[0])[:-1]), _span(items[0])), _span(meta))
+
+    def pad(self, meta, items):
+        (item,) = items
+        if isinstance(item, Token) and item.type in ("SAME", "VALID"):
+            return S.Option("pad", str(item), _span(meta))
+        return S.Option("pad", self._pair(item), _span(meta))
+
+    def dil(self, meta, items):
+        return S.Option("dil", self._pair(items[0]), _span(meta))
+
+    def groups(self, meta, items):
+        return S.Option("groups", items[0], _span(meta))
+
+    def pool(self, meta, items):
+        mode, *rest = items
+        options = [S.Option("mode", str(mode), _span(mode))]
+        options += [S.Option("global", True, _span(r)) if isinstance(r, Token) and r.type == "GLOBAL"
+                    else self._flag(r) if isinstance(r, Token) else r for r in rest]
+        return self._layer("pool", meta, options)
+
+    def fc(self, meta, items):
+        options = [S.Option("out", items[0], _span(meta))] + self._options(items[1:])
+        return self._layer("fc", meta, options)
+
+    def flatten(self, meta, items):
+        return self._layer("flatten", meta, [])
+
+    def dropout(self, meta, items):
+        return self._layer("dropout", meta, [S.Option("p", items[0], _span(meta))] if items else [])
+
+    def bn(self, meta, items):
+        return self._layer("bn", meta, items)
+
+    def eps(self, meta, items):
+        return S.Option("eps", items[0], _span(meta))
+
+    def momentum(self, meta, items):
+        return S.Option("momentum", items[0], _span(meta))
+
+    def activation(self, meta, items):
+        options = [S.Option("kind", str(items[0]), _span(items[0]))]
+        if len(items) > 1:
+            options.append(S.Option("alpha", items[1], _span(meta)))
+        return self._layer("act", meta, options)
+
+    # ------------------------------------------------------------ arithmetic
+    def number(self, meta, items):
+        return S.Num(_number(str(items[0])), _span(items[0]))
+
+    def var(self, meta, items):
+        return S.Var(str(items[0]), _span(items[0]))
+
+    def neg(self, meta, items):
+        return S.Neg(items[0], _span(meta))
+
+    def _binop(op):  # noqa: N805 - a method factory used in the class body
+        def method(self, meta, items):
+            return S.BinOp(op, items[0], items[1], _span(meta))
+        return method
+
+    binop_add = _binop("+")
+    binop_sub = _binop("-")
+    binop_mul = _binop("*")
+    binop_div = _binop("/")
+
+    # ------------------------------------------------------------ expect and sections
+    def expect(self, meta, items):
+        what = items[0]
+        comparison = items[1] if len(items) == 3 else "=="
+        raw = str(items[-1])
+        value = tuple(int(p) for p in raw.split("x")) if items[-1].type == "DIMS" else (_number(raw),)
+        return S.ExpectStmt(str(what), "==" if comparison == "=" else comparison, value, _span(meta),
+                            _span(what))
+
+    def comparison(self, meta, items):
+        return str(items[0])
+
+    def _section(kind):  # noqa: N805
+        def method(self, meta, items):
+            return S.Section(kind, tuple(items), _span(meta))
+        return method
+
+    preprocess = _section("preprocess")
+    augment = _section("augment")
+    train = _section("train")
+
+    def _setting(key):  # noqa: N805
+        def method(self, meta, items):
+            values = tuple(str(i) if isinstance(i, Token) else i for i in items)
+            return S.Setting(key, values, (), _span(meta))
+        return method
+
+    scale = _setting("scale")
+    rotate = _setting("rotate")
+    zoom = _setting("zoom")
+    skew = _setting("skew")
+    brightness = _setting("brightness")
+    contrast = _setting("contrast")
+    flip = _setting("flip")
+
+    def crop(self, meta, items):
+        options = (("pad", items[1]),) if len(items) > 1 else ()
+        return S.Setting("crop", (items[0],), options, _span(meta))
+
+    def standardize(self, meta, items):
+        options = (("mean", items[0]), ("std", items[1])) if items else ()
+        return S.Setting("standardize", (), options, _span(meta))
+
+    def tuple(self, meta, items):
+        return tuple(items)
+
+    def optimizer(self, meta, items):
+        name, *opts = items
+        options = tuple(("nesterov", True) if isinstance(o, Token) else o for o in opts)
+        return S.Setting("optimizer", (str(name),), options, _span(meta))
+
+    def opt_lr(self, meta, items):
+        return ("lr", items[0])
+
+    def opt_momentum(self, meta, items):
+        return ("momentum", items[0])
+
+    def opt_betas(self, meta, items):
+        return ("betas", items[0])
+
+    def setting(self, meta, items):
+        return S.Setting(str(items[0]), (items[1],), (), _span(meta))
+
+    def schedule(self, meta, items):
+        return S.Setting("schedule", (str(items[0]), *items[1:]), (), _span(meta))
+
+
+_TRANSFORMER = _ToSyntax()
+
+
+def parse_program(text: str, source: Source | None = None) -> S.Program:
+    """Parse cnndsl text into a `syntax.Program`; raise `CnnSyntaxError` on malformed input."""
+    source = source or Source(text)
+    try:
+        tree = _parser().parse(text)
+        return _TRANSFORMER.transform(tree)
+    except UnexpectedInput as err:
+        raise _syntax_error(err, text).with_source(source) from None
+    except VisitError as err:
+        if isinstance(err.orig_exc, CnnDslError):
+            raise err.orig_exc.with_source(source) from None
+        raise
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[terminal]
+    definition = _parser().get_terminal(terminal) if terminal in _terminal_names() else None
+    if definition is not None and definition.pattern.type == "str":
+        return f"'{definition.pattern.value}'"
+    return terminal.lower()
+
+
+@functools.cache
+def _terminal_names() -> frozenset[str]:
+    return frozenset(t.name for t in _parser().terminals)
+
+
+def _expected_words(expected) -> str:
+    words = sorted({_describe(t) for t in expected if not t.startswith("__IGNORE")})
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    return ", ".join(words)
+
+
+def _suggest(word: str) -> str | None:
+    match = difflib.get_close_matches(word.lower(), KEYWORDS, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
+    if isinstance(err, UnexpectedCharacters):
+        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
+        word = _word_at(text, err.pos_in_stream)
+        hint = None
+        if word and (suggestion := _suggest(word)) and suggestion != word:
+            hint = f"did you mean '{suggestion}'?"
+        return CnnSyntaxError(
+            f"unexpected character {char!r}" + (f" in '{word}'" if word and word != char else ""),
+            Span(err.line, err.column, err.line, err.column + max(len(word), 1)),
+            hint=hint or f"expected {_expected_words(err.allowed or [])}",
+        )
+    if isinstance(err, UnexpectedEOF):
+        return CnnSyntaxError(
+            "the file ends in the middle of a statement",
+            Span(err.line if err.line > 0 else 1, max(err.column, 1)),
+            hint=f"expected {_expected_words(err.expected)}; is a '}}' missing?",
+        )
+    assert isinstance(err, UnexpectedToken)
+    token = err.token
+    expected = set(err.expected)
+    if token.type == "$END":
+        lines = text.splitlines() or [""]
+        return CnnSyntaxError(
+            "the file ends in the middle of a statement",
+            Span(len(lines), len(lines[-1]) + 1),
+            hint=f"expected {_expected_words(expected)}" + ("; is a '}' missing?" if "RBRACE" in expected else ""),
+        )
+    history = list(err.token_history or [])
+    span = _span(token)
+    shown = "a line break" if token.type == "_SEP" and "\n" in token else repr(str(token))
+    # `cnov 3x3`: the misspelled keyword was taken for a block call, and the error is on the next token.
+    if history and history[-1].type == "NAME" and _at_statement_start(text, history[-1]):
+        name = history[-1]
+        suggestion = _suggest(str(name))
+        if suggestion:
+            return CnnSyntaxError(
+                f"unknown statement '{name}'",
+                _span(name),
+                hint=f"did you mean '{suggestion}'?",
+                notes=[f"'{name}' is not a layer, and a block call would be written {name}(...)"],
+            )
+    if token.type == "_SEP":
+        message = f"the statement is incomplete: unexpected {shown}"
+        span = Span(token.line, token.column, token.line, token.column + 1)
+    else:
+        message = f"unexpected {shown}"
+    hint = f"expected {_expected_words(expected)}"
+    if str(token).isidentifier() and (suggestion := _suggest(str(token))) and suggestion != str(token):
+        hint += f"; did you mean '{suggestion}'?"
+    if "_SEP" in expected and token.type not in ("_SEP", "RBRACE"):
+        hint += "; two statements on one line are separated by ';'"
+    return CnnSyntaxError(message, span, hint=hint)
+
+
+def _at_statement_start(text: str, token: Token) -> bool:
+    before = text[: token.start_pos].rstrip(" \t")
+    return before == "" or before.endswith((";", "\n", "{"))
+
+
+def _word_at(text: str, pos: int) -> str:
+    start = pos
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    end = pos
+    while end < len(text) and (text[end].isalnum() or text[end] == "_"):
+        end += 1
+    return text[start:end] or text[pos : pos + 1]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs cnndsl into the current Python environment (editable, from this checkout).
+#   ./install.sh         the language core: check, analyze, compile to numpy/onnx source
+#   ./install.sh test    everything the test suite needs too: torch (CPU), onnx, onnxruntime, ...
+# Idempotent: when everything is already installed at the right version it returns in a second.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+mode=${1:-core}
+
+want_core='import cnndsl, lark, click, rich, numpy, safetensors'
+want_test="$want_core"'; import torch, onnx, onnxruntime, pytest, hypothesis, sklearn, PIL, torchinfo
+assert torch.__version__.startswith("2.13.0"), torch.__version__'
+
+installed() {  # is the editable install of *this* checkout present, with its extras?
+  "$PY" - "$1" <<'PYEOF' 2>/dev/null
+import os, sys
+exec(sys.argv[1])
+import cnndsl
+assert os.path.realpath(os.path.dirname(cnndsl.__file__)) == os.path.realpath("cnndsl")
+PYEOF
+}
+
+if [ "$mode" = "test" ]; then
+  if ! installed "$want_test"; then
+    # torch==2.13.0 is a local CPU wheel here; an unpinned torch would pull a multi-GB CUDA build.
+    "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+    "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,torch]"
+  fi
+else
+  if ! installed "$want_core"; then
+    "$PY" -m pip install --quiet --disable-pip-version-check -e .
+  fi
+fi
+command -v cnndsl >/dev/null || echo "note: the cnndsl script is in $("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'); add it to PATH" >&2
