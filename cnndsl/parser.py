@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from importlib import resources
+from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -46,8 +46,13 @@ _TERMINAL_WORDS = {
 
 @functools.cache
 def _parser() -> Lark:
-    grammar = resources.files("cnndsl.grammar").joinpath("cnndsl.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False, cache=True)
+    # The grammar ships as package data of cnndsl.grammar; reading it beside the package's
+    # __init__ works for every non-zipped install and skips importlib.resources' start-up cost.
+    from . import grammar
+
+    text = Path(grammar.__file__).with_name("cnndsl.lark").read_text(encoding="utf-8")
+    # cache=True keeps the LALR tables in a temp file, so later runs skip building them.
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=False, cache=True)
 
 
 def _span(meta_or_token) -> Span:
@@ -333,7 +338,9 @@ def _terminal_names() -> frozenset[str]:
 
 
 def _expected_words(expected) -> str:
-    words = sorted({_describe(t) for t in expected if not t.startswith("__IGNORE")})
+    # Words first (the end of the statement, keywords, kinds of value), bare symbols last.
+    words = sorted({_describe(t) for t in expected if not t.startswith("__IGNORE")},
+                   key=lambda w: (not w.startswith("the end"), not w.strip("'").isalpha(), w))
     if len(words) > 8:
         words = words[:8] + ["..."]
     return ", ".join(words)
@@ -365,6 +372,13 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
     assert isinstance(err, UnexpectedToken)
     token = err.token
     expected = set(err.expected)
+    if err.interactive_parser is not None:
+        # The LALR state's own list is merged with other contexts; simulating each token gives
+        # exactly what could follow here.
+        try:
+            expected = set(err.interactive_parser.accepts()) or expected
+        except UnexpectedInput:
+            pass
     if token.type == "$END":
         lines = text.splitlines() or [""]
         return CnnSyntaxError(
@@ -374,7 +388,7 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
         )
     history = list(err.token_history or [])
     span = _span(token)
-    shown = "a line break" if token.type == "_SEP" and "\n" in token else repr(str(token))
+    shown = "the end of the line" if token.type == "_SEP" and "\n" in token else repr(str(token))
     # `cnov 3x3`: the misspelled keyword was taken for a block call, and the error is on the next token.
     if history and history[-1].type == "NAME" and _at_statement_start(text, history[-1]):
         name = history[-1]
@@ -387,13 +401,13 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
                 notes=[f"'{name}' is not a layer, and a block call would be written {name}(...)"],
             )
     if token.type == "_SEP":
-        message = f"the statement is incomplete: unexpected {shown}"
+        message = f"the statement is incomplete: it stops at {shown}"
         span = Span(token.line, token.column, token.line, token.column + 1)
     else:
         message = f"unexpected {shown}"
     hint = f"expected {_expected_words(expected)}"
     if str(token).isidentifier() and (suggestion := _suggest(str(token))) and suggestion != str(token):
-        hint += f"; did you mean '{suggestion}'?"
+        hint = f"did you mean '{suggestion}'? ({hint})"
     if "_SEP" in expected and token.type not in ("_SEP", "RBRACE"):
         hint += "; two statements on one line are separated by ';'"
     return CnnSyntaxError(message, span, hint=hint)
