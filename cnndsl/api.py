@@ -79,9 +79,12 @@ class Net:
 
 
 def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None = None) -> Net:
-    """Parse cnndsl source text. Raises CnnDslError on any mistake in it."""
+    """Parse and check cnndsl source text. Raises CnnDslError on any mistake in it, shapes and
+    `expect` lines included, so a Net that exists is one every backend can build."""
     source = Source(text, path)
-    return Net(expand(parse_program(text, source), source, input_shape))
+    net = Net(expand(parse_program(text, source), source, input_shape))
+    net.report  # noqa: B018 - run every check now, not at first use
+    return net
 
 
 def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> Net:
