@@ -30,10 +30,18 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle")
 class _Scope:
     prefix: str
     counts: Counter = field(default_factory=Counter)
+    used: set = field(default_factory=set)
 
     def name(self, kind: str) -> str:
-        self.counts[kind] += 1
-        return f"{self.prefix}{kind}{self.counts[kind]}"
+        # `relu6` and a block called `conv3` end in a digit: their first use is `relu6_1`, `conv3_1`,
+        # never `relu61`/`conv31`, which the 61st relu or the 31st conv of the scope would also get.
+        sep = "_" if kind[-1:].isdigit() else ""
+        while True:
+            self.counts[kind] += 1
+            name = f"{self.prefix}{kind}{sep}{self.counts[kind]}"
+            if name not in self.used:  # a last guard, e.g. blocks `conv3` and `conv3_`
+                self.used.add(name)
+                return name
 
 
 @dataclass

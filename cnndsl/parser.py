@@ -386,7 +386,7 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
             Span(len(lines), len(lines[-1]) + 1),
             hint=f"expected {_expected_words(expected)}" + ("; is a '}' missing?" if "RBRACE" in expected else ""),
         )
-    history = list(err.token_history or [])
+    history = [t for t in (err.token_history or []) if t is not None]
     span = _span(token)
     shown = "the end of the line" if token.type == "_SEP" and "\n" in token else repr(str(token))
     # `cnov 3x3`: the misspelled keyword was taken for a block call, and the error is on the next token.
