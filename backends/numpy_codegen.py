@@ -1,0 +1,290 @@
+"""IR -> a readable NumPy model (forward and backward) over `cnndsl.runtime`.
+
+`generate(net)` writes the Python source: a class named after the network whose `__init__`
+creates the layers in statement order and whose `forward` has one line per statement, commented
+with its `.cnn` source line. `backward` is the same program read backwards: every forward line
+has a backward partner, and the backward lines are the partners in reverse order.
+
+Branches are explicit. A fork (`skip1 = x`) becomes a gradient sum (`dx = dx + dskip1`), and a
+join (`x = x + skip1`) hands the same gradient to both sides, so fan-in and fan-out need no
+bookkeeping at run time.
+
+`build(net, weights)` executes that same source: there is one code path, whether the model is
+written to a file or used in memory.
+"""
+
+from __future__ import annotations
+
+import keyword
+import linecache
+import re
+from typing import Any
+
+import numpy as np
+
+from ..errors import CnnDslError
+from ..ir import (
+    Activation,
+    Add,
+    BatchNorm,
+    Concat,
+    Conv,
+    Dropout,
+    Flatten,
+    GlobalPool,
+    Linear,
+    Node,
+    Pool,
+    Residual,
+    Seq,
+)
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_COMMENT_COLUMN = 52
+
+_ACTIVATIONS = {"relu": "ReLU", "relu6": "ReLU6", "leaky": "LeakyReLU", "elu": "ELU", "sigmoid": "Sigmoid",
+                "tanh": "Tanh", "gelu": "GELU", "silu": "SiLU", "hardswish": "Hardswish", "softmax": "Softmax"}
+
+
+def class_name(network_name: str) -> str:
+    """`lenet5` -> `Lenet5`, `my_net` -> `MyNet`; refuses anything that is not a plain identifier."""
+    if not _IDENT.fullmatch(network_name):
+        raise CnnDslError(f"network name {network_name!r} cannot name a Python class",
+                          hint="use letters, digits and '_', starting with a letter")
+    name = "".join(part[:1].upper() + part[1:] for part in network_name.split("_") if part)
+    if not name or not name[0].isalpha():
+        name = "Net" + name
+    return name
+
+
+def _comment(text: str) -> str:
+    """Source text made safe for a one-line comment (no line breaks or control characters survive)."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text).strip()
+
+
+def _literal(value: Any) -> str:
+    """Numbers and tuples as source; anything else is a bug in the emitter."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    raise TypeError(f"cannot write {value!r} as a literal")
+
+
+class _Emitter:
+    def __init__(self, net):
+        self.net = net
+        self.shapes = net.shapes
+        self.source = net.source
+        self.inits: list[str] = []
+        self.pairs: list[tuple[str, str, str]] = []  # (forward line, backward line, comment)
+        self.attrs: set[str] = set()
+        self.counter = 0
+        self.dropouts = 0
+        self.registered: list[str] = ["preprocess"] if net.ir.preprocess is not None else []
+
+    # ------------------------------------------------------------ names and comments
+
+    def attr(self, node: Node) -> str:
+        if not _NODE_NAME.fullmatch(node.name):
+            raise CnnDslError(f"layer name {node.name!r} cannot name a Python attribute", node.span,
+                              hint="block names must be identifiers")
+        base = node.name.replace(".", "_")
+        name, n = base, 1
+        while name in self.attrs or keyword.iskeyword(name) or name in _RESERVED:
+            n += 1
+            name = f"{base}_{n}"
+        self.attrs.add(name)
+        return name
+
+    def where(self, node: Node) -> str:
+        line = node.span.line if node.span else 0
+        text = _comment(self.source.line_text(line)) if line else ""
+        where = f"line {line}: {text}" if text else f"line {line}"
+        if node.calls:
+            call = node.calls[-1]
+            where += f"  (in {_comment(self.source.line_text(call.line))}, line {call.line})"
+        return where
+
+    def fresh(self, stem: str) -> str:
+        self.counter += 1
+        return f"{stem}{self.counter}"
+
+    def pair(self, forward: str, backward: str, comment: str = "") -> None:
+        self.pairs.append((forward, backward, comment))
+
+    # ------------------------------------------------------------ statements
+
+    def seq(self, seq: Seq, var: str) -> None:
+        for item in seq.items:
+            self.node(item, var)
+
+    def node(self, node: Node, var: str) -> None:
+        if isinstance(node, Seq):
+            self.seq(node, var)
+        elif isinstance(node, Residual):
+            self.residual(node, var)
+        elif isinstance(node, (Concat, Add)):
+            self.branches(node, var)
+        else:
+            self.leaf(node, var)
+
+    def leaf(self, node: Node, var: str) -> None:
+        attr = self.attr(node)
+        self.inits.append(f"self.{attr} = self.add(rt.{self.constructor(node)})")
+        self.registered.append(node.name)
+        self.pair(f"{var} = self.{attr}({var}, train)", f"d{var} = self.{attr}.backward(d{var})", self.where(node))
+
+    def constructor(self, node: Node) -> str:
+        shape = self.shapes.of(node)
+        name = repr(node.name)
+        if isinstance(node, Conv):
+            return (f"Conv2d({name}, {shape.in_channels}, {shape.out_channels}, kernel={_literal(node.kernel)}, "
+                    f"stride={_literal(node.stride)}, pads={_literal(shape.pads)}, "
+                    f"dilation={_literal(node.dilation)}, groups={shape.groups}, bias={node.bias}, dtype=dtype)")
+        if isinstance(node, Pool):
+            cls = {"max": "MaxPool2d", "avg": "AvgPool2d"}[node.mode]
+            return (f"{cls}({name}, kernel={_literal(node.kernel)}, stride={_literal(node.stride)}, "
+                    f"pads={_literal(shape.pads)}, ceil={node.ceil})")
+        if isinstance(node, GlobalPool):
+            cls = {"max": "GlobalMaxPool", "avg": "GlobalAvgPool"}[node.mode]
+            return f"{cls}({name})"
+        if isinstance(node, Linear):
+            features = int(np.prod(shape.input))
+            return f"Linear({name}, {features}, {node.out_features}, bias={node.bias}, dtype=dtype)"
+        if isinstance(node, Flatten):
+            return f"Flatten({name})"
+        if isinstance(node, Dropout):
+            self.dropouts += 1
+            return f"Dropout({name}, p={_literal(float(node.p))}, seed={self.dropouts - 1})"
+        if isinstance(node, BatchNorm):
+            return (f"BatchNorm({name}, {shape.input[0]}, eps={_literal(float(node.eps))}, "
+                    f"momentum={_literal(float(node.momentum))}, dtype=dtype)")
+        if isinstance(node, Activation):
+            cls = _ACTIVATIONS[node.fn]
+            if node.fn in ("leaky", "elu") and node.alpha is not None:
+                return f"{cls}({name}, alpha={_literal(float(node.alpha))})"
+            return f"{cls}({name})"
+        raise NotImplementedError(f"numpy backend: no layer for {type(node).__name__} ({node.name})")
+
+    def residual(self, node: Residual, var: str) -> None:
+        skip = self.fresh("skip")
+        projects = self.shapes.of(node).projects
+        what = "projected shortcut" if projects else "identity shortcut"
+        # Fork: x feeds the body and the shortcut, so their gradients add up on the way back.
+        self.pair(f"{skip} = {var}", f"d{var} = d{var} + d{skip}", f"{node.name}: {what}; {self.where(node)}")
+        self.seq(node.body, var)
+        if projects:
+            assert node.shortcut is not None
+            self.seq(node.shortcut, skip)
+        self.pair(f"{var} = {var} + {skip}", f"d{skip} = d{var}", f"{node.name}: body + shortcut")
+
+    def branches(self, node: Concat | Add, var: str) -> None:
+        stem = self.fresh("branch")
+        names = [f"{stem}_{i}" for i in range(1, len(node.branches) + 1)]
+        grads = [f"d{n}" for n in names]
+        self.pair(f"{' = '.join(names)} = {var}", f"d{var} = {' + '.join(grads)}",
+                  f"{node.name}: every branch reads {var}; {self.where(node)}")
+        for branch, name in zip(node.branches, names, strict=True):
+            self.seq(branch, name)
+        if isinstance(node, Concat):
+            channels = tuple(self.shapes.of(branch).output[0] for branch in node.branches)
+            self.pair(f"{var} = rt.concat([{', '.join(names)}])",
+                      f"{', '.join(grads)}{',' if len(grads) == 1 else ''} = rt.split(d{var}, {_literal(channels)})",
+                      f"{node.name}: join on channels {'+'.join(map(str, channels))}")
+        else:
+            self.pair(f"{var} = {' + '.join(names)}", f"{' = '.join(grads)} = d{var}", f"{node.name}: sum of branches")
+
+
+_RESERVED = {"add", "forward", "backward", "params", "grads", "buffers", "layers", "dtype", "input", "seed",
+             "zero_grad", "state_dict", "load_state_dict", "load_safetensors", "save_safetensors", "input_shape"}
+
+
+def _lines(pairs, side: int) -> list[str]:
+    out = []
+    for pair in pairs:
+        code, comment = pair[side], pair[2]
+        out.append(f"        {code:<{_COMMENT_COLUMN}}  # {comment}" if comment else f"        {code}")
+    return out
+
+
+def generate(net) -> str:
+    """The NumPy model of `net` as Python source (needs only numpy and cnndsl.runtime)."""
+    cls = class_name(net.name)
+    em = _Emitter(net)
+    pre = net.ir.preprocess
+    if pre is not None:
+        channels = net.ir.input_shape[0]
+        em.inits.append(f"self.preprocess = self.add(rt.Preprocess('preprocess', {channels}, "
+                        f"standardize={pre.standardize}, dtype=dtype))")
+        line = pre.span.line if pre.span else 0
+        em.pair("x = self.preprocess(x, train)", "dx = self.preprocess.backward(dx)",
+                f"line {line}: preprocess" if line else "preprocess")
+    em.seq(net.ir.body, "x")
+    # Every tensor the model registers must be one tensor_specs names, in the same order.
+    _check_registration(net, em)
+
+    path = _comment(net.source.path)
+    shape = _literal(tuple(net.ir.input_shape))
+    output = _literal(tuple(net.shapes.of(net.ir.body).output))
+    head = [
+        f"# Generated by cnndsl from {path}: network {_comment(net.name)}. Recompile instead of editing.",
+        f'"""NumPy model of network {net.name}: forward and backward, input (N, {shape[1:-1].rstrip(",")}).',
+        "",
+        "    model = " + cls + "()                       # float32; " + cls + "(dtype=np.float64) for gradient checks",
+        "    model.load_safetensors('weights.safetensors')",
+        "    y = model.forward(x, train=True)           # x: N x " + "x".join(map(str, net.ir.input_shape)),
+        "    dx = model.backward(dloss_dy)              # fills model.grads, keyed like model.params",
+        '"""',
+        "",
+        "import numpy as np",
+        "",
+        "from cnndsl import runtime as rt",
+        "",
+        "",
+        f"class {cls}(rt.Model):",
+        f"    input_shape = {shape}",
+        f"    output_shape = {output}",
+        "",
+        "    def __init__(self, dtype=np.float32):",
+        "        super().__init__(dtype)",
+        *[f"        {line}" for line in em.inits],
+        "",
+        "    def forward(self, x, train=False):",
+        "        x = self.input(x)",
+        *_lines(em.pairs, 0),
+        "        return x",
+        "",
+        "    def backward(self, dy):",
+        "        dx = np.asarray(dy, dtype=self.dtype)",
+        *_lines(reversed(em.pairs), 1),
+        "        return dx",
+        "",
+    ]
+    return "\n".join(head)
+
+
+def _check_registration(net, em: _Emitter) -> None:
+    owners = list(dict.fromkeys(spec.node for spec in net.tensor_specs()))
+    order = [name for name in em.registered if name in set(owners)]
+    if order != owners:
+        raise AssertionError(f"numpy backend: layers {order} do not register the tensors of {owners} in order")
+
+
+def build(net, weights=None, dtype: Any = np.float32):
+    """The generated model, in memory: exec of `generate(net)`, weights from
+    `cnndsl.weights.resolve_weights(net, weights, 0)` (None: the seeded init every backend shares)."""
+    from ..weights import resolve_weights
+
+    source = generate(net)
+    filename = f"<cnndsl numpy {net.name}>"
+    # Tracebacks through the model show its generated lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {"__name__": f"cnndsl_numpy_{net.name}"}
+    exec(compile(source, filename, "exec"), namespace)
+    model = namespace[class_name(net.name)](dtype=dtype)
+    model.load_state_dict(resolve_weights(net, weights, 0))
+    return model

@@ -1,0 +1,460 @@
+"""Layer kernels: a forward and a backward function per op, vectorised NumPy, NCHW.
+
+Every `*_forward` returns `(y, cache)` and its `*_backward(dy, cache)` returns the input
+gradient first, then the parameter gradients. Backward functions never write into `dy` or into
+anything they received, so one gradient array may safely feed several branches.
+
+Convolution is im2col + one matmul: a strided view (`sliding_window_view`) of the padded input is
+copied once into a (groups, C/groups*kh*kw, N*OH*OW) column matrix and multiplied by the
+(groups, O/groups, C/groups*kh*kw) weight matrix. Backpropagation reuses the same two matrices:
+the weight gradient is the correlation of the input columns with the output gradient (one
+matmul), and the input gradient is the transposed convolution with the flipped kernel, computed
+as `W^T @ dY` followed by col2im, a scatter-add over the kh*kw kernel taps (a loop over taps,
+never over pixels). Depthwise and grouped convolutions are the same code with groups > 1.
+
+Window arithmetic (output sizes, ceil mode) is `cnndsl.analysis.shapes.window`, the one rule
+the compiler and every backend share.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..analysis.shapes import window
+
+Pads = tuple[int, int, int, int]  # (top, bottom, left, right), as LayerShape.pads
+Pair = tuple[int, int]
+Cache = dict[str, Any]
+
+try:  # exact erf, vectorised; scipy is optional
+    from scipy.special import erf as _erf
+except ImportError:  # pragma: no cover - exercised only without scipy
+    _erf_scalar = np.frompyfunc(math.erf, 1, 1)
+
+    def _erf(x: np.ndarray) -> np.ndarray:
+        # math.erf is exact to the last bit; slower than scipy but still right in float64.
+        return _erf_scalar(x).astype(x.dtype)
+
+
+# ---------------------------------------------------------------- sliding windows
+
+
+def _pad(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
+    top, bottom, left, right = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def _windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pair) -> np.ndarray:
+    """A (N, C, OH, OW, kh, kw) strided view of the padded input: no copy."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out
+    view = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    return view[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw, ::dh, ::dw]
+
+
+def _col2im(cols: np.ndarray, padded_hw: Pair, kernel: Pair, stride: Pair, dilation: Pair) -> np.ndarray:
+    """The adjoint of `_windows`: sum (C, N, kh, kw, OH, OW) columns back into a (C, N, Hp, Wp) image."""
+    c, n, kh, kw, oh, ow = cols.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    out = np.zeros((c, n, *padded_hw), dtype=cols.dtype)
+    for i in range(kh):  # one strided add per kernel tap; each covers every pixel at once
+        for j in range(kw):
+            out[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw] += cols[
+                :, :, i, j
+            ]
+    return out
+
+
+def _out_size(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, dilation: Pair = (1, 1), ceil: bool = False):
+    axes = []
+    for axis in range(2):
+        w = window(x_hw[axis], kernel[axis], stride[axis], pads[2 * axis], pads[2 * axis + 1], dilation[axis], ceil)
+        if w is None:
+            raise ValueError(f"kernel {kernel} is larger than the padded input {x_hw} (pads {pads})")
+        axes.append(w.out)
+    return tuple(axes)
+
+
+def _ceil_pads(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, out: Pair) -> Pads:
+    """`pads` grown at the end so the last ceil-mode window fits inside the array."""
+    top, bottom, left, right = pads
+    extra_h = max((out[0] - 1) * stride[0] + kernel[0] - (x_hw[0] + top + bottom), 0)
+    extra_w = max((out[1] - 1) * stride[1] + kernel[1] - (x_hw[1] + left + right), 0)
+    return (top, bottom + extra_h, left, right + extra_w)
+
+
+def _crop(xp: np.ndarray, pads: Pads, hw: Pair) -> np.ndarray:
+    return xp[..., pads[0] : pads[0] + hw[0], pads[2] : pads[2] + hw[1]]
+
+
+# ---------------------------------------------------------------- convolution
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair = (1, 1),
+                   pads: Pads = (0, 0, 0, 0), dilation: Pair = (1, 1), groups: int = 1,
+                   keep: bool = True) -> tuple[np.ndarray, Cache]:
+    """Cross-correlation as PyTorch's conv2d, with explicit (possibly asymmetric) padding.
+
+    `keep=False` drops the column matrix from the cache (inference); backward then rebuilds it.
+    """
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    oh, ow = _out_size((h, wd), (kh, kw), stride, pads, dilation)
+    cols = _im2col(x, (kh, kw), stride, pads, dilation, groups, (oh, ow))
+    # One matmul for all groups, all images and all pixels: (G, O/G, K) @ (G, K, N*OH*OW).
+    y = np.matmul(w.reshape(groups, o // groups, cg * kh * kw), cols)
+    out = np.empty((n, o, oh, ow), dtype=y.dtype)
+    y = y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
+    if b is not None:
+        np.add(y, b.reshape(o, 1, 1), out=out)
+    else:
+        np.copyto(out, y)
+    cache = {"x": x, "w": w, "cols": cols if keep else None, "has_bias": b is not None, "stride": stride,
+             "pads": pads, "dilation": dilation, "groups": groups, "out": (oh, ow)}
+    return out, cache
+
+
+def _im2col(x, kernel, stride, pads, dilation, groups, out):
+    n, c = x.shape[:2]
+    view = _windows(_pad(x, pads), kernel, stride, dilation, out)  # N, C, OH, OW, kh, kw
+    # The only copy of the input: channels and taps first so each group's K rows are contiguous.
+    return view.transpose(1, 4, 5, 0, 2, 3).reshape(groups, (c // groups) * kernel[0] * kernel[1], n * out[0] * out[1])
+
+
+def conv2d_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(dx, dw, db)."""
+    x, w, groups = cache["x"], cache["w"], cache["groups"]
+    stride, pads, dilation, (oh, ow) = cache["stride"], cache["pads"], cache["dilation"], cache["out"]
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    cols = cache["cols"]
+    if cols is None:
+        cols = _im2col(x, (kh, kw), stride, pads, dilation, groups, (oh, ow))
+    dyg = dy.transpose(1, 0, 2, 3).reshape(groups, o // groups, n * oh * ow)
+    # Weight gradient: the correlation of the input (as columns) with the output gradient.
+    dw = np.matmul(dyg, cols.transpose(0, 2, 1)).reshape(w.shape)
+    db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+    # Input gradient: the transposed convolution, W^T @ dY then col2im (the flipped-kernel conv).
+    dcols = np.matmul(w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1), dyg)
+    dcols = dcols.reshape(c, kh, kw, n, oh, ow).transpose(0, 3, 1, 2, 4, 5)
+    padded = (h + pads[0] + pads[1], wd + pads[2] + pads[3])
+    dxp = _col2im(dcols, padded, (kh, kw), stride, dilation)
+    dx = np.ascontiguousarray(_crop(dxp, pads, (h, wd)).transpose(1, 0, 2, 3))
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------- pooling
+
+
+def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads = (0, 0, 0, 0),
+                       ceil: bool = False) -> tuple[np.ndarray, Cache]:
+    """Max pooling; padding is -inf, so a padded cell never wins. Ties go to the first cell, as in PyTorch."""
+    n, c, h, wd = x.shape
+    out = _out_size((h, wd), kernel, stride, pads, ceil=ceil)
+    full = _ceil_pads((h, wd), kernel, stride, pads, out)
+    xp = _pad(x, full, -np.inf)
+    view = _windows(xp, kernel, stride, (1, 1), out).reshape(n, c, *out, kernel[0] * kernel[1])
+    arg = view.argmax(axis=-1)
+    y = np.take_along_axis(view, arg[..., None], axis=-1)[..., 0]
+    return y, {"arg": arg, "x_shape": x.shape, "padded": xp.shape[2:], "full": full, "kernel": kernel,
+               "stride": stride}
+
+
+def max_pool2d_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    """Route each output gradient to the input cell that won its window (argmax routing)."""
+    arg, (n, c, h, wd), (hp, wp) = cache["arg"], cache["x_shape"], cache["padded"]
+    kw, (sh, sw) = cache["kernel"][1], cache["stride"]
+    oh, ow = arg.shape[2:]
+    rows = np.arange(oh).reshape(oh, 1) * sh + arg // kw
+    cols = np.arange(ow).reshape(1, ow) * sw + arg % kw
+    flat = rows * wp + cols + (np.arange(n * c) * (hp * wp)).reshape(n, c, 1, 1)
+    # bincount sums the gradients of overlapping windows that picked the same cell.
+    dxp = np.bincount(flat.ravel(), weights=dy.ravel(), minlength=n * c * hp * wp).astype(dy.dtype, copy=False)
+    return np.ascontiguousarray(_crop(dxp.reshape(n, c, hp, wp), cache["full"], (h, wd)))
+
+
+def _avg_divisor(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, out: Pair, dtype) -> np.ndarray:
+    """Cells of each window inside input + padding (PyTorch's count_include_pad, ceil overhang excluded)."""
+    counts = []
+    for axis in range(2):
+        limit = x_hw[axis] + pads[2 * axis] + pads[2 * axis + 1]
+        start = np.arange(out[axis]) * stride[axis]
+        counts.append(np.minimum(start + kernel[axis], limit) - start)
+    return np.outer(counts[0], counts[1]).astype(dtype)
+
+
+def avg_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads = (0, 0, 0, 0),
+                       ceil: bool = False) -> tuple[np.ndarray, Cache]:
+    n, c, h, wd = x.shape
+    out = _out_size((h, wd), kernel, stride, pads, ceil=ceil)
+    full = _ceil_pads((h, wd), kernel, stride, pads, out)
+    xp = _pad(x, full)
+    divisor = _avg_divisor((h, wd), kernel, stride, pads, out, x.dtype)
+    y = _windows(xp, kernel, stride, (1, 1), out).sum(axis=(4, 5)) / divisor
+    return y, {"x_shape": x.shape, "padded": xp.shape[2:], "full": full, "kernel": kernel, "stride": stride,
+               "divisor": divisor}
+
+
+def avg_pool2d_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    n, c, h, wd = cache["x_shape"]
+    (kh, kw) = cache["kernel"]
+    g = (dy / cache["divisor"]).transpose(1, 0, 2, 3)  # C, N, OH, OW: the layout _col2im takes
+    cols = np.broadcast_to(g[:, :, None, None], (c, n, kh, kw, *g.shape[2:]))
+    dxp = _col2im(cols, cache["padded"], cache["kernel"], cache["stride"], (1, 1))
+    return np.ascontiguousarray(_crop(dxp, cache["full"], (h, wd)).transpose(1, 0, 2, 3))
+
+
+def global_avg_pool_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    return x.mean(axis=(2, 3), keepdims=True), {"x_shape": x.shape}
+
+
+def global_avg_pool_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    n, c, h, w = cache["x_shape"]
+    return np.broadcast_to(dy / (h * w), (n, c, h, w)).copy()
+
+
+def global_max_pool_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w)
+    arg = flat.argmax(axis=2)  # the first maximum, as max_pool2d over the whole image
+    return np.take_along_axis(flat, arg[..., None], axis=2).reshape(n, c, 1, 1), {"x_shape": x.shape, "arg": arg}
+
+
+def global_max_pool_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    n, c, h, w = cache["x_shape"]
+    dx = np.zeros((n, c, h * w), dtype=dy.dtype)
+    np.put_along_axis(dx, cache["arg"][..., None], dy.reshape(n, c, 1), axis=2)
+    return dx.reshape(n, c, h, w)
+
+
+# ---------------------------------------------------------------- fully connected, flatten, dropout
+
+
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, Cache]:
+    """fc: flattens a CxHxW input in C,H,W order first."""
+    flat = x.reshape(x.shape[0], -1)
+    y = flat @ w.T
+    if b is not None:
+        y += b
+    return y, {"x": flat, "x_shape": x.shape, "w": w, "has_bias": b is not None}
+
+
+def linear_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    dx = (dy @ cache["w"]).reshape(cache["x_shape"])
+    dw = dy.T @ cache["x"]
+    db = dy.sum(axis=0) if cache["has_bias"] else None
+    return dx, dw, db
+
+
+def dropout_forward(x: np.ndarray, p: float, rng: np.random.Generator, train: bool) -> tuple[np.ndarray, Cache]:
+    """Inverted dropout: kept activations are scaled by 1/(1-p) in training, so evaluation is the identity."""
+    if not train or p == 0.0:
+        return x, {"mask": None}
+    if p >= 1.0:
+        mask = np.zeros(x.shape, dtype=x.dtype)
+    else:
+        mask = (rng.random(x.shape) >= p).astype(x.dtype) / x.dtype.type(1.0 - p)
+    return x * mask, {"mask": mask}
+
+
+def dropout_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    return dy if cache["mask"] is None else dy * cache["mask"]
+
+
+# ---------------------------------------------------------------- batch normalisation
+
+
+def _bn_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Reduction axes and the shape that broadcasts a per-channel vector: BatchNorm2d or BatchNorm1d."""
+    if x.ndim == 4:
+        return (0, 2, 3), (1, -1, 1, 1)
+    return (0,), (1, -1)
+
+
+def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                       running_var: np.ndarray, num_batches_tracked: np.ndarray, eps: float, momentum: float,
+                       train: bool) -> tuple[np.ndarray, Cache]:
+    """PyTorch's BatchNorm. In training the running buffers are updated in place (mean, unbiased
+    variance, num_batches_tracked += 1); in evaluation they normalise."""
+    axes, shape = _bn_axes(x)
+    if train:
+        count = x.size // x.shape[1]
+        mean = x.mean(axis=axes)
+        centred = x - mean.reshape(shape)
+        var = np.mean(centred * centred, axis=axes)  # biased: what normalises the batch
+        unbiased = var * (count / (count - 1)) if count > 1 else var
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean
+        running_var *= 1.0 - momentum
+        running_var += momentum * unbiased
+        num_batches_tracked += 1
+    else:
+        mean, var = running_mean, running_var
+        centred = x - mean.reshape(shape)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = centred * inv_std.reshape(shape).astype(x.dtype, copy=False)
+    y = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    return y, {"xhat": xhat, "inv_std": inv_std.astype(x.dtype, copy=False), "gamma": gamma, "train": train}
+
+
+def batch_norm_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dgamma, dbeta). In training the batch statistics depend on x, which adds the two mean terms."""
+    xhat, inv_std, gamma = cache["xhat"], cache["inv_std"], cache["gamma"]
+    axes, shape = _bn_axes(dy)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * xhat).sum(axis=axes)
+    scale = (gamma * inv_std).reshape(shape)
+    if not cache["train"]:
+        return dy * scale, dgamma, dbeta
+    count = dy.size // dy.shape[1]
+    dx = scale * (dy - (dbeta / count).reshape(shape) - xhat * (dgamma / count).reshape(shape))
+    return dx, dgamma, dbeta
+
+
+# ---------------------------------------------------------------- activations
+# Each forward caches what its derivative needs; derivatives at kinks follow PyTorch's choices.
+
+
+def relu_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    return np.maximum(x, 0), {"x": x}
+
+
+def relu_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    return dy * (cache["x"] > 0)
+
+
+def relu6_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    return np.clip(x, 0, 6), {"x": x}
+
+
+def relu6_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    x = cache["x"]
+    return dy * ((x > 0) & (x < 6))
+
+
+def leaky_relu_forward(x: np.ndarray, alpha: float = 0.01) -> tuple[np.ndarray, Cache]:
+    return np.where(x > 0, x, x * x.dtype.type(alpha)), {"x": x, "alpha": alpha}
+
+
+def leaky_relu_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    return np.where(cache["x"] > 0, dy, dy * dy.dtype.type(cache["alpha"]))
+
+
+def elu_forward(x: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, Cache]:
+    a = x.dtype.type(alpha)
+    neg = a * np.expm1(np.minimum(x, 0))  # minimum: no overflow warning from exp of large positives
+    return np.where(x > 0, x, neg), {"x": x, "neg": neg, "alpha": alpha}
+
+
+def elu_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    a = dy.dtype.type(cache["alpha"])
+    return np.where(cache["x"] > 0, dy, dy * (cache["neg"] + a))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp of -|x| only, so neither tail overflows.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    y = _sigmoid(x)
+    return y, {"y": y}
+
+
+def sigmoid_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    y = cache["y"]
+    return dy * y * (1 - y)
+
+
+def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    y = np.tanh(x)
+    return y, {"y": y}
+
+
+def tanh_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    y = cache["y"]
+    return dy * (1 - y * y)
+
+
+_SQRT1_2 = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    """Exact GELU, x * Phi(x), with Phi from erf (PyTorch's default approximate='none')."""
+    cdf = (0.5 * (1 + _erf(x * _SQRT1_2))).astype(x.dtype, copy=False)
+    return x * cdf, {"x": x, "cdf": cdf}
+
+
+def gelu_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    x = cache["x"]
+    pdf = (np.exp(-0.5 * x * x) * _INV_SQRT_2PI).astype(x.dtype, copy=False)
+    return dy * (cache["cdf"] + x * pdf)
+
+
+def silu_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    s = _sigmoid(x)
+    return x * s, {"x": x, "s": s}
+
+
+def silu_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    x, s = cache["x"], cache["s"]
+    return dy * (s * (1 + x * (1 - s)))
+
+
+def hardswish_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    return x * np.clip(x + 3, 0, 6) / 6, {"x": x}
+
+
+def hardswish_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    x = cache["x"]
+    # PyTorch: 0 for x <= -3, (2x + 3) / 6 for -3 < x < 3, 1 for x >= 3.
+    slope = np.where(x <= -3, 0, np.where(x < 3, (2 * x + 3) / 6, 1)).astype(x.dtype, copy=False)
+    return dy * slope
+
+
+def softmax_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    """Softmax over dim 1 (classes of a vector, channels of a CxHxW map)."""
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    y = e / e.sum(axis=1, keepdims=True)
+    return y, {"y": y}
+
+
+def softmax_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    y = cache["y"]
+    return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+
+# ---------------------------------------------------------------- joins and preprocessing
+
+
+def concat_forward(xs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(xs, axis=1)
+
+
+def concat_backward(dy: np.ndarray, channels: tuple[int, ...]) -> list[np.ndarray]:
+    """Split the gradient of a channel concat back into its branches (views, never written to)."""
+    return np.split(dy, np.cumsum(channels)[:-1], axis=1)
+
+
+def preprocess_forward(x: np.ndarray, scale: np.ndarray, mean: np.ndarray | None,
+                       std: np.ndarray | None) -> tuple[np.ndarray, Cache]:
+    """x * scale, then (x - mean[c]) / std[c]; the buffers get no gradient, the input does."""
+    y = x * scale
+    if mean is not None:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        y = (y - mean.reshape(shape)) / std.reshape(shape)
+    return y, {"scale": scale, "std": std, "ndim": x.ndim}
+
+
+def preprocess_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    dx = dy * cache["scale"]
+    if cache["std"] is not None:
+        dx = dx / cache["std"].reshape((1, -1) + (1,) * (cache["ndim"] - 2))
+    return dx

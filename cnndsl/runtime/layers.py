@@ -1,0 +1,351 @@
+"""Layers (a kernel plus its tensors) and `Model`, the base class of every generated NumPy model.
+
+A layer is called as `layer(x, train)`, keeps what its backward needs, and `layer.backward(dy)`
+returns the input gradient and *adds* the parameter gradients into `layer.grads` (PyTorch's
+accumulate-until-zero_grad rule). Its tensors are keyed by role (`weight`, `bias`,
+`running_mean`, ...); `Model` exposes them under the full names `<layer name>.<role>`, which
+are `net.tensor_specs()` names and the PyTorch `state_dict()` keys.
+
+Tensors are created once and only ever updated in place, so `model.params[name]` stays the
+array the layer computes with: an optimizer may update it in place (`p -= lr * g`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import kernels as K
+
+Pair = tuple[int, int]
+Pads = tuple[int, int, int, int]
+
+
+class Layer:
+    """One statement of the network: `params` (trainable), `grads` (same keys) and `buffers`."""
+
+    def __init__(self, name: str, dtype: Any = np.float32):
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.cache: K.Cache | None = None
+
+    def param(self, role: str, shape: tuple[int, ...]) -> np.ndarray:
+        self.params[role] = np.zeros(shape, dtype=self.dtype)
+        self.grads[role] = np.zeros(shape, dtype=self.dtype)
+        return self.params[role]
+
+    def __call__(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        y, self.cache = self.forward(x, train)
+        return y
+
+    def forward(self, x: np.ndarray, train: bool) -> tuple[np.ndarray, K.Cache]:
+        raise NotImplementedError(f"{type(self).__name__} has no forward")
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self.cache is None:
+            raise RuntimeError(f"{self.name}: backward before forward")
+        return self.grad(dy, self.cache)
+
+    def grad(self, dy: np.ndarray, cache: K.Cache) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def accumulate(self, role: str, value: np.ndarray | None) -> None:
+        if value is not None:
+            self.grads[role] += value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class Conv2d(Layer):
+    def __init__(self, name: str, in_channels: int, out_channels: int, kernel: Pair, stride: Pair = (1, 1),
+                 pads: Pads = (0, 0, 0, 0), dilation: Pair = (1, 1), groups: int = 1, bias: bool = True,
+                 dtype: Any = np.float32):
+        super().__init__(name, dtype)
+        self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
+        self.param("weight", (out_channels, in_channels // groups, *kernel))
+        if bias:
+            self.param("bias", (out_channels,))
+
+    def forward(self, x, train):
+        # Inference keeps no column matrix; a backward after it rebuilds the columns.
+        return K.conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride, self.pads,
+                                self.dilation, self.groups, keep=train)
+
+    def grad(self, dy, cache):
+        dx, dw, db = K.conv2d_backward(dy, cache)
+        self.accumulate("weight", dw)
+        self.accumulate("bias", db)
+        return dx
+
+
+class MaxPool2d(Layer):
+    def __init__(self, name: str, kernel: Pair, stride: Pair, pads: Pads = (0, 0, 0, 0), ceil: bool = False):
+        super().__init__(name)
+        self.kernel, self.stride, self.pads, self.ceil = kernel, stride, pads, ceil
+
+    def forward(self, x, train):
+        return K.max_pool2d_forward(x, self.kernel, self.stride, self.pads, self.ceil)
+
+    def grad(self, dy, cache):
+        return K.max_pool2d_backward(dy, cache)
+
+
+class AvgPool2d(MaxPool2d):
+    def forward(self, x, train):
+        return K.avg_pool2d_forward(x, self.kernel, self.stride, self.pads, self.ceil)
+
+    def grad(self, dy, cache):
+        return K.avg_pool2d_backward(dy, cache)
+
+
+class GlobalAvgPool(Layer):
+    def forward(self, x, train):
+        return K.global_avg_pool_forward(x)
+
+    def grad(self, dy, cache):
+        return K.global_avg_pool_backward(dy, cache)
+
+
+class GlobalMaxPool(Layer):
+    def forward(self, x, train):
+        return K.global_max_pool_forward(x)
+
+    def grad(self, dy, cache):
+        return K.global_max_pool_backward(dy, cache)
+
+
+class Linear(Layer):
+    def __init__(self, name: str, in_features: int, out_features: int, bias: bool = True, dtype: Any = np.float32):
+        super().__init__(name, dtype)
+        self.param("weight", (out_features, in_features))
+        if bias:
+            self.param("bias", (out_features,))
+
+    def forward(self, x, train):
+        return K.linear_forward(x, self.params["weight"], self.params.get("bias"))
+
+    def grad(self, dy, cache):
+        dx, dw, db = K.linear_backward(dy, cache)
+        self.accumulate("weight", dw)
+        self.accumulate("bias", db)
+        return dx
+
+
+class Flatten(Layer):
+    def forward(self, x, train):
+        return x.reshape(x.shape[0], -1), {"x_shape": x.shape}
+
+    def grad(self, dy, cache):
+        return dy.reshape(cache["x_shape"])
+
+
+class Dropout(Layer):
+    """Inverted dropout drawing its masks from its own seeded Generator (`Model.seed` reseeds it)."""
+
+    def __init__(self, name: str, p: float, seed: int = 0):
+        super().__init__(name)
+        self.p = p
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x, train):
+        return K.dropout_forward(x, self.p, self.rng, train)
+
+    def grad(self, dy, cache):
+        return K.dropout_backward(dy, cache)
+
+
+class BatchNorm(Layer):
+    def __init__(self, name: str, channels: int, eps: float = 1e-5, momentum: float = 0.1, dtype: Any = np.float32):
+        super().__init__(name, dtype)
+        self.eps, self.momentum = eps, momentum
+        self.param("weight", (channels,))[...] = 1
+        self.param("bias", (channels,))
+        self.buffers["running_mean"] = np.zeros(channels, dtype=self.dtype)
+        self.buffers["running_var"] = np.ones(channels, dtype=self.dtype)
+        self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+
+    def forward(self, x, train):
+        b = self.buffers
+        return K.batch_norm_forward(x, self.params["weight"], self.params["bias"], b["running_mean"],
+                                    b["running_var"], b["num_batches_tracked"], self.eps, self.momentum, train)
+
+    def grad(self, dy, cache):
+        dx, dgamma, dbeta = K.batch_norm_backward(dy, cache)
+        self.accumulate("weight", dgamma)
+        self.accumulate("bias", dbeta)
+        return dx
+
+
+class Activation(Layer):
+    """An elementwise (or, for softmax, per-position) function with no tensors."""
+
+    forward_fn = staticmethod(K.relu_forward)
+    backward_fn = staticmethod(K.relu_backward)
+
+    def forward(self, x, train):
+        return self.forward_fn(x)
+
+    def grad(self, dy, cache):
+        return self.backward_fn(dy, cache)
+
+
+def _activation(name: str, forward, backward, doc: str) -> type[Activation]:
+    cls = type(name, (Activation,), {"forward_fn": staticmethod(forward), "backward_fn": staticmethod(backward),
+                                     "__doc__": doc})
+    cls.__module__ = __name__
+    return cls
+
+
+ReLU = _activation("ReLU", K.relu_forward, K.relu_backward, "max(x, 0)")
+ReLU6 = _activation("ReLU6", K.relu6_forward, K.relu6_backward, "clip(x, 0, 6)")
+Sigmoid = _activation("Sigmoid", K.sigmoid_forward, K.sigmoid_backward, "1 / (1 + exp(-x))")
+Tanh = _activation("Tanh", K.tanh_forward, K.tanh_backward, "tanh(x)")
+GELU = _activation("GELU", K.gelu_forward, K.gelu_backward, "x * Phi(x), exact (erf)")
+SiLU = _activation("SiLU", K.silu_forward, K.silu_backward, "x * sigmoid(x)")
+Hardswish = _activation("Hardswish", K.hardswish_forward, K.hardswish_backward, "x * relu6(x + 3) / 6")
+Softmax = _activation("Softmax", K.softmax_forward, K.softmax_backward, "softmax over dim 1")
+
+
+class LeakyReLU(Activation):
+    def __init__(self, name: str, alpha: float = 0.01):
+        super().__init__(name)
+        self.alpha = alpha
+
+    def forward(self, x, train):
+        return K.leaky_relu_forward(x, self.alpha)
+
+    def grad(self, dy, cache):
+        return K.leaky_relu_backward(dy, cache)
+
+
+class ELU(LeakyReLU):
+    def __init__(self, name: str, alpha: float = 1.0):
+        super().__init__(name, alpha)
+
+    def forward(self, x, train):
+        return K.elu_forward(x, self.alpha)
+
+    def grad(self, dy, cache):
+        return K.elu_backward(dy, cache)
+
+
+class Preprocess(Layer):
+    """x * scale, then (with standardize) (x - mean[c]) / std[c]: buffers, part of the model."""
+
+    def __init__(self, name: str, channels: int, standardize: bool, dtype: Any = np.float32):
+        super().__init__(name, dtype)
+        self.buffers["scale"] = np.ones((), dtype=self.dtype)
+        if standardize:
+            self.buffers["mean"] = np.zeros(channels, dtype=self.dtype)
+            self.buffers["std"] = np.ones(channels, dtype=self.dtype)
+
+    def forward(self, x, train):
+        b = self.buffers
+        return K.preprocess_forward(x, b["scale"], b.get("mean"), b.get("std"))
+
+    def grad(self, dy, cache):
+        return K.preprocess_backward(dy, cache)
+
+
+class Model:
+    """The base of generated models: forward/backward are generated, the tensor bookkeeping is here.
+
+    - `forward(x, train=False)`: x is NCHW (or N x features); cast to the model's dtype.
+    - `backward(dy)`: dy is d(loss)/d(output); returns d(loss)/d(x) and adds into `grads`.
+    - `params`, `grads`: {tensor name: array} for trainable tensors, `net.tensor_specs()` order.
+    - `buffers`: {name: array} for the rest (BN running stats, preprocessing).
+    - `state_dict()` / `load_state_dict()`: every tensor, PyTorch's names and layouts.
+    """
+
+    input_shape: tuple[int, ...] = ()
+
+    def __init__(self, dtype: Any = np.float32):
+        self.dtype = np.dtype(dtype)
+        self.layers: list[Layer] = []
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def add(self, layer: Layer) -> Layer:
+        """Register a layer (in statement order, which is the tensor registration order)."""
+        self.layers.append(layer)
+        for role, array in layer.params.items():
+            self.params[f"{layer.name}.{role}"] = array
+            self.grads[f"{layer.name}.{role}"] = layer.grads[role]
+        for role, array in layer.buffers.items():
+            self.buffers[f"{layer.name}.{role}"] = array
+        return layer
+
+    def __call__(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        return self.forward(x, train)
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        raise NotImplementedError("generated models define forward")
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("generated models define backward")
+
+    def input(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=self.dtype)
+        if self.input_shape and tuple(x.shape[1:]) != tuple(self.input_shape):
+            dims = ", ".join(map(str, self.input_shape))
+            raise ValueError(f"{type(self).__name__} takes inputs of shape (N, {dims}), not {x.shape}")
+        return x
+
+    def zero_grad(self) -> None:
+        for g in self.grads.values():
+            g[...] = 0
+
+    def seed(self, seed: int) -> None:
+        """Reseed every dropout layer's Generator (each gets its own stream)."""
+        dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+        for index, layer in enumerate(dropouts):
+            layer.rng = np.random.default_rng([seed, index])
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every tensor in registration order; the arrays themselves, as PyTorch's state_dict shares storage."""
+        out = {}
+        for layer in self.layers:
+            for role, array in layer.params.items():
+                out[f"{layer.name}.{role}"] = array
+            for role, array in layer.buffers.items():
+                out[f"{layer.name}.{role}"] = array
+        return out
+
+    def load_state_dict(self, tensors: dict[str, Any], strict: bool = True) -> None:
+        """Copy `tensors` into the model in place (so references to `params` stay valid)."""
+        own = self.state_dict()
+        missing = [n for n in own if n not in tensors]
+        unexpected = [n for n in tensors if n not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state dict does not match {type(self).__name__}: missing {missing[:8]}, "
+                           f"unexpected {unexpected[:8]}")
+        for name, value in tensors.items():
+            if name not in own:
+                continue
+            value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+            if value.shape != own[name].shape:
+                raise ValueError(f"{name}: shape {value.shape}, the model needs {own[name].shape}")
+            own[name][...] = value
+
+    def load_safetensors(self, path: str | os.PathLike) -> None:
+        from safetensors.numpy import load_file
+
+        self.load_state_dict(load_file(os.fspath(path)))
+
+    def save_safetensors(self, path: str | os.PathLike) -> None:
+        from ..weights import save_weights
+
+        # The file holds float32 (int64 counters) whatever the model computes in, as every backend expects.
+        tensors = {name: a if a.dtype == np.int64 else a.astype(np.float32) for name, a in self.state_dict().items()}
+        save_weights(tensors, path, metadata={"format": "cnndsl", "network": type(self).__name__})
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}("] + [f"  {layer!r}," for layer in self.layers] + [")"]
+        return "\n".join(lines)
