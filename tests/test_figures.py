@@ -1,0 +1,560 @@
+"""Published figures (REFERENCE-FIGURES.md) and the sketch's promises (LANGUAGE-SKETCH.md), exactly.
+
+Parameters are asserted to the unit, MACs within 0.5% of torchvision's "GFLOPS" column, receptive
+fields, jumps and centre offsets to the pixel. Where it is cheap, the figures are re-derived
+independently with hand-built torch modules (parameter counts, MACs by forward hooks, receptive
+fields by gradients).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import cnndsl
+from cnndsl import ir
+from cnndsl.analysis import same_padding
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+SKETCH = ROOT.parent / "shared" / "LANGUAGE-SKETCH.md"
+
+
+def report(name: str):
+    return cnndsl.load(EXAMPLES / f"{name}.cnn").analyze()
+
+
+def analyze(text: str, input_shape=None):
+    return cnndsl.parse(text).analyze(input_shape)
+
+
+# ------------------------------------------------------------------ parameters and MACs
+
+PARAMS = {
+    "lenet5": 61_706,
+    "alexnet": 61_100_840,
+    "vgg16": 138_357_544,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet101": 44_549_160,
+    "mobilenet_v1": 4_231_976,
+    "mobilenet_v1_sym": 4_231_976,
+}
+
+GMACS = {"resnet18": 1.814, "vgg16": 15.470, "alexnet": 0.714, "resnet34": 3.664, "resnet101": 7.801}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_counts_of_the_examples(name):
+    r = report(name)
+    assert r.params == PARAMS[name]
+    assert r.trainable_params == PARAMS[name]
+    assert r.output == ((10,) if name == "lenet5" else (1000,))
+
+
+@pytest.mark.parametrize("name", sorted(GMACS))
+def test_macs_of_the_examples(name):
+    macs = report(name).macs
+    assert abs(macs / 1e9 - GMACS[name]) <= 0.005 * GMACS[name], f"{name}: {macs:,}"
+
+
+def test_macs_count_conv_and_fc_only():
+    r = report("resnet18")
+    assert r.macs == sum(row.macs for row in r.layers if row.op in ("conv", "fc"))
+    assert all(row.macs == 0 for row in r.layers if row.op not in ("conv", "fc"))
+
+
+VGG_CONFIGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+VGG_FIGURES = {  # parameters, parameters with bn, GMACs
+    "vgg11": (132_863_336, 132_868_840, 7.609),
+    "vgg13": (133_047_848, 133_053_736, 11.308),
+    "vgg16": (138_357_544, 138_365_992, 15.470),
+}
+
+
+def vgg_program(name: str, bn: bool) -> str:
+    lines = [f"network {name}{'_bn' if bn else ''}", "input 3x224x224"]
+    for item in VGG_CONFIGS[name]:
+        lines.append("pool max 2/2" if item == "M" else f"conv 3x3 pad1 -> {item}" + ("; bn" if bn else "") + "; relu")
+    lines += ["fc 4096; relu; dropout .5", "fc 4096; relu; dropout", "fc 1000"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("name", sorted(VGG_CONFIGS))
+@pytest.mark.parametrize("bn", [False, True])
+def test_vgg_family_inline(name, bn):
+    params, params_bn, gmacs = VGG_FIGURES[name]
+    r = analyze(vgg_program(name, bn))
+    assert r.params == (params_bn if bn else params)
+    assert abs(r.macs / 1e9 - gmacs) <= 0.005 * gmacs
+    assert r.output == (1000,)
+
+
+def test_vgg16_example_matches_the_inline_program():
+    a, b = report("vgg16"), analyze(vgg_program("vgg16", False))
+    assert (a.params, a.macs) == (b.params, b.macs)
+    assert [row.rf for row in a.layers if row.op in ("conv", "pool")] == \
+        [row.rf for row in b.layers if row.op in ("conv", "pool")]
+
+
+# ------------------------------------------------------------------ receptive fields
+
+
+def test_lenet5_receptive_fields():
+    r = report("lenet5")
+    convs = [row for row in r.layers if row.op == "conv"]
+    pools = [row for row in r.layers if row.op == "pool"]
+    assert (convs[1].rf, convs[1].jump) == ((14, 14), (2, 2))
+    assert (pools[1].rf, pools[1].jump) == ((16, 16), (4, 4))
+
+
+VGG16_RF = [  # (layer, rf, jump) from REFERENCE-FIGURES.md
+    ("conv1_1", 3, 1), ("conv1_2", 5, 1), ("pool1", 6, 2),
+    ("conv2_1", 10, 2), ("conv2_2", 14, 2), ("pool2", 16, 4),
+    ("conv3_1", 24, 4), ("conv3_2", 32, 4), ("conv3_3", 40, 4), ("pool3", 44, 8),
+    ("conv4_1", 60, 8), ("conv4_2", 76, 8), ("conv4_3", 92, 8), ("pool4", 100, 16),
+    ("conv5_1", 132, 16), ("conv5_2", 164, 16), ("conv5_3", 196, 16), ("pool5", 212, 32),
+]
+
+
+def test_vgg16_receptive_field_per_layer():
+    rows = [row for row in report("vgg16").layers if row.op in ("conv", "pool")]
+    assert len(rows) == len(VGG16_RF)
+    for row, (layer, rf, jump) in zip(rows, VGG16_RF, strict=True):
+        assert (layer, row.rf, row.jump) == (layer, (rf, rf), (jump, jump)), row.name
+        assert row.op == ("pool" if layer.startswith("pool") else "conv")
+
+
+def test_alexnet_last_pool():
+    pools = [row for row in report("alexnet").layers if row.op == "pool"]
+    assert (pools[-1].rf, pools[-1].jump, pools[-1].output) == ((195, 195), (32, 32), (256, 6, 6))
+
+
+def _before_global_pool(r):
+    rows = list(r.layers)
+    index = next(i for i, row in enumerate(rows) if row.op == "pool" and row.output[1:] == (1, 1))
+    return rows[index - 1]
+
+
+@pytest.mark.parametrize(("name", "rf"), [("resnet18", 435), ("resnet34", 899), ("resnet101", 971)])
+def test_resnet_last_stage(name, rf):
+    last = _before_global_pool(report(name))
+    assert (last.rf, last.jump) == ((rf, rf), (32, 32))
+    assert last.output[1:] == (7, 7)
+
+
+@pytest.mark.parametrize(("name", "offset", "padding"), [("mobilenet_v1", 31, 126), ("mobilenet_v1_sym", 0, 157)])
+def test_mobilenet_last_pointwise_conv(name, offset, padding):
+    last = [row for row in report(name).layers if row.op == "conv"][-1]
+    assert last.statement.startswith("conv 1x1")
+    assert (last.rf, last.jump, last.offset) == ((315, 315), (32, 32), (offset, offset))
+    # the padding the whole stack implies: the first window starts (rf - 1) / 2 before its centre
+    assert (last.rf[0] - 1) / 2 - last.offset[0] == padding
+
+
+def test_global_pool_and_fc_see_their_whole_input():
+    r = report("resnet18")
+    pool = next(row for row in r.layers if row.op == "pool" and row.output[1:] == (1, 1))
+    assert pool.rf == (435 + 6 * 32, 435 + 6 * 32)
+    assert r.rf == pool.rf
+
+
+# ------------------------------------------------------------------ pad same (TensorFlow's rule)
+
+SAME_CASES = [  # kernel, stride, input -> output, (top, bottom)
+    (3, 2, 7, 4, (1, 1)),
+    (3, 2, 8, 4, (0, 1)),
+    (4, 2, 200, 100, (1, 1)),
+    (4, 2, 201, 101, (1, 2)),
+]
+
+
+@pytest.mark.parametrize(("k", "s", "size", "out", "pads"), SAME_CASES)
+def test_same_padding_function(k, s, size, out, pads):
+    assert same_padding(size, k, s) == pads
+    assert -(-size // s) == out
+
+
+@pytest.mark.parametrize(("k", "s", "size", "out", "pads"), SAME_CASES)
+@pytest.mark.parametrize("op", ["conv", "pool"])
+def test_same_padding_in_programs(k, s, size, out, pads, op):
+    stmt = f"conv {k}x{k}/{s} pad same -> 2" if op == "conv" else f"pool avg {k}x{k}/{s} pad same"
+    net = cnndsl.parse(f"input 1x{size}x{size + 1}\n{stmt}\n")
+    r = net.analyze()
+    node = next(n for n in net.ir.walk() if isinstance(n, (ir.Conv, ir.Pool)))
+    shape = net.shapes.of(node)
+    wide = same_padding(size + 1, k, s)
+    assert r.output[1:] == (out, -(-(size + 1) // s))
+    assert shape.pads == (*pads, *wide)
+    assert not r.warnings  # pad same never leaves a real row unseen
+
+
+def test_same_padding_dilated_and_stride_one():
+    assert same_padding(10, 3, 1) == (1, 1)
+    assert same_padding(10, 3, 1, dilation=2) == (2, 2)
+    assert same_padding(10, 4, 1) == (1, 2)
+    assert same_padding(5, 1, 2) == (0, 0)
+
+
+# ------------------------------------------------------------------ small figures
+
+def test_conv_variants_parameter_counts():
+    cases = {
+        "conv 3x3 -> 64": (3 * 9 + 1) * 64,
+        "conv 3x3 pad1 -> 64 nobias": 3 * 9 * 64,
+        "conv 1x7 pad 0x3 -> 16": (3 * 7 + 1) * 16,
+        "conv 3x3 dil2 pad2 -> 8": (3 * 9 + 1) * 8,
+        "conv 3x3 pad1 depthwise": 3 * 9 + 3,
+        "conv 3x3 pad1 depthwise -> 2x nobias": 6 * 9,
+        "conv 1x1 -> 12; conv 3x3 groups4 -> 8": (3 + 1) * 12 + (3 * 9 + 1) * 8,
+        "bn": 6,
+        "fc 10": (3 * 8 * 8 + 1) * 10,
+        "flatten; fc 10 nobias": 3 * 8 * 8 * 10,
+    }
+    for stmt, params in cases.items():
+        assert analyze(f"input 3x8x8\n{stmt}\n").params == params, stmt
+
+
+def test_fc_on_a_feature_map_is_the_flattened_conv():
+    a = analyze("input 16x5x5\nfc 120\n")
+    b = analyze("input 16x5x5\nflatten\nfc 120\n")
+    c = analyze("input 16x5x5\nconv 5x5 -> 120\nflatten\n")
+    assert a.params == b.params == c.params == (16 * 25 + 1) * 120
+    assert a.macs == b.macs == c.macs
+    assert a.output == b.output == c.output == (120,)
+
+
+def test_residual_projects_only_where_the_shape_changes():
+    r18 = report("resnet18")
+    shortcut_convs = [row for row in r18.layers if ".shortcut" in row.name and row.op == "conv"]
+    assert len(shortcut_convs) == 3  # basic(128, s=2), basic(256, s=2), basic(512, s=2)
+    r = analyze("input 8x8x8\nresidual { conv 3x3 pad1 -> 8 } shortcut always { conv 1x1 -> 8 }\n")
+    assert r.params == (8 * 9 + 1) * 8 + (8 + 1) * 8
+    r = analyze("input 8x8x8\nresidual { conv 3x3 pad1 -> 8 } shortcut { conv 1x1 -> 8 }\n")
+    assert r.params == (8 * 9 + 1) * 8
+
+
+def test_inception_branches():
+    r = report("inception")
+    concats = [row for row in r.layers if row.op == "concat"]
+    assert [row.output for row in concats] == [(256, 35, 35), (288, 35, 35), (288, 35, 35)]
+    assert r.output == (1000,)
+
+
+def test_input_override_changes_figures_not_parameters_of_convs():
+    net = cnndsl.load(EXAMPLES / "resnet18.cnn")
+    small = net.analyze((3, 64, 64))
+    assert small.params == 11_689_512  # global pool: the fc sees 512 whatever the size
+    assert small.output == (1000,)
+    assert small.macs < net.analyze().macs
+
+
+# ------------------------------------------------------------------ the sketch's programs
+
+def _sketch_blocks():
+    if not SKETCH.exists():
+        return []
+    return re.findall(r"```(\w*)\n(.*?)```", SKETCH.read_text(encoding="utf-8"), flags=re.S)
+
+
+def _cnndsl_blocks():
+    blocks = [body for lang, body in _sketch_blocks() if lang in ("", "cnn", "cnndsl")]
+    return [b for b in blocks if not b.lstrip().startswith("cnndsl ")]  # the shell commands of section 6
+
+
+needs_sketch = pytest.mark.skipif(not SKETCH.exists(), reason="LANGUAGE-SKETCH.md is not next to the repository")
+
+
+def _kind(block: str) -> str:
+    if re.search(r"^network ", block, flags=re.M):
+        return "network"
+    if block.lstrip().startswith("block "):
+        return "block"
+    if block.lstrip().startswith("expect "):
+        return "expect"
+    return "sections"
+
+
+@needs_sketch
+def test_sketch_has_the_programs_we_expect():
+    kinds = [_kind(b) for b in _cnndsl_blocks()]
+    assert kinds.count("network") == 2
+    assert {"block", "expect", "sections"} <= set(kinds)
+
+
+@needs_sketch
+def test_sketch_networks_analyze_to_the_stated_figures():
+    networks = {re.search(r"^network (\w+)", b, flags=re.M).group(1): b for b in _cnndsl_blocks()
+                if _kind(b) == "network"}
+    lenet = cnndsl.parse(networks["lenet5"]).analyze()
+    assert lenet.params == 61_706
+    conv2 = [row for row in lenet.layers if row.op == "conv"][1]
+    pool2 = [row for row in lenet.layers if row.op == "pool"][1]
+    assert (conv2.rf, conv2.jump, pool2.rf, pool2.jump) == ((14, 14), (2, 2), (16, 16), (4, 4))
+    resnet = cnndsl.parse(networks["resnet18"]).analyze()
+    assert resnet.params == 11_689_512
+    blocks = [n for n in cnndsl.parse(networks["resnet18"]).ir.walk() if isinstance(n, ir.Seq) and n.block]
+    projections = [b.args for b in blocks if any(isinstance(c, ir.Residual) for c in b.items)
+                   and dict(b.args)["s"] == 2]
+    assert len(projections) == 3
+    # and the copies in examples/ are verbatim
+    assert networks["lenet5"].strip() == (EXAMPLES / "lenet5.cnn").read_text().strip()
+    assert networks["resnet18"].strip() == (EXAMPLES / "resnet18.cnn").read_text().strip()
+
+
+@needs_sketch
+def test_sketch_block_inception_a():
+    (block,) = [b for b in _cnndsl_blocks() if _kind(b) == "block"]
+    text = block + "\ninput 192x35x35\ninception_a(32)\n"
+    r = analyze(text)
+    assert r.output == (64 + 64 + 96 + 32, 35, 35)
+    assert r.params == (192 + 1) * 64 + (192 + 1) * 48 + (48 * 25 + 1) * 64 + (192 + 1) * 64 + \
+        (64 * 9 + 1) * 96 + (96 * 9 + 1) * 96 + (192 + 1) * 32
+
+
+@needs_sketch
+def test_sketch_expectations():
+    (block,) = [b for b in _cnndsl_blocks() if _kind(b) == "expect"]
+    # a small 224 network that keeps all three promises
+    ok = "input 3x224x224\nconv 7x7/2 pad3 -> 8; relu\npool max 3x3/2 pad1\nconv 3x3/2 pad1 -> 16\n" \
+         "conv 3x3/2 pad1 -> 16\nconv 3x3/2 pad1 -> 16\nconv 3x3 pad1 -> 16\npool avg global\nfc 10\n"
+    r = analyze(ok + block)
+    assert r.output == (10,) and r.params < 5_000_000 and min(r.rf) >= 224
+    # LeNet breaks `expect rf >= 224`: the check fails pointing at that line
+    lenet = (EXAMPLES / "lenet5.cnn").read_text()
+    with pytest.raises(cnndsl.CnnDslError) as info:
+        analyze(lenet + block)
+    line = lenet.count("\n") + 1 + block.splitlines().index(next(x for x in block.splitlines() if "rf" in x))
+    assert info.value.line == line
+    assert "rf" in info.value.message
+
+
+@needs_sketch
+def test_sketch_sections():
+    (block,) = [b for b in _cnndsl_blocks() if _kind(b) == "sections"]
+    net = cnndsl.parse((EXAMPLES / "lenet5.cnn").read_text() + block)
+    pre, aug, train = net.ir.preprocess, net.ir.augment, net.ir.train
+    assert pre.scale == pytest.approx(1 / 255) and pre.standardize and pre.mean is None
+    assert aug.flip == ("horizontal",) and aug.rotate == 15 and aug.zoom == (0.9, 1.1)
+    assert (aug.skew, aug.crop, aug.crop_pad, aug.brightness, aug.contrast) == (0.1, 32, 4, 0.2, 0.2)
+    assert (train.optimizer, train.lr, train.momentum, train.weight_decay) == ("sgd", 0.05, 0.9, 5e-4)
+    assert (train.batch, train.epochs, train.schedule) == (64, 10, "cosine")
+    assert net.analyze().params == 61_706
+    # the alternative spelled in the comment
+    alt = re.search(r"# or: (standardize mean .*)", block).group(1)
+    net = cnndsl.parse((EXAMPLES / "lenet5.cnn").read_text() + "preprocess {\n  " + alt + "\n}\n")
+    assert net.ir.preprocess.mean == (0.49, 0.48, 0.45)
+    assert net.ir.preprocess.std == (0.25, 0.24, 0.26)
+
+
+LAYER_TABLE = [  # the statements of the sketch's section 2 and what they give on 16x8x8
+    ("conv 3x3 -> 64", (64, 6, 6)),
+    ("conv 3x3/2 pad1 -> 64", (64, 4, 4)),
+    ("conv 3x3/2x1 pad1 -> 64", (64, 4, 8)),
+    ("conv 3x3 dil2 pad2 -> 64", (64, 8, 8)),
+    ("conv 3x3 groups4 -> 64", (64, 6, 6)),
+    ("conv 3x3 pad1 depthwise", (16, 8, 8)),
+    ("conv 3x3 pad1 depthwise -> 2x", (32, 8, 8)),
+    ("conv 1x1 -> 16", (16, 8, 8)),
+    ("conv 3 -> 4", (4, 6, 6)),
+    ("conv 1x7 -> 4", (4, 8, 2)),
+    ("conv 3x3 pad 1 -> 4", (4, 8, 8)),
+    ("conv 3x3 pad 1x0 -> 4", (4, 8, 6)),
+    ("conv 3x3 pad same -> 4", (4, 8, 8)),
+    ("conv 3x3 pad valid -> 4", (4, 6, 6)),
+    ("conv 3x3 pad1 -> 64 nobias", (64, 8, 8)),
+    ("pool max 2/2", (16, 4, 4)),
+    ("pool avg 3x3/2 pad1", (16, 4, 4)),
+    ("pool max 2", (16, 4, 4)),
+    ("pool max global", (16, 1, 1)),
+    ("pool avg global", (16, 1, 1)),
+    ("fc 120", (120,)),
+    ("flatten", (1024,)),
+    ("dropout .5", (16, 8, 8)),
+    ("bn", (16, 8, 8)),
+    ("bn eps 1e-3 momentum .01", (16, 8, 8)),
+    ("relu; relu6; leaky .1; elu; sigmoid; tanh; gelu; silu; hardswish; softmax", (16, 8, 8)),
+    ("conv 1x1 -> 16; concat { branch {} branch { bn; relu; conv 3x3 pad1 -> 8 } }", (24, 8, 8)),
+    ("add { branch { conv 3x3 pad1 -> 16 } branch { conv 1x1 -> 16 } }", (16, 8, 8)),
+    ("residual { conv 3x3 pad1 -> 16 } shortcut always { conv 1x1 -> 16 }", (16, 8, 8)),
+]
+
+
+@pytest.mark.parametrize(("stmt", "shape"), LAYER_TABLE)
+def test_sketch_layer_table(stmt, shape):
+    assert analyze(f"input 16x8x8\n{stmt}\n").output == shape
+
+
+def test_sketch_arithmetic():
+    text = "block b(c, n=3, s=1) {\n  conv 3x3/s pad1 -> 4*c; relu x (n-1)\n}\ninput 3x16x16\nb(2, s=2)\n"
+    net = cnndsl.parse(text)
+    assert net.analyze().output == (8, 8, 8)
+    assert sum(isinstance(n, ir.Activation) for n in net.ir.walk()) == 2
+
+
+# ------------------------------------------------------------------ independent re-derivation in torch
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def _count_macs(model, x):
+    """conv + fc multiply-accumulates by forward hooks, as torchvision counts them."""
+    total = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total[0] += output.numel() * k
+        elif isinstance(module, nn.Linear):
+            total[0] += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        out = model(x)
+    for h in handles:
+        h.remove()
+    return total[0], out
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def lenet_torch(pool=nn.MaxPool2d):
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), pool(2, 2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), pool(2, 2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Dropout(0.5), nn.Linear(84, 10))
+
+
+class Basic(nn.Module):
+    def __init__(self, c_in, c, s):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c, 3, s, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+        self.short = (nn.Sequential(nn.Conv2d(c_in, c, 1, s, bias=False), nn.BatchNorm2d(c))
+                      if s != 1 or c_in != c else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.short(x))
+
+
+def resnet18_torch():
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    c_in = 64
+    for c, s in [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]:
+        layers.append(Basic(c_in, c, s))
+        c_in = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
+
+
+def cifar_tiny_torch():
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        Basic(16, 16, 1), Basic(16, 32, 2), Basic(32, 64, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, 10))
+
+
+@pytest.mark.parametrize(("name", "build", "shape"), [
+    ("lenet5", lenet_torch, (1, 1, 28, 28)),
+    ("resnet18", resnet18_torch, (1, 3, 224, 224)),
+    ("cifar_tiny", cifar_tiny_torch, (1, 3, 32, 32)),
+])
+def test_hand_built_torch_modules_agree(name, build, shape):
+    torch.manual_seed(0)
+    model = build().eval()
+    macs, out = _count_macs(model, torch.zeros(shape))
+    r = report(name)
+    assert r.params == _params(model)
+    assert r.macs == macs
+    assert r.output == tuple(out.shape[1:])
+    bn_buffers = sum(m.running_mean.numel() * 2 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    pre = cnndsl.load(EXAMPLES / f"{name}.cnn").ir.preprocess
+    assert r.buffers == bn_buffers + (0 if pre is None else 1 + 2 * shape[1] * pre.standardize)
+
+
+def test_torchinfo_agrees_on_lenet_and_resnet18():
+    torchinfo = pytest.importorskip("torchinfo")
+    for name, build, shape in [("lenet5", lenet_torch, (1, 1, 28, 28)), ("resnet18", resnet18_torch, (1, 3, 224, 224))]:
+        stats = torchinfo.summary(build(), input_size=shape, verbose=0)
+        assert stats.total_params == report(name).params
+
+
+def inception_a_torch(c_in, pool_c):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = nn.ModuleList([
+                nn.Conv2d(c_in, 64, 1),
+                nn.Sequential(nn.Conv2d(c_in, 48, 1), nn.Conv2d(48, 64, 5, padding=2)),
+                nn.Sequential(nn.Conv2d(c_in, 64, 1), nn.Conv2d(64, 96, 3, padding=1), nn.Conv2d(96, 96, 3, padding=1)),
+                nn.Sequential(nn.AvgPool2d(3, 1, 1), nn.Conv2d(c_in, pool_c, 1))])
+
+        def forward(self, x):
+            return torch.cat([b(x) for b in self.b], 1)
+
+    return Block()
+
+
+def test_inception_example_agrees_with_torch():
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, 2), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(3, 2), nn.Conv2d(64, 80, 1), nn.ReLU(), nn.Conv2d(80, 192, 3), nn.ReLU(), nn.MaxPool2d(3, 2),
+        inception_a_torch(192, 32), nn.ReLU(), inception_a_torch(256, 64), nn.ReLU(), inception_a_torch(288, 64),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(), nn.Linear(288, 1000)).eval()
+    macs, out = _count_macs(model, torch.zeros(1, 3, 299, 299))
+    r = report("inception")
+    assert (r.params, r.macs, r.output) == (_params(model), macs, tuple(out.shape[1:]))
+
+
+def _gradient_extent(model, shape, out_index):
+    """Rows and columns of the input that reach output[0, 0, i, j], measured by a gradient."""
+    for p in model.parameters():
+        nn.init.constant_(p, 0.1)
+    x = torch.ones(shape, requires_grad=True)
+    out = model(x)
+    out[(0, 0) + out_index].backward()
+    nz = x.grad[0].abs().sum(0).nonzero()
+    return (nz[:, 0].min().item(), nz[:, 0].max().item()), (nz[:, 1].min().item(), nz[:, 1].max().item())
+
+
+def _predicted_extent(row, index, size):
+    extent = []
+    for axis in range(2):
+        centre = row.offset[axis] + row.jump[axis] * index[axis]
+        half = (row.rf[axis] - 1) / 2
+        extent.append((max(int(centre - half), 0), min(int(centre + half), size[axis] - 1)))
+    return tuple(extent)
+
+
+def test_receptive_field_by_gradient_lenet():
+    # average pools route gradient everywhere (max pools only to the winner); the geometry is the same
+    model = lenet_torch(nn.AvgPool2d)[:6]
+    r = report("lenet5")
+    for name, upto in (("conv2", 4), ("pool2", 6)):
+        row = r.layer(name)
+        for index in [(0, 0), (2, 3), (row.output[1] - 1, row.output[2] - 1)]:
+            measured = _gradient_extent(model[:upto], (1, 1, 28, 28), index)
+            assert measured == _predicted_extent(row, index, (28, 28)), (name, index)
+    assert r.layer("conv2").rf == (14, 14)
+
+
+def test_pad_same_centre_by_gradient():
+    # TensorFlow's `pad same` on an even size pads only bottom/right: F.pad(0, 1, 0, 1) then a valid conv
+    text = "input 1x16x16\nconv 3x3/2 pad same -> 1 nobias\nconv 3x3/2 pad same -> 1 nobias\n"
+    r = analyze(text)
+    convs = [row for row in r.layers if row.op == "conv"]
+    assert convs[-1].offset == (3.0, 3.0)  # 1 + 2 * 1
+    pad = nn.ZeroPad2d((0, 1, 0, 1))
+    model = nn.Sequential(pad, nn.Conv2d(1, 1, 3, 2, bias=False), pad, nn.Conv2d(1, 1, 3, 2, bias=False))
+    for index in [(0, 0), (1, 2), (3, 3)]:
+        assert _gradient_extent(model, (1, 1, 16, 16), index) == _predicted_extent(convs[-1], index, (16, 16))
+    assert tuple(model(torch.zeros(1, 1, 16, 16)).shape[2:]) == r.output[1:]
