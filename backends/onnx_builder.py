@@ -1,0 +1,442 @@
+"""IR -> ONNX, built with `onnx.helper` straight from the IR: no torch, no tracing.
+
+    model = onnx_builder.build(net)                  # seeded init weights (`resolve_weights(net, None, 0)`)
+    model = onnx_builder.build(net, "w.safetensors") # or a {name: array} dict; checked by name and shape
+    onnx_builder.save(model, "net.onnx")             # external data when the weights pass 2 GB
+
+The graph reads one input `input` (batch x C x H x W, batch dynamic) and writes one output `output`.
+Initializers carry exactly the names of `net.tensor_specs()` (the PyTorch `state_dict()` keys), in
+the same order and layout, so a model's weights can be read back by name. Every ONNX node is named
+`<IR node name>@line<N>` after the source line of its statement and carries
+`<file>:<line>: <statement>` (plus the block calls that produced it) as its `doc_string`.
+
+One emitter per IR node kind turns the node into ONNX nodes; figures that depend on the input size
+(pads of `pad same`, channels of a depthwise conv, whether a residual projects) come from
+`net.shapes`, never recomputed here. Every intermediate value gets a `value_info` with the analysed
+shape, so a viewer shows shapes and a checker can compare them with ONNX's own shape inference.
+
+Pools never use ONNX's `ceil_mode`: its output size does not follow PyTorch's rule that a window
+may not start in the trailing padding (ONNX shape inference and onnxruntime disagree on it). The
+shape pass already knows the output size, so a ceil-mode pool is emitted as a floor-mode pool whose
+end padding is extended just enough to produce it. For max pool that extension is ordinary
+padding (ignored by the max). For avg pool the windows that reach into it must divide by the part
+of the window inside input + padding (PyTorch), so the real padding is applied as zeros by a `Pad`
+node and the extension as `AveragePool` padding with `count_include_pad=0`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from cnndsl import ir
+from cnndsl.analysis.shapes import Window
+from cnndsl.weights import resolve_weights
+
+DEFAULT_OPSET = 17  # widely deployed (onnxruntime >= 1.13, TensorRT 8.6); gelu is the erf formula below 20
+MIN_OPSET = 17
+INPUT = "input"
+OUTPUT = "output"
+BATCH = "batch"
+# Serialized protobuf messages cannot exceed 2 GiB; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+EXTERNAL_MIN_TENSOR_BYTES = 1024  # smaller tensors stay inside the .onnx file
+_ALIGN = 4096
+
+
+class _Names:
+    """Unique names for ONNX values and nodes: the first use of a base name keeps it, later ones get `_2`, `_3`."""
+
+    def __init__(self, reserved: tuple[str, ...] = ()):
+        self._used: set[str] = set(reserved)
+
+    def reserve(self, name: str) -> None:
+        if name in self._used:
+            raise ValueError(f"name {name!r} is already taken")
+        self._used.add(name)
+
+    def fresh(self, base: str) -> str:
+        name, n = base, 1
+        while name in self._used:
+            n += 1
+            name = f"{base}_{n}"
+        self._used.add(name)
+        return name
+
+
+def _statement(source, span) -> str:
+    """The source text of the statement at `span` (its first line for a multi-line statement)."""
+    text = source.line_text(span.line)
+    if span.end_line == span.line and span.end_column > span.column:
+        return text[span.column - 1:span.end_column - 1].strip()
+    return text[span.column - 1:].split("#", 1)[0].strip()
+
+
+class _Builder:
+    def __init__(self, net, weights: dict[str, np.ndarray], opset: int):
+        self.net = net
+        self.shapes = net.shapes
+        self.weights = weights
+        self.opset = opset
+        self.names = _Names((INPUT, OUTPUT))
+        self.nodes: list[onnx.NodeProto] = []
+        self.value_shapes: dict[str, tuple[int | str, ...]] = {}  # value -> its dims, BATCH first where batched
+        self._constants: dict[tuple, str] = {}
+        self._emitters: dict[type, Callable[[Any, str], str]] = {
+            ir.Seq: self._seq,
+            ir.Conv: self._conv,
+            ir.Pool: self._pool,
+            ir.GlobalPool: self._global_pool,
+            ir.Linear: self._linear,
+            ir.Flatten: self._flatten,
+            ir.Dropout: self._dropout,
+            ir.BatchNorm: self._bn,
+            ir.Activation: self._activation,
+            ir.Residual: self._residual,
+            ir.Concat: self._concat,
+            ir.Add: self._add,
+        }
+        for spec in net.tensor_specs():
+            self.names.reserve(spec.name)
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def _where(self, node: ir.Node) -> str:
+        source = self.net.source
+        lines = [f"{source.path}:{node.span.line}: {_statement(source, node.span)}"]
+        for call in reversed(node.calls):
+            lines.append(f"  in the block call at {source.path}:{call.line}: {_statement(source, call)}")
+        return "\n".join(lines)
+
+    def op(self, src: ir.Node | None, op_type: str, inputs: list[str], shape: tuple[int, ...], *,
+           value: str | None = None, part: str | None = None, batched: bool = True, **attrs: Any) -> str:
+        """Append one ONNX node for IR node `src`; return the name of its (single) output value, whose
+        shape is `shape` after the batch dimension (or exactly `shape` if not `batched`)."""
+        base = src.name if src is not None else "preprocess"
+        out = self.names.fresh(value or (f"{base}/{part}" if part else base))
+        if src is not None:
+            node_base = f"{src.name}@line{src.span.line}"
+            doc = self._where(src)
+        else:
+            span = self.net.ir.preprocess.span
+            node_base = f"preprocess@line{span.line}" if span else "preprocess"
+            doc = f"{self.net.source.path}:{span.line}: preprocess" if span else "preprocess"
+        name = self.names.fresh(f"{node_base}/{part}" if part else node_base)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, doc_string=doc, **attrs))
+        self.value_shapes[out] = (BATCH, *shape) if batched else tuple(shape)
+        return out
+
+    def constant(self, values: Any, dtype: type = np.float32) -> str:
+        """A Constant node (not an initializer: initializers are exactly the network's tensors)."""
+        array = np.asarray(values, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            name = self.names.fresh("const/" + "_".join(str(v) for v in array.ravel()[:4]))
+            self.nodes.append(helper.make_node("Constant", [], [name], name=self.names.fresh(f"{name}/node"),
+                                               value=numpy_helper.from_array(array, name)))
+            self._constants[key] = name
+        return self._constants[key]
+
+    def emit(self, node: ir.Node, x: str) -> str:
+        return self._emitters[type(node)](node, x)
+
+    # -- emitters, one per node kind ------------------------------------------------------------------
+
+    def preprocess(self, x: str) -> str:
+        pre = self.net.ir.preprocess
+        if pre is None:
+            return x
+        shape = tuple(self.net.ir.input_shape)
+        x = self.op(None, "Mul", [x, "preprocess.scale"], shape, part="scale")
+        if pre.standardize:
+            mean, std = "preprocess.mean", "preprocess.std"
+            if len(shape) == 3:  # (C,) -> (C, 1, 1) to broadcast over N x C x H x W
+                axes = self.constant([1, 2], np.int64)
+                mean = self.op(None, "Unsqueeze", [mean, axes], (shape[0], 1, 1), part="mean", batched=False)
+                std = self.op(None, "Unsqueeze", [std, axes], (shape[0], 1, 1), part="std", batched=False)
+            x = self.op(None, "Sub", [x, mean], shape, part="sub_mean")
+            x = self.op(None, "Div", [x, std], shape, part="div_std")
+        return x
+
+    def _seq(self, node: ir.Seq, x: str) -> str:
+        for item in node.items:
+            x = self.emit(item, x)
+        return x
+
+    def _conv(self, node: ir.Conv, x: str) -> str:
+        shape = self.shapes.of(node)
+        top, bottom, left, right = shape.pads
+        inputs = [x, f"{node.name}.weight"] + ([f"{node.name}.bias"] if node.bias else [])
+        return self.op(node, "Conv", inputs, shape.output, kernel_shape=list(node.kernel),
+                       strides=list(node.stride), pads=[top, left, bottom, right],
+                       dilations=list(node.dilation), group=shape.groups)
+
+    def _pool(self, node: ir.Pool, x: str) -> str:
+        shape = self.shapes.of(node)
+        top, bottom, left, right = shape.pads
+        extra = [_ceil_extension(w) for w in shape.windows]  # > 0 only where ceil mode adds a window
+        attrs = dict(kernel_shape=list(node.kernel), strides=list(node.stride))
+        if node.mode == "max":
+            return self.op(node, "MaxPool", [x], shape.output,
+                           pads=[top, left, bottom + extra[0], right + extra[1]], **attrs)
+        if not any(extra):
+            return self.op(node, "AveragePool", [x], shape.output, pads=[top, left, bottom, right],
+                           count_include_pad=1, **attrs)
+        c, h, w = shape.input
+        padded = self.op(node, "Pad", [x, self.constant([0, 0, top, left, 0, 0, bottom, right], np.int64)],
+                         (c, h + top + bottom, w + left + right), part="pad", mode="constant")
+        return self.op(node, "AveragePool", [padded], shape.output, pads=[0, 0, extra[0], extra[1]],
+                       count_include_pad=0, **attrs)
+
+    def _global_pool(self, node: ir.GlobalPool, x: str) -> str:
+        op_type = "GlobalMaxPool" if node.mode == "max" else "GlobalAveragePool"
+        return self.op(node, op_type, [x], self.shapes.of(node).output)
+
+    def _linear(self, node: ir.Linear, x: str) -> str:
+        shape = self.shapes.of(node)
+        if len(shape.input) != 1:  # C x H x W: flatten in C, H, W order first
+            x = self.op(node, "Flatten", [x], (math.prod(shape.input),), part="flatten", axis=1)
+        inputs = [x, f"{node.name}.weight"] + ([f"{node.name}.bias"] if node.bias else [])
+        return self.op(node, "Gemm", inputs, shape.output, transB=1)
+
+    def _flatten(self, node: ir.Flatten, x: str) -> str:
+        shape = self.shapes.of(node)
+        if len(shape.input) == 1:
+            return x  # flatten of a vector is a no-op
+        return self.op(node, "Flatten", [x], shape.output, axis=1)
+
+    def _dropout(self, node: ir.Dropout, x: str) -> str:
+        return x  # identity at inference
+
+    def _bn(self, node: ir.BatchNorm, x: str) -> str:
+        n = node.name
+        # ONNX's momentum weighs the running value (PyTorch's weighs the batch); unused at inference.
+        return self.op(node, "BatchNormalization",
+                       [x, f"{n}.weight", f"{n}.bias", f"{n}.running_mean", f"{n}.running_var"],
+                       self.shapes.of(node).output, epsilon=float(node.eps), momentum=1.0 - float(node.momentum))
+
+    def _activation(self, node: ir.Activation, x: str) -> str:
+        shape = self.shapes.of(node).output
+        fn = node.fn
+        alpha = node.alpha if node.alpha is not None else ir.ACTIVATION_DEFAULT_ALPHA.get(fn)
+        simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+        if fn in simple:
+            return self.op(node, simple[fn], [x], shape)
+        if fn == "relu6":
+            return self.op(node, "Clip", [x, self.constant(0.0), self.constant(6.0)], shape)
+        if fn == "leaky":
+            return self.op(node, "LeakyRelu", [x], shape, alpha=float(alpha))
+        if fn == "elu":
+            return self.op(node, "Elu", [x], shape, alpha=float(alpha))
+        if fn == "hardswish":  # ONNX HardSwish is x * max(0, min(1, x/6 + 1/2)) = x * relu6(x + 3) / 6
+            return self.op(node, "HardSwish", [x], shape)
+        if fn == "silu":
+            sig = self.op(node, "Sigmoid", [x], shape, part="sigmoid")
+            return self.op(node, "Mul", [x, sig], shape)
+        if fn == "softmax":
+            return self.op(node, "Softmax", [x], shape, axis=1)
+        if fn == "gelu":
+            if self.opset >= 20:
+                return self.op(node, "Gelu", [x], shape, approximate="none")
+            # exact gelu: x * 0.5 * (1 + erf(x / sqrt(2)))
+            scaled = self.op(node, "Div", [x, self.constant(math.sqrt(2.0))], shape, part="div_sqrt2")
+            erf = self.op(node, "Erf", [scaled], shape, part="erf")
+            one_plus = self.op(node, "Add", [erf, self.constant(1.0)], shape, part="add_one")
+            half_x = self.op(node, "Mul", [x, self.constant(0.5)], shape, part="half_x")
+            return self.op(node, "Mul", [half_x, one_plus], shape)
+        raise NotImplementedError(f"no ONNX emitter for activation {fn!r}")
+
+    def _residual(self, node: ir.Residual, x: str) -> str:
+        body = self.emit(node.body, x)
+        shortcut = self.emit(node.shortcut, x) if self.shapes.of(node).projects else x
+        return self.op(node, "Add", [body, shortcut], self.shapes.of(node).output)
+
+    def _concat(self, node: ir.Concat, x: str) -> str:
+        outs = [self.emit(branch, x) for branch in node.branches]
+        if len(outs) == 1:
+            return outs[0]
+        return self.op(node, "Concat", outs, self.shapes.of(node).output, axis=1)
+
+    def _add(self, node: ir.Add, x: str) -> str:
+        outs = [self.emit(branch, x) for branch in node.branches]
+        if len(outs) == 1:
+            return outs[0]
+        return self.op(node, "Add" if len(outs) == 2 else "Sum", outs, self.shapes.of(node).output)
+
+    # -- the model ------------------------------------------------------------------------------------
+
+    def graph(self) -> onnx.GraphProto:
+        net = self.net
+        x = self.emit(net.ir.body, self.preprocess(INPUT))
+        if x == INPUT:  # nothing computes (say, only dropout): the output still needs its own name
+            x = self.op(net.ir.body, "Identity", [x], tuple(net.ir.input_shape), part="identity")
+        self._rename(x, OUTPUT)
+        out_shape = self.value_shapes.pop(OUTPUT)
+        specs = net.tensor_specs()
+        initializers = [numpy_helper.from_array(self.weights[s.name], s.name) for s in specs]
+        value_info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+                      for name, shape in self.value_shapes.items()]
+        source = net.source
+        return helper.make_graph(
+            self.nodes, net.name,
+            [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [BATCH, *net.ir.input_shape])],
+            [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, list(out_shape))],
+            initializer=initializers, value_info=value_info,
+            doc_string=f"network {net.name} from {source.path}, compiled by cnndsl")
+
+    def _rename(self, old: str, new: str) -> None:
+        """Give the final value the graph output's name (SSA: nothing reads it after its producer)."""
+        for node in self.nodes:
+            for i, name in enumerate(node.output):
+                if name == old:
+                    node.output[i] = new
+            for i, name in enumerate(node.input):
+                if name == old:
+                    node.input[i] = new
+        self.value_shapes[new] = self.value_shapes.pop(old)
+
+
+def _ceil_extension(w: Window) -> int:
+    """Padding past the end that a floor-mode window needs to give the shape pass's (ceil-mode) count."""
+    reach = (w.out - 1) * w.stride + w.kernel  # padded rows the last window reaches
+    return max(reach - (w.size + w.pad_begin + w.pad_end), 0)
+
+
+def model_metadata(net) -> dict[str, str]:
+    """What the model records about where it came from (ONNX `metadata_props`)."""
+    from cnndsl import __version__
+
+    return {
+        "cnndsl.network": net.name,
+        "cnndsl.version": __version__,
+        "cnndsl.source": net.source.path,
+        "cnndsl.source_sha256": hashlib.sha256(net.source.text.encode("utf-8")).hexdigest(),
+        "cnndsl.input_shape": "x".join(str(d) for d in net.ir.input_shape),
+    }
+
+
+def build(net, weights: str | os.PathLike | dict | None = None, *, seed: int = 0, opset: int = DEFAULT_OPSET,
+          check: bool = False) -> onnx.ModelProto:
+    """The network as an `onnx.ModelProto` with its weights as initializers.
+
+    `weights`: None (fresh weights, PyTorch's default initialisation drawn with `seed`), a
+    .safetensors path or a {name: array} dict; checked by name and shape (`WeightsError`).
+    `opset`: the default ONNX opset to target (>= 17; from 20 gelu is the `Gelu` operator).
+    `check`: run `onnx.checker.check_model(full_check=True)` on the result (models under 2 GB).
+    """
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+    net.analyze()  # shape errors and failed expectations surface as CnnDslError before any ONNX is built
+    tensors = resolve_weights(net, weights, seed)
+    graph = _Builder(net, tensors, opset).graph()
+    opsets = [helper.make_opsetid("", opset)]
+    from cnndsl import __version__
+
+    model = helper.make_model(
+        graph, opset_imports=opsets, producer_name="cnndsl", producer_version=__version__,
+        ir_version=helper.find_min_ir_version_for(opsets),
+        doc_string=f"cnndsl network {net.name} ({net.source.path}); weights: "
+                   f"{'seeded init, seed ' + str(seed) if weights is None else _describe(weights)}")
+    helper.set_model_props(model, model_metadata(net))
+    if check:
+        onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _describe(weights) -> str:
+    return os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else "given tensors"
+
+
+# -- saving ---------------------------------------------------------------------------------------------
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data the model holds inline."""
+    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+
+
+def _refuse_foreign(path: Path, force: bool) -> None:
+    from cnndsl.errors import CnnDslError
+    from cnndsl.outputs import GENERATED_MARK
+
+    if path.exists() and not force:
+        with open(path, "rb") as handle:
+            if GENERATED_MARK not in handle.read(4096):
+                raise CnnDslError(f"{path} exists and was not written by cnndsl; not overwriting it",
+                                  hint="choose another output with -o, or pass --force to replace it")
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, net=None, force: bool = False,
+         external: bool | None = None) -> list[Path]:
+    """Write `model` to `path` atomically; return the files written.
+
+    With `external` (by default: when the initializers pass 2 GB, which one protobuf message cannot
+    hold) the tensors of at least 1 KB go to `<path>.data` next to it, as ONNX external data that
+    `onnx.load` and onnxruntime find by relative location. The data file starts with a text header
+    (so cnndsl recognises it as its own), and tensors are 4 KB-aligned for memory mapping.
+    With `net`, the output rules of `cnndsl compile` apply: never over the source, nor over a file
+    cnndsl did not write (unless `force`).
+    """
+    from cnndsl.outputs import write_atomic, write_output
+
+    path = Path(path)
+    if external is None:
+        external = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    if not external:
+        data = model.SerializeToString()
+        write_output(path, data, net, force=force) if net is not None else write_atomic(path, data)
+        return [path]
+
+    data_path = path.with_name(path.name + ".data")
+    if net is not None:
+        _refuse_foreign(path, force)
+        _refuse_foreign(data_path, force)
+    moved: list[tuple[TensorProto, bytes]] = []
+    fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            header = f"cnndsl external data of {path.name} ({model.graph.name})\n".encode()
+            handle.write(header)
+            offset = len(header)
+            for tensor in model.graph.initializer:
+                raw = tensor.raw_data
+                if len(raw) < EXTERNAL_MIN_TENSOR_BYTES:
+                    continue
+                pad = -offset % _ALIGN
+                handle.write(b"\0" * pad)
+                offset += pad
+                handle.write(raw)
+                moved.append((tensor, raw))
+                tensor.ClearField("raw_data")
+                tensor.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                offset += len(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        serialized = model.SerializeToString()
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        for tensor, raw in moved:  # leave the caller's model as it was
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = raw
+    os.replace(tmp, data_path)
+    if net is not None:
+        write_output(path, serialized, net, force=True)  # checked above, before the data was written
+    else:
+        write_atomic(path, serialized)
+    return [path, data_path]
+

@@ -1,0 +1,590 @@
+"""The ONNX backend: built from the IR, checked by ONNX, and numerically the same network.
+
+Three independent judges of the numbers: a float64 reference written here with
+torch.nn.functional straight from the contract in docs/backends.md (no generated code involved),
+onnx.reference.ReferenceEvaluator, and the PyTorch backend (`net.to_torch`) where it exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import cnndsl  # noqa: E402
+from cnndsl import ir  # noqa: E402
+from cnndsl.backends import onnx_builder  # noqa: E402
+from cnndsl.errors import CnnDslError, WeightsError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.cnn"))
+ATOL, RTOL = 1e-4, 1e-3
+SMALL = ("lenet5", "cifar_tiny")  # small enough for onnx.reference's pure-numpy kernels
+BIG_MACS, BIG_PARAMS = 2e8, 2e7  # examples above either run at Cx64x64 (if their own input is larger)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def session(model):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # BN's num_batches_tracked is an initializer no node reads: ORT warns
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_ort(model, x: np.ndarray) -> np.ndarray:
+    return session(model).run(None, {"input": x})[0]
+
+
+def inputs(net, batch: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, *net.ir.input_shape)).astype(np.float32)
+
+
+def reference(net, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The network evaluated in float64 with torch.nn.functional, following docs/backends.md."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    w = {name: torch.from_numpy(np.asarray(v, dtype=np.float64)) for name, v in weights.items()}
+    shapes = net.shapes
+
+    def run(node, t):
+        if isinstance(node, ir.Seq):
+            for item in node.items:
+                t = run(item, t)
+            return t
+        if isinstance(node, ir.Conv):
+            s = shapes.of(node)
+            top, bottom, left, right = s.pads
+            t = F.pad(t, (left, right, top, bottom))
+            return F.conv2d(t, w[f"{node.name}.weight"], w.get(f"{node.name}.bias"), node.stride, 0,
+                            node.dilation, s.groups)
+        if isinstance(node, ir.Pool):
+            s = shapes.of(node)
+            top, bottom, left, right = s.pads
+            fill = -math.inf if node.mode == "max" else 0.0
+            t = F.pad(t, (left, right, top, bottom), value=fill)
+            pool = F.max_pool2d if node.mode == "max" else F.avg_pool2d
+            t = pool(t, node.kernel, node.stride, 0, ceil_mode=node.ceil)
+            # PyTorch's ceil rule on the padded tensor may add a window starting in the trailing padding
+            return t[:, :, :s.output[1], :s.output[2]]
+        if isinstance(node, ir.GlobalPool):
+            return t.mean((2, 3), keepdim=True) if node.mode == "avg" else t.amax((2, 3), keepdim=True)
+        if isinstance(node, ir.Linear):
+            return F.linear(t.flatten(1), w[f"{node.name}.weight"], w.get(f"{node.name}.bias"))
+        if isinstance(node, ir.Flatten):
+            return t.flatten(1)
+        if isinstance(node, ir.Dropout):
+            return t
+        if isinstance(node, ir.BatchNorm):
+            n = node.name
+            return F.batch_norm(t, w[f"{n}.running_mean"], w[f"{n}.running_var"], w[f"{n}.weight"],
+                                w[f"{n}.bias"], False, 0.0, node.eps)
+        if isinstance(node, ir.Activation):
+            alpha = node.alpha if node.alpha is not None else ir.ACTIVATION_DEFAULT_ALPHA.get(node.fn)
+            return {
+                "relu": F.relu, "relu6": lambda v: v.clamp(0, 6), "leaky": lambda v: F.leaky_relu(v, alpha),
+                "elu": lambda v: F.elu(v, alpha), "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+                "gelu": F.gelu, "silu": lambda v: v * torch.sigmoid(v),
+                "hardswish": lambda v: v * (v + 3).clamp(0, 6) / 6, "softmax": lambda v: torch.softmax(v, 1),
+            }[node.fn](t)
+        if isinstance(node, ir.Residual):
+            short = run(node.shortcut, t) if shapes.of(node).projects else t
+            return run(node.body, t) + short
+        if isinstance(node, ir.Concat):
+            return torch.cat([run(b, t) for b in node.branches], 1)
+        if isinstance(node, ir.Add):
+            return sum(run(b, t) for b in node.branches)
+        raise AssertionError(f"reference has no rule for {node}")
+
+    t = torch.from_numpy(x.astype(np.float64))
+    pre = net.ir.preprocess
+    if pre is not None:
+        t = t * w["preprocess.scale"]
+        if pre.standardize:
+            extra = (1, 1) if t.dim() == 4 else ()
+            t = (t - w["preprocess.mean"].reshape(-1, *extra)) / w["preprocess.std"].reshape(-1, *extra)
+    return run(net.ir.body, t).numpy()
+
+
+def assert_close(actual, expected, atol=ATOL, rtol=RTOL):
+    np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol)
+
+
+def check_against_reference(net, seed: int = 0, batches=(1, 4), weights=None):
+    weights = weights if weights is not None else net.init_weights(seed)
+    model = onnx_builder.build(net, weights)
+    for batch in batches:
+        x = inputs(net, batch)
+        assert_close(run_ort(model, x), reference(net, weights, x))
+    return model
+
+
+def load_resized(path: Path, input_shape: tuple[int, ...]) -> cnndsl.Net:
+    """`cnndsl.load(path, input_shape)` without the file's `expect` lines, written for its own size
+    (`load` checks them at any size, so it refuses alexnet, vgg16, inception and resnet101 at 64x64)."""
+    from cnndsl.errors import Source
+    from cnndsl.expand import expand
+    from cnndsl.parser import parse_program
+
+    text = path.read_text(encoding="utf-8")
+    source = Source(text, str(path))
+    return cnndsl.Net(dataclasses.replace(expand(parse_program(text, source), source, input_shape), expects=()))
+
+
+@functools.lru_cache(maxsize=None)
+def example_net(path: Path):
+    net = cnndsl.load(path)
+    report = net.analyze()
+    big = report.macs > BIG_MACS or report.params > BIG_PARAMS
+    if big and len(net.ir.input_shape) == 3 and min(net.ir.input_shape[1:]) > 64:
+        net = load_resized(path, (net.ir.input_shape[0], 64, 64))
+    return net
+
+
+def prog(body: str, input_shape: str = "3x12x12", header: str = "") -> cnndsl.Net:
+    return cnndsl.parse(f"{header}\nnetwork t\ninput {input_shape}\n{textwrap.dedent(body)}")
+
+
+def ops(model) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def torch_backend():
+    try:
+        from cnndsl.backends import torch_codegen
+    except ImportError:
+        pytest.skip("the torch backend (backends/torch_codegen.py) is not available")
+    pytest.importorskip("torch")
+    return torch_codegen
+
+
+# -- every example ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_matches_reference(path):
+    check_against_reference(example_net(path))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_matches_torch_backend(path):
+    torch_backend()
+    import torch
+
+    net = example_net(path)
+    weights = net.init_weights(0)
+    module = net.to_torch(weights).eval()
+    model = onnx_builder.build(net, weights)
+    sess = session(model)
+    for batch in (1, 4):
+        x = inputs(net, batch)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x)).numpy()
+        assert_close(sess.run(None, {"input": x})[0], expected)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_passes_checker_and_shape_inference(path):
+    net = example_net(path)
+    model = onnx_builder.build(net)
+    onnx.checker.check_model(model, full_check=True)
+    declared = {v.name: v for v in model.graph.value_info}
+    from cnndsl.analysis.shapes import active
+
+    analysed = {node.name: net.shapes.of(node).output for node in active(net.ir.body, net.shapes)}
+    # ONNX's own inference, without the shapes we declared, must find the same shapes
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(bare, strict_mode=True).graph.value_info}
+    produced = {out for node in model.graph.node if node.op_type != "Constant" for out in node.output}
+    for name in produced - {"output"}:
+        dims = [d.dim_param or d.dim_value for d in inferred[name].type.tensor_type.shape.dim]
+        mine = [d.dim_param or d.dim_value for d in declared[name].type.tensor_type.shape.dim]
+        assert dims == mine, name
+        assert dims[0] == "batch" or name.startswith("preprocess/")  # mean/std reshaped for broadcasting
+        if name in analysed:  # values named after their IR node carry its analysed output shape
+            assert tuple(dims[1:]) == analysed[name], name
+    out = model.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in out] == ["batch", *net.analyze().output]
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_reference_evaluator_agrees(name):
+    from onnx.reference import ReferenceEvaluator
+
+    net = cnndsl.load(ROOT / "examples" / f"{name}.cnn")
+    weights = net.init_weights(3)
+    model = onnx_builder.build(net, weights)
+    x = inputs(net, 2)
+    expected = reference(net, weights, x)
+    assert_close(ReferenceEvaluator(model).run(None, {"input": x})[0], expected)
+    assert_close(run_ort(model, x), expected)
+
+
+# -- the model's names, metadata and weights ------------------------------------------------------------
+
+
+def test_initializers_are_exactly_the_tensor_specs():
+    net = cnndsl.load(ROOT / "examples" / "cifar_tiny.cnn")
+    weights = net.init_weights(7)
+    model = onnx_builder.build(net, weights)
+    specs = net.tensor_specs()
+    assert [t.name for t in model.graph.initializer] == [s.name for s in specs]
+    for tensor, spec in zip(model.graph.initializer, specs, strict=True):
+        array = onnx.numpy_helper.to_array(tensor)
+        assert array.shape == spec.shape and array.dtype == np.dtype(spec.dtype)
+        np.testing.assert_array_equal(array, weights[spec.name])
+    assert not {i.name for i in model.graph.input} & {s.name for s in specs}  # not graph inputs
+
+
+def test_model_metadata_and_producer():
+    import hashlib
+
+    path = ROOT / "examples" / "lenet5.cnn"
+    net = cnndsl.load(path)
+    model = onnx_builder.build(net)
+    assert model.producer_name == "cnndsl"
+    assert model.opset_import[0].version >= 17
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["cnndsl.network"] == "lenet5"
+    assert props["cnndsl.version"] == cnndsl.__version__
+    assert props["cnndsl.source_sha256"] == hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
+    assert b"cnndsl" in model.SerializeToString()[:4096]  # the output writer's "ours to overwrite" mark
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 1, 28, 28]
+
+
+def test_node_names_and_doc_strings_point_at_the_source():
+    net = cnndsl.load(ROOT / "examples" / "resnet18.cnn")
+    model = onnx_builder.build(net)
+    nodes = {n.name: n for n in model.graph.node}
+    assert len(nodes) == len(model.graph.node)  # unique
+    conv1 = nodes["conv1@line14"]
+    assert conv1.op_type == "Conv"
+    assert conv1.doc_string.startswith(f"{net.source.path}:14: conv 7x7/2 pad3 -> 64 nobias")
+    inner = nodes["basic3.conv1@line4"]  # inside the block, called from line 17
+    assert "conv 3x3/s pad1 -> c nobias" in inner.doc_string
+    assert f"in the block call at {net.source.path}:17: basic(128, s=2)" in inner.doc_string
+    assert all("@line" in n.name for n in model.graph.node if n.op_type != "Constant")
+
+
+def test_weights_from_dict_and_safetensors(tmp_path):
+    from cnndsl.weights import save_weights
+
+    net = cnndsl.load(ROOT / "examples" / "lenet5.cnn")
+    weights = net.init_weights(11)
+    path = tmp_path / "w.safetensors"
+    save_weights(weights, path)
+    x = inputs(net, 3)
+    from_file = run_ort(onnx_builder.build(net, path), x)
+    from_dict = run_ort(onnx_builder.build(net, weights), x)
+    np.testing.assert_array_equal(from_file, from_dict)
+    assert_close(from_dict, reference(net, weights, x))
+    seeded = run_ort(onnx_builder.build(net, seed=11), x)  # the default is init_weights(net, seed)
+    np.testing.assert_array_equal(seeded, from_dict)
+    assert not np.allclose(seeded, run_ort(onnx_builder.build(net, seed=12), x))
+
+
+def test_wrong_weights_are_a_clear_error():
+    net = cnndsl.load(ROOT / "examples" / "lenet5.cnn")
+    weights = net.init_weights(0)
+    bad = dict(weights, **{"conv1.weight": np.zeros((6, 1, 3, 3), np.float32)})
+    with pytest.raises(WeightsError, match=r"conv1\.weight.*\[6, 1, 3, 3\].*\[6, 1, 5, 5\]"):
+        onnx_builder.build(net, bad)
+    missing = {k: v for k, v in weights.items() if k != "fc3.bias"}
+    with pytest.raises(WeightsError, match="fc3.bias"):
+        onnx_builder.build(net, missing)
+
+
+def test_unsupported_opset_is_refused():
+    with pytest.raises(ValueError, match="opset 13"):
+        onnx_builder.build(prog("relu"), opset=13)
+
+
+def test_shape_errors_surface_before_building():
+    with pytest.raises(CnnDslError, match="larger than its padded input"):
+        onnx_builder.build(prog("conv 5x5 -> 4", "3x3x3"))
+
+
+# -- every construct on its own ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [7, 8])
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (4, 2), (3, 3), (1, 2)])
+def test_conv_pad_same_with_stride(size, kernel, stride):
+    net = prog(f"conv {kernel}x{kernel}/{stride} pad same -> 4", f"2x{size}x{size}")
+    model = check_against_reference(net)
+    out = -(-size // stride)  # TensorFlow's SAME: ceil(size / stride), odd padding at the end
+    total = max((out - 1) * stride + kernel - size, 0)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    pads = next(a for a in conv.attribute if a.name == "pads").ints
+    assert list(pads) == [total // 2, total // 2, total - total // 2, total - total // 2]
+    assert net.analyze().output == (4, out, out)
+
+
+def test_conv_pad_same_matches_tensorflow_on_an_even_input():
+    # stride 2 on an even size: no padding at the top/left, one row/column at the bottom/right
+    torch = pytest.importorskip("torch")
+    net = prog("conv 3x3/2 pad same -> 2 nobias", "1x6x6")
+    weights = net.init_weights(0)
+    x = inputs(net, 1)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(torch.from_numpy(x), (0, 1, 0, 1)),
+                                          torch.from_numpy(weights["conv1.weight"]), stride=2).numpy()
+    assert_close(run_ort(onnx_builder.build(net, weights), x), expected)
+
+
+def test_conv_options():
+    check_against_reference(prog("""
+        conv 3x3/2x1 dil2 pad2x1 -> 8 nobias
+        conv 1x5 pad0x2 groups4 -> 12
+        conv 3x3 pad1 depthwise -> 2x
+        conv 3x3 depthwise nobias
+        conv 3x3 dil3 pad same -> 6
+    """, "4x15x13"))
+
+
+def test_depthwise_multiplier_uses_groups_of_the_input_channels():
+    net = prog("conv 3x3 pad1 depthwise -> 2x", "3x6x6")
+    model = check_against_reference(net)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert {a.name: a.i for a in conv.attribute if a.name == "group"} == {"group": 3}
+    assert onnx.numpy_helper.to_array(model.graph.initializer[0]).shape == (6, 1, 3, 3)
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("size, kernel, stride, pad", [
+    (5, 2, 2, 1),   # ceil: the last window would start in the trailing padding, so it is dropped
+    (6, 3, 2, 1),   # ceil adds a window running past input + padding
+    (7, 3, 2, 1), (8, 3, 3, 1), (5, 2, 2, 0), (9, 3, 2, 0), (10, 4, 3, 2),
+])
+def test_ceil_pools_match_pytorch(mode, size, kernel, stride, pad):
+    torch = pytest.importorskip("torch")
+    net = prog(f"pool {mode} {kernel}x{kernel}/{stride} pad{pad} ceil", f"2x{size}x{size}")
+    x = inputs(net, 2)
+    t = torch.from_numpy(x)
+    if mode == "max":
+        expected = torch.nn.functional.max_pool2d(t, kernel, stride, pad, ceil_mode=True)
+    else:
+        expected = torch.nn.functional.avg_pool2d(t, kernel, stride, pad, ceil_mode=True, count_include_pad=True)
+    model = onnx_builder.build(net)
+    assert tuple(expected.shape[1:]) == net.analyze().output
+    assert_close(run_ort(model, x), expected.numpy(), atol=1e-5, rtol=1e-5)
+    from onnx.reference import ReferenceEvaluator
+
+    assert_close(ReferenceEvaluator(model).run(None, {"input": x})[0], expected.numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("size", [7, 8])
+def test_pools_floor_and_pad_same(mode, size):
+    torch = pytest.importorskip("torch")
+    net = prog(f"pool {mode} 3x3/2 pad1; pool {mode} 2x2/2 pad same; pool {mode} 3x3 pad same ceil",
+               f"3x{size}x{size}")
+    check_against_reference(net)
+    x = inputs(net, 1)
+    first = onnx_builder.build(prog(f"pool {mode} 3x3/2 pad1", f"3x{size}x{size}"))
+    pool = torch.nn.functional.max_pool2d if mode == "max" else torch.nn.functional.avg_pool2d
+    assert_close(run_ort(first, x), pool(torch.from_numpy(x), 3, 2, 1).numpy())
+
+
+def test_global_pools_and_fc_on_spatial_input():
+    model = check_against_reference(prog("""
+        conv 3x3 -> 4
+        concat { branch { pool max global } branch { pool avg global } }
+        fc 5
+    """, "2x7x9"))
+    assert "GlobalMaxPool" in ops(model) and "GlobalAveragePool" in ops(model)
+    fc_net = prog("conv 3x3 -> 4; fc 6 nobias", "2x5x6")
+    model = check_against_reference(fc_net)
+    assert ops(model)[-2:] == ["Flatten", "Gemm"]
+    gemm = model.graph.node[-1]
+    assert {a.name: a.i for a in gemm.attribute} == {"transB": 1}
+    assert len(gemm.input) == 2  # nobias
+    weight = next(t for t in model.graph.initializer if t.name == "fc1.weight")
+    assert list(weight.dims) == [6, 4 * 3 * 4]
+
+
+def test_flatten_of_a_vector_is_a_no_op_and_dropout_is_gone():
+    model = check_against_reference(prog("flatten; dropout .3; fc 8; flatten; dropout .5; relu; flatten; fc 3",
+                                         "2x3x3"))
+    assert ops(model) == ["Flatten", "Gemm", "Relu", "Gemm"]
+    assert "Dropout" not in ops(model)
+
+
+def test_identity_network_still_has_an_output():
+    model = check_against_reference(prog("dropout .5", "3"))
+    assert ops(model) == ["Identity"]
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_batchnorm_on_images_and_vectors_uses_running_statistics():
+    net = prog("conv 3x3 -> 4; bn eps 1e-3 momentum .01; fc 6; bn; relu", "2x5x5")
+    weights = net.init_weights(0)
+    rng = np.random.default_rng(5)
+    for name in weights:
+        if name.endswith(("running_mean", "bias")) and name.startswith("bn"):
+            weights[name] = rng.standard_normal(weights[name].shape).astype(np.float32)
+        if name.endswith(("running_var", "weight")) and name.startswith("bn"):
+            weights[name] = rng.uniform(0.5, 2, weights[name].shape).astype(np.float32)
+    model = check_against_reference(net, weights=weights)
+    bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    assert len(bns) == 2
+    assert {a.name: round(a.f, 6) for a in bns[0].attribute} == {"epsilon": 0.001, "momentum": 0.99}
+    assert [t.name for t in model.graph.initializer if "num_batches_tracked" in t.name] == [
+        "bn1.num_batches_tracked", "bn2.num_batches_tracked"]
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+@pytest.mark.parametrize("act", ["relu", "relu6", "leaky", "leaky .2", "elu", "elu .5", "sigmoid", "tanh",
+                                 "gelu", "silu", "hardswish", "softmax"])
+def test_activations(act, opset):
+    net = prog(f"conv 1x1 -> 5; {act}", "3x4x4")
+    weights = net.init_weights(0)
+    weights["conv1.weight"] *= 8  # reach relu6's and hardswish's clipping points
+    model = onnx_builder.build(net, weights, opset=opset, check=True)
+    assert model.opset_import[0].version == opset
+    x = inputs(net, 2)
+    assert_close(run_ort(model, x), reference(net, weights, x))
+    from onnx.reference import ReferenceEvaluator
+
+    assert_close(ReferenceEvaluator(model).run(None, {"input": x})[0], reference(net, weights, x))
+    if act == "gelu":
+        assert ("Gelu" in ops(model)) == (opset >= 20) and ("Erf" in ops(model)) == (opset < 20)
+
+
+def test_softmax_on_a_vector():
+    model = check_against_reference(prog("fc 7; softmax", "5"))
+    assert_close(run_ort(model, inputs(prog("fc 7", "5"), 3)).sum(1), np.ones(3), atol=1e-6)
+
+
+def test_residual_identity_and_projection():
+    net = prog("""
+        block r(c, s=1) {
+          residual { conv 3x3/s pad1 -> c; relu; conv 3x3 pad1 -> c } shortcut { conv 1x1/s -> c }
+        }
+        r(4); r(6, s=2)
+        residual { conv 3x3 pad1 -> 6 } shortcut always { conv 1x1 -> 6; bn }
+    """, "4x8x8")
+    model = check_against_reference(net)
+    names = {t.name for t in model.graph.initializer}
+    assert "r1.shortcut1.conv1.weight" not in names  # identity shortcut: not computed, no tensors
+    assert {"r2.shortcut1.conv1.weight", "shortcut1.conv1.weight"} <= names
+    assert ops(model).count("Add") == 3
+
+
+def test_concat_with_an_empty_branch_and_add_of_three():
+    model = check_against_reference(prog("""
+        concat { branch {} branch { conv 3x3 pad1 -> 2 } branch { pool avg 3x3/1 pad1 } }
+        add { branch { conv 1x1 -> 4 } branch { conv 3x3 pad1 -> 4 } branch { relu; conv 1x1 -> 4 } }
+        add { branch { sigmoid } }
+    """, "3x6x6"))
+    assert "Concat" in ops(model) and "Sum" in ops(model)
+
+
+@pytest.mark.parametrize("input_shape", ["3x5x4", "3"])
+def test_preprocess_standardize_with_given_mean_and_std(input_shape):
+    net = prog("fc 2" if input_shape == "3" else "conv 1x1 -> 2", input_shape, header=textwrap.dedent("""
+        preprocess {
+          scale 1/255
+          standardize mean (0.5, 0.25, 0.125) std (0.2, 0.4, 0.8)
+        }"""))
+    model = check_against_reference(net)
+    assert ops(model)[:1] == ["Mul"] and {"Sub", "Div"} <= set(ops(model))
+    # the same network without preprocessing, fed the standardized input by hand
+    plain = prog("fc 2" if input_shape == "3" else "conv 1x1 -> 2", input_shape)
+    weights = {k: v for k, v in net.init_weights(0).items() if not k.startswith("preprocess.")}
+    x = inputs(net, 2) * 255
+    shape = (1, 3, 1, 1) if input_shape != "3" else (1, 3)
+    by_hand = (x / 255 - np.reshape([0.5, 0.25, 0.125], shape)) / np.reshape([0.2, 0.4, 0.8], shape)
+    assert_close(run_ort(model, x), run_ort(onnx_builder.build(plain, weights), by_hand.astype(np.float32)))
+    scale = next(t for t in model.graph.initializer if t.name == "preprocess.scale")
+    assert onnx.numpy_helper.to_array(scale) == pytest.approx(1 / 255)
+
+
+def test_preprocess_scale_only():
+    net = prog("conv 1x1 -> 2", "3x4x4", header="preprocess { scale 2 }")
+    model = check_against_reference(net)
+    assert [t.name for t in model.graph.initializer][:1] == ["preprocess.scale"]
+    assert "Sub" not in ops(model)
+
+
+# -- saving and the command line ---------------------------------------------------------------------------
+
+
+def test_save_with_external_data(tmp_path):
+    net = cnndsl.load(ROOT / "examples" / "lenet5.cnn")
+    model = onnx_builder.build(net)
+    before = model.SerializeToString()
+    path = tmp_path / "lenet.onnx"
+    written = onnx_builder.save(model, path, external=True)
+    assert written == [path, tmp_path / "lenet.onnx.data"]
+    assert model.SerializeToString() == before  # the caller's model is left as it was
+    assert path.stat().st_size < 20_000 < written[1].stat().st_size
+    assert written[1].read_bytes()[:6] == b"cnndsl"
+    onnx.checker.check_model(str(path), full_check=True)
+    loaded = onnx.load(str(path))
+    for a, b in zip(loaded.graph.initializer, model.graph.initializer, strict=True):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = inputs(net, 2)
+    np.testing.assert_array_equal(sess.run(None, {"input": x})[0], run_ort(model, x))
+
+
+def test_save_refuses_foreign_files_and_inlines_small_models(tmp_path):
+    net = cnndsl.load(ROOT / "examples" / "lenet5.cnn")
+    model = onnx_builder.build(net)
+    path = tmp_path / "m.onnx"
+    assert onnx_builder.save(model, path, net=net) == [path]  # small: one file
+    assert onnx.load(str(path)).graph.initializer[0].HasField("raw_data")
+    onnx_builder.save(model, path, net=net)  # ours: overwritten
+    foreign = tmp_path / "f.onnx.data"
+    foreign.write_bytes(b"precious")
+    with pytest.raises(CnnDslError, match="not written by cnndsl"):
+        onnx_builder.save(model, tmp_path / "f.onnx", net=net, external=True)
+    assert foreign.read_bytes() == b"precious" and not (tmp_path / "f.onnx").exists()
+    onnx_builder.save(model, tmp_path / "f.onnx", net=net, external=True, force=True)
+    assert foreign.read_bytes()[:6] == b"cnndsl"
+
+
+def test_compile_to_onnx_never_imports_torch(tmp_path):
+    out = tmp_path / "lenet.onnx"
+    script = textwrap.dedent(f"""
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("cnndsl compile --target onnx imported " + name)
+
+        sys.meta_path.insert(0, NoTorch())
+        from cnndsl.cli import main
+        try:
+            main(["compile", {str(ROOT / "examples" / "cifar_tiny.cnn")!r}, "--target", "onnx",
+                  "-o", {str(out)!r}, "--seed", "3"], standalone_mode=False)
+        except SystemExit as exit:
+            assert not exit.code, exit.code
+        assert "torch" not in sys.modules
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+    net = cnndsl.load(ROOT / "examples" / "cifar_tiny.cnn")
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    x = inputs(net, 2)
+    assert_close(run_ort(model, x), reference(net, net.init_weights(3), x))
