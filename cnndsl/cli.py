@@ -128,5 +128,14 @@ def compile_(file: str, target: str, out: str | None, weights: str | None, seed:
     click.echo(f"wrote {path}")
 
 
+def _register_train() -> None:
+    from .training.command import train  # lazy: the command imports torch only when it runs
+
+    main.add_command(train)
+
+
+_register_train()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

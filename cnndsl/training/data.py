@@ -1,0 +1,227 @@
+"""Training data: scikit-learn's bundled digits, an image folder, or a .npz file.
+
+Everything here is numpy (Pillow for image folders): arrays come out as float32 NCHW in the
+network's input shape, labels as int64, and the split into a training and a test part is
+stratified and fixed (seeded with `SPLIT_SEED`, not with the training seed), so every run of
+every backend is measured on the same test images.
+
+Data are given to the model raw: the model's own `preprocess` (scale, standardize) runs inside it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CnnDslError
+
+SPLIT_SEED = 0  # the test split never depends on the training seed
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass
+class Dataset:
+    x_train: np.ndarray  # float32 (N, *input_shape)
+    y_train: np.ndarray  # int64 (N,)
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _fmt(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize NCHW images with bilinear interpolation, half-pixel centres (PyTorch's
+    `align_corners=False`, OpenCV's INTER_LINEAR), edges clamped."""
+    n, c, h, w = x.shape
+    if (h, w) == (height, width):
+        return x.copy()
+
+    def axis(size_in: int, size_out: int):
+        pos = (np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5
+        pos = np.clip(pos, 0, size_in - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, size_in - 1)
+        return lo, hi, (pos - lo)
+
+    y0, y1, fy = axis(h, height)
+    x0, x1, fx = axis(w, width)
+    src = x.astype(np.float64, copy=False)
+    top = src[:, :, y0, :] * (1 - fy)[:, None] + src[:, :, y1, :] * fy[:, None]
+    out = top[:, :, :, x0] * (1 - fx) + top[:, :, :, x1] * fx
+    return out.astype(x.dtype, copy=False)
+
+
+def resize_nearest(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize NCHW images by nearest neighbour (PyTorch's `nearest`: floor(i * in / out))."""
+    n, c, h, w = x.shape
+    ys = np.minimum((np.arange(height) * h) // height, h - 1)
+    xs = np.minimum((np.arange(width) * w) // width, w - 1)
+    return x[:, :, ys][:, :, :, xs]
+
+
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test): within every class, a seeded permutation; round(n * fraction) of
+    its samples (at least one when the class has two or more) go to the test part."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)
+        idx = idx[rng.permutation(len(idx))]
+        k = int(round(len(idx) * test_fraction))
+        if test_fraction > 0 and k == 0 and len(idx) > 1:
+            k = 1
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _fit_channels(x: np.ndarray, channels: int, what: str, input_shape) -> np.ndarray:
+    """Grayscale images feed a network of any channel count (replicated); otherwise they must match."""
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1:
+        return np.repeat(x, channels, axis=1)
+    raise CnnDslError(f"{what} has {x.shape[1]} channels ({_fmt(x.shape[1:])}) but the network input is "
+                      f"{_fmt(input_shape)}",
+                      hint="give images with the network's channel count, or change the network's `input`")
+
+
+def load_digits_data(input_shape: tuple[int, ...], test_fraction: float) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, offline), pixel values 0..16 mapped to
+    [0, 1], resized bilinearly to the network's HxW (grayscale replicated to its channels); a
+    vector input of 64 takes the flattened 8x8 images."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:  # pragma: no cover - the `train` extra installs it
+        raise CnnDslError("the digits data set needs scikit-learn",
+                          hint="pip install 'cnndsl[train]' or give --data DIR|FILE.npz") from None
+    bunch = load_digits()
+    images = (bunch.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    if len(input_shape) == 1:
+        if input_shape[0] != 64:
+            raise CnnDslError(f"the digits data are 1x8x8 images (64 values) but the network input is "
+                              f"{_fmt(input_shape)}", hint="use input 1x8x8 (or larger) or 64, or give --data")
+        x = images.reshape(len(images), 64)
+    else:
+        c, h, w = input_shape
+        x = _fit_channels(resize_bilinear(images, h, w), c, "the digits data", input_shape)
+    train, test = stratified_split(labels, test_fraction)
+    return Dataset(np.ascontiguousarray(x[train]), labels[train], np.ascontiguousarray(x[test]), labels[test],
+                   [str(i) for i in range(10)], "digits")
+
+
+def load_folder(path: Path, input_shape: tuple[int, ...], test_fraction: float) -> Dataset:
+    """One sub-folder per class (sorted names are the class indices); every image read with
+    Pillow, converted to L (1 channel) or RGB (3), resized bilinearly to the input HxW; pixel
+    values 0..255 as float32 (put `scale 1/255` in `preprocess`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise CnnDslError(f"an image folder feeds a 1xHxW or 3xHxW input, the network input is {_fmt(input_shape)}",
+                          hint="use --data FILE.npz for other inputs")
+    c, h, w = input_shape
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise CnnDslError(f"{path} needs one sub-folder per class (found {len(classes)})",
+                          hint="lay images out as DIR/<class name>/<image>.png")
+    images, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                    array = np.asarray(image, dtype=np.float32)
+            except (UnidentifiedImageError, OSError) as err:
+                raise CnnDslError(f"cannot read image {file}: {err}", hint="remove or fix the file") from None
+            images.append(array[None] if c == 1 else array.transpose(2, 0, 1))
+            labels.append(index)
+    if not images:
+        raise CnnDslError(f"no images in {path}", hint=f"supported: {', '.join(IMAGE_SUFFIXES)}")
+    x = np.stack(images).astype(np.float32)
+    y = np.asarray(labels, dtype=np.int64)
+    train, test = stratified_split(y, test_fraction)
+    return Dataset(x[train], y[train], x[test], y[test], classes, os.fspath(path))
+
+
+def _check_array(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if len(input_shape) == 3 and x.ndim == 3 and input_shape[0] == 1:
+        x = x[:, None]  # (N, H, W) grayscale
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        hint = "store images as N x C x H x W (NCHW)"
+        if len(input_shape) == 3 and x.ndim == 4 and tuple(x.shape[1:]) == (input_shape[1], input_shape[2],
+                                                                             input_shape[0]):
+            hint = "the array looks NHWC; transpose it to NCHW: x.transpose(0, 3, 1, 2)"
+        raise CnnDslError(f"{what} holds samples of shape {_fmt(x.shape[1:])} but the network input is "
+                          f"{_fmt(input_shape)}", hint=hint)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _labels(y, n: int, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise CnnDslError(f"{what} has shape {_fmt(y.shape)}, expected {n} integer labels")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise CnnDslError(f"{what} holds non-integer labels", hint="labels are class indices 0..K-1")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise CnnDslError(f"{what} holds a negative label ({int(y.min())})", hint="labels are class indices 0..K-1")
+    return y
+
+
+def load_npz(path: Path, input_shape: tuple[int, ...], test_fraction: float) -> Dataset:
+    """`x_train`, `y_train` and optionally `x_test`, `y_test`: float or integer arrays in NCHW
+    (N, H, W accepted for one channel), integer labels; without a test part, the stratified split."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as err:
+        raise CnnDslError(f"cannot read {path}: {err}", hint="give an .npz written by numpy.savez") from None
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise CnnDslError(f"{path} has no array '{key}' (it has: {', '.join(arrays) or 'none'})",
+                              hint="save x_train, y_train[, x_test, y_test] with numpy.savez")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise CnnDslError(f"{path} has only one of x_test and y_test", hint="give both or neither")
+    x = _check_array(arrays["x_train"], input_shape, f"{path}: x_train")
+    y = _labels(arrays["y_train"], len(x), f"{path}: y_train")
+    if "x_test" in arrays:
+        x_test = _check_array(arrays["x_test"], input_shape, f"{path}: x_test")
+        y_test = _labels(arrays["y_test"], len(x_test), f"{path}: y_test")
+        x_train, y_train = x, y
+    else:
+        train, test = stratified_split(y, test_fraction)
+        x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
+    k = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    return Dataset(x_train, y_train, x_test, y_test, [str(i) for i in range(k)], os.fspath(path))
+
+
+def load_data(spec: str | None, input_shape: tuple[int, ...], test_fraction: float = 0.2) -> Dataset:
+    """`spec`: None or 'digits', a folder, or a .npz file."""
+    if spec is None or spec == "digits":
+        return load_digits_data(tuple(input_shape), test_fraction)
+    path = Path(spec)
+    if path.is_dir():
+        return load_folder(path, tuple(input_shape), test_fraction)
+    if path.suffix.lower() == ".npz":
+        if not path.exists():
+            raise CnnDslError(f"no data file {spec}", hint="check the path")
+        return load_npz(path, tuple(input_shape), test_fraction)
+    if not path.exists():
+        raise CnnDslError(f"no data set '{spec}'", hint="give digits, a folder with one sub-folder per class, "
+                                                        "or a .npz file with x_train, y_train[, x_test, y_test]")
+    raise CnnDslError(f"cannot read {spec} as training data", hint="give digits, an image folder or a .npz file")

@@ -1,0 +1,171 @@
+"""The two training engines: NumPy (the generated NumPy model, numpy optimizers) and PyTorch
+(the generated nn.Module, torch.optim, DistributedDataParallel under torchrun).
+
+Both offer the same small interface to the loop: `train_step`, `predict`, `start_epoch`,
+`weights`, `optimizer_arrays`, `load_optimizer_arrays`. Batches come in as float32 numpy arrays
+(already augmented); the loss is `sum(per-sample loss) * scale`, so a distributed run can divide by
+the global batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ir
+from ..analysis.shapes import active
+from ..errors import CnnDslError
+from . import optim
+from .loss import PROB_FLOOR, cross_entropy, nll_of_probabilities
+from .optim import decayed, numpy_optimizer
+
+EVAL_BATCH = 256
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of `parts` (seed, epoch, stream, rank)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0]
+               >> np.uint64(1))
+
+
+def ends_in_softmax(net) -> bool:
+    nodes = [n for n in active(net.ir.body, net.shapes) if not isinstance(n, ir.Seq)]
+    last = [n for n in nodes if not isinstance(n, ir.Flatten | ir.Dropout)]
+    return bool(last) and isinstance(last[-1], ir.Activation) and last[-1].fn == "softmax"
+
+
+def _flat_logits(out):
+    return out.reshape(out.shape[0], -1)
+
+
+class NumpyEngine:
+    name = "numpy"
+
+    def __init__(self, net, weights: dict[str, np.ndarray], config: ir.TrainConfig):
+        self.net = net
+        self.config = config
+        self.model = net.to_numpy(weights)
+        self.softmax_out = ends_in_softmax(net)
+        self.optimizer = numpy_optimizer(config, decayed(net.tensor_specs()))
+        self.steps = 0
+
+    def start_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
+        """Seed the model's dropout generator from (seed, epoch, rank)."""
+        self.model.seed(derived_seed(seed, epoch, 2, rank))
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, scale: float) -> tuple[float, int]:
+        self.model.zero_grad()
+        out = self.model.forward(x, train=True)
+        flat = _flat_logits(out)
+        if self.softmax_out:
+            loss, grad = nll_of_probabilities(flat, y, self.config.label_smoothing, scale)
+        else:
+            loss, grad = cross_entropy(flat, y, self.config.label_smoothing, scale)
+        self.model.backward(grad.reshape(out.shape))
+        self.optimizer.step(self.model.params, self.model.grads, lr)
+        self.steps += 1
+        return loss, int((flat.argmax(1) == y).sum())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        outs = [_flat_logits(self.model.forward(x[i:i + EVAL_BATCH], train=False))
+                for i in range(0, len(x), EVAL_BATCH)]
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        state = self.model.state_dict()
+        return {s.name: np.array(state[s.name]) for s in self.net.tensor_specs()}
+
+    def optimizer_arrays(self) -> dict[str, np.ndarray]:
+        return self.optimizer.state_arrays()
+
+    def load_optimizer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.optimizer.load_state_arrays(arrays, self.model.params)
+        self.steps = self.optimizer.steps
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        return values
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(self, net, weights: dict[str, np.ndarray], config: ir.TrainConfig, distributed: bool = False):
+        import torch
+
+        self.torch = torch
+        self.net = net
+        self.config = config
+        self.module = net.to_torch(weights)
+        self.module.float()
+        self.softmax_out = ends_in_softmax(net)
+        self.named = list(self.module.named_parameters())
+        expected = {s.name for s in net.tensor_specs() if s.trainable}
+        if {n for n, _ in self.named} != expected:
+            raise CnnDslError("the PyTorch module's parameter names do not match the network's tensors",
+                              notes=[f"module: {sorted(n for n, _ in self.named)[:6]}",
+                                     f"network: {sorted(expected)[:6]}"])
+        self.distributed = distributed
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.runner = DistributedDataParallel(self.module)
+        else:
+            self.runner = self.module
+        self.optimizer = optim.torch_optimizer(config, self.named, decayed(net.tensor_specs()))
+        self.steps = 0
+
+    def start_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
+        """Seed torch's generator (dropout) from (seed, epoch, rank)."""
+        self.torch.manual_seed(derived_seed(seed, epoch, 2, rank))
+
+    def _loss(self, out, y, scale: float):
+        torch = self.torch
+        flat = out.reshape(out.shape[0], -1)
+        if self.softmax_out:
+            classes = flat.shape[1]
+            target = torch.nn.functional.one_hot(y, classes).to(flat.dtype)
+            eps = self.config.label_smoothing
+            if eps:
+                target = target * (1 - eps) + eps / classes
+            return -(target * torch.log(flat.clamp_min(PROB_FLOOR))).sum() * scale, flat
+        loss = torch.nn.functional.cross_entropy(flat, y, reduction="sum", label_smoothing=self.config.label_smoothing)
+        return loss * scale, flat
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, scale: float) -> tuple[float, int]:
+        torch = self.torch
+        self.module.train()
+        xb, yb = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.runner(xb)
+        loss, flat = self._loss(out, yb, scale)
+        loss.backward()
+        optim.set_torch_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.steps += 1
+        return float(loss.detach()), int((flat.detach().argmax(1) == yb).sum())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        self.module.eval()
+        with torch.no_grad():
+            outs = [_flat_logits(self.module(torch.from_numpy(np.ascontiguousarray(x[i:i + EVAL_BATCH])))).numpy()
+                    for i in range(0, len(x), EVAL_BATCH)]
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        state = self.module.state_dict()
+        return {s.name: state[s.name].detach().cpu().numpy().copy() for s in self.net.tensor_specs()}
+
+    def optimizer_arrays(self) -> dict[str, np.ndarray]:
+        return optim.torch_state_arrays(self.optimizer, self.named, self.steps)
+
+    def load_optimizer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.steps = optim.load_torch_state_arrays(self.optimizer, self.named, arrays)
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        if not self.distributed:
+            return values
+        import torch.distributed as dist
+
+        tensor = self.torch.tensor(values, dtype=self.torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
