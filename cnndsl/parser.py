@@ -216,7 +216,7 @@ class _ToSyntax(Transformer):
     def activation(self, meta, items):
         options = [S.Option("kind", str(items[0]), _span(items[0]))]
         if len(items) > 1:
-            options.append(S.Option("alpha", items[1], _span(meta)))
+            options.append(S.Option("alpha", items[1], items[1].span))
         return self._layer("act", meta, options)
 
     # ------------------------------------------------------------ arithmetic
@@ -358,6 +358,8 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
         hint = None
         if word and (suggestion := _suggest(word)) and suggestion != word:
             hint = f"did you mean '{suggestion}'?"
+        elif char and not (char.isalnum() or char in "_{}()<>=-+*/.,;#\\"):
+            hint = f"remove the {char!r}: it has no meaning in cnndsl (comments start with '#')"
         return CnnSyntaxError(
             f"unexpected character {char!r}" + (f" in '{word}'" if word and word != char else ""),
             Span(err.line, err.column, err.line, err.column + max(len(word), 1)),
@@ -381,10 +383,12 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
             pass
     if token.type == "$END":
         lines = text.splitlines() or [""]
+        opened = _unclosed_brace(text)
         return CnnSyntaxError(
             "the file ends in the middle of a statement",
             Span(len(lines), len(lines[-1]) + 1),
             hint=f"expected {_expected_words(expected)}" + ("; is a '}' missing?" if "RBRACE" in expected else ""),
+            notes=[f"the '{{' at line {opened[0]}, column {opened[1]} is never closed"] if opened else [],
         )
     history = [t for t in (err.token_history or []) if t is not None]
     span = _span(token)
@@ -406,11 +410,27 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
     else:
         message = f"unexpected {shown}"
     hint = f"expected {_expected_words(expected)}"
-    if str(token).isidentifier() and (suggestion := _suggest(str(token))) and suggestion != str(token):
+    arrow = token.type in ("NUMBER", "SIZE") and any(_describe(t) == "'->'" for t in expected)
+    if arrow:
+        # `conv 3x3 64`: the commonest slip is the missing arrow before the channel count.
+        hint = f"did you mean '-> {token}'? ({hint})"
+    elif str(token).isidentifier() and (suggestion := _suggest(str(token))) and suggestion != str(token):
         hint = f"did you mean '{suggestion}'? ({hint})"
-    if "_SEP" in expected and token.type not in ("_SEP", "RBRACE"):
+    if "_SEP" in expected and token.type not in ("_SEP", "RBRACE") and not arrow:
         hint += "; two statements on one line are separated by ';'"
     return CnnSyntaxError(message, span, hint=hint)
+
+
+def _unclosed_brace(text: str) -> tuple[int, int] | None:
+    """(line, column) of the last '{' that no '}' closes, comments skipped."""
+    stack: list[tuple[int, int]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for column, char in enumerate(line.split("#", 1)[0], 1):
+            if char == "{":
+                stack.append((number, column))
+            elif char == "}" and stack:
+                stack.pop()
+    return stack[-1] if stack else None
 
 
 def _at_statement_start(text: str, token: Token) -> bool:
