@@ -558,3 +558,44 @@ def test_pad_same_centre_by_gradient():
     for index in [(0, 0), (1, 2), (3, 3)]:
         assert _gradient_extent(model, (1, 1, 16, 16), index) == _predicted_extent(convs[-1], index, (16, 16))
     assert tuple(model(torch.zeros(1, 1, 16, 16)).shape[2:]) == r.output[1:]
+
+
+def test_receptive_field_by_gradient_through_residual_blocks():
+    model = cifar_tiny_torch()[:6].eval()
+    r = report("cifar_tiny")
+    last = _before_global_pool(r)
+    assert last.output == (64, 8, 8)
+    for index in [(0, 0), (3, 4), (7, 7)]:
+        measured = _gradient_extent(model, (1, 3, 32, 32), index)
+        assert measured == _predicted_extent(last, index, (32, 32)), index
+
+
+# ------------------------------------------------------------------ the window rule against torch
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cnndsl.analysis import window  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(size=st.integers(1, 40), k=st.integers(1, 7), s=st.integers(1, 4), p=st.integers(0, 3),
+       d=st.integers(1, 3), ceil=st.booleans(), op=st.sampled_from(["conv", "max", "avg"]))
+def test_window_rule_matches_torch(size, k, s, p, d, ceil, op):
+    if op != "conv" and (p > k // 2 or (op == "avg" and d > 1)):
+        return  # torch refuses these pools, and so does cnndsl (pool padding over half the window)
+    if op == "conv":
+        ceil = False
+    w = window(size, k, s, p, p, dilation=d, ceil=ceil)
+    x = torch.zeros(1, 1, size, size)
+    try:
+        if op == "conv":
+            y = torch.nn.functional.conv2d(x, torch.zeros(1, 1, k, k), stride=s, padding=p, dilation=d)
+        elif op == "max":
+            y = torch.nn.functional.max_pool2d(x, k, s, p, dilation=d, ceil_mode=ceil)
+        else:
+            y = torch.nn.functional.avg_pool2d(x, k, s, p, ceil_mode=ceil)
+    except RuntimeError:
+        assert w is None or w.out <= 0
+        return
+    assert w is not None and w.out == y.shape[-1]
