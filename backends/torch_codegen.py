@@ -72,6 +72,10 @@ class _Namespace:
     def __init__(self, reserved: Iterable[str] = RESERVED):
         self._used = set(reserved)
 
+    def release(self, name: str) -> None:
+        """`name` is dead from here on (a joined branch, a consumed shortcut): it may be handed out again."""
+        self._used.discard(name)
+
     def create(self, candidate: str) -> str:
         name = re.sub(r"[^A-Za-z0-9_]", "_", candidate) or "_"
         if name[0].isdigit():
@@ -133,14 +137,15 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _statement_text(source, span) -> str:
+def _statement_text(source, span, head: bool = False) -> str:
+    """The statement at `span`; with `head`, only up to the opening brace of its body."""
     line = source.line_text(span.line)
     if span.end_line == span.line and span.end_column > span.column:
         text = line[span.column - 1:span.end_column - 1]
-    else:  # a statement with a body: its first line up to the brace is enough to find it
+    else:
         text = line[span.column - 1:]
-        if "{" in text:
-            text = text[:text.index("{") + 1]
+    if head and "{" in text:
+        text = text[:text.index("{") + 1]
     text = text.split("#", 1)[0]
     return _printable(" ".join(text.split()))
 
@@ -278,8 +283,8 @@ class TorchGenerator:
 
     def comment(self, node: ir.Node, span=None, note: str | None = None) -> str:
         span = span or node.span
-        text = note or _statement_text(self.source, span)
-        return f"line {span.line}: {text}"
+        text = note or _statement_text(self.source, span, head=isinstance(node, ir.Residual | ir.Concat | ir.Add))
+        return f"line {span.line}: {text or node.kind}"
 
     def layer(self, body: _ClassBody, node: ir.Node, func: str, args: list[str], call: Callable[[str], str],
               dst: str, fresh: bool) -> str:
@@ -413,27 +418,37 @@ class TorchGenerator:
             short = keep
             note = "residual: body + input (identity shortcut)"
         body.line(f"{dst} = {out} + {short}", self.comment(node, note=note))
+        for name in {keep, short} - {src}:
+            body.locals.release(name)
         body.fresh = True
         return dst
 
     def concat_code(self, body: _ClassBody, node: ir.Concat, src: str, dst: str) -> str:
         outs = self.branches(body, node, src)
         self.join(body, node, dst, "torch.cat(", f"[{', '.join(outs)}], 1)", outs)
+        self.release(body, outs, src)
         body.fresh = True
         return dst
 
     def add_code(self, body: _ClassBody, node: ir.Add, src: str, dst: str) -> str:
         outs = self.branches(body, node, src)
         self.join(body, node, dst, "", " + ".join(outs), outs)
+        self.release(body, outs, src)
         body.fresh = len(outs) > 1
         return dst
 
     def branches(self, body: _ClassBody, node: ir.Concat | ir.Add, src: str) -> list[str]:
         outs = []
         for index, branch in enumerate(node.branches, 1):
-            var = body.locals.create(f"branch{index}")
+            # an empty branch is the identity: it reads the input and needs no variable of its own
+            var = body.locals.create(f"branch{index}") if branch.items else src
             outs.append(self.seq_items(body, branch, src, var))
         return outs
+
+    @staticmethod
+    def release(body: _ClassBody, outs: list[str], src: str) -> None:
+        for out in set(outs) - {src}:
+            body.locals.release(out)
 
     def join(self, body: _ClassBody, node: ir.Node, dst: str, func: str, expr: str, outs: list[str]) -> None:
         code = f"{dst} = {func}{expr}"
