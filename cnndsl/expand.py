@@ -212,7 +212,14 @@ class _Expander:
             if param.default is None:
                 raise UnknownNameError(f"block {block.name} needs a value for '{param.name}'", stmt.span,
                                        calls=frame.calls, hint=f"call it as {signature}")
-            env[param.name] = self.eval(param.default, _Frame(dict(env), frame.calls, (), block.name))
+            try:
+                env[param.name] = self.eval(param.default, _Frame(dict(env), frame.calls, (), block.name))
+            except UnknownNameError as err:
+                earlier = [p.name for p in block.params[: block.params.index(param)]]
+                raise UnknownNameError(
+                    err.message, err.span, calls=err.calls,
+                    hint=f"a default may use only the parameters before it ({', '.join(earlier) or 'none here'}); "
+                         f"move '{param.name}' after the one it uses") from None
         return env
 
     # ------------------------------------------------------------ layers

@@ -252,10 +252,17 @@ def _residual(node: ir.Residual, shape: Shape, shapes: Shapes) -> Shape:
         if short != body:
             raise _error(node, f"the shortcut gives {fmt(short)} but the residual body gives {fmt(body)}",
                          notes=[f"input {fmt(shape)}"],
-                         hint=f"make the shortcut end in {fmt(body)}, e.g. "
-                              f"'conv 1x1/{max(shape[-1] // body[-1], 1)} -> {body[0]}'" if len(body) == 3 else None)
+                         hint=_shortcut_hint(shape, body))
     shapes[node.name] = LayerShape(shape, body, projects=projects)
     return body
+
+
+def _shortcut_hint(shape: Shape, body: Shape) -> str:
+    if len(body) != 3 or len(shape) != 3:
+        return f"make the shortcut end in {fmt(body)}, e.g. 'fc {body[0]}'" if len(body) == 1 else \
+            f"make the shortcut end in {fmt(body)}"
+    stride = max(shape[1] // body[1], 1)
+    return f"make the shortcut end in {fmt(body)}, e.g. 'conv 1x1{f'/{stride}' if stride > 1 else ''} -> {body[0]}'"
 
 
 def _branches(node: ir.Concat | ir.Add, shape: Shape, shapes: Shapes) -> Shape:
