@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+from decimal import Decimal
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
@@ -68,12 +69,11 @@ def _number(text: str) -> int | float:
     scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1])
     if scale:
         text = text[:-1]
-    value = float(text) if any(c in text for c in ".eE") else int(text)
-    if scale:
-        value = value * scale
-        if float(value).is_integer():
-            value = int(value)
-    return value
+    if not scale:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    # Exact decimal arithmetic: in floats 2.01K would be 2009.9999999999998, not 2010.
+    value = Decimal(text) * scale
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def _dims(token: Token) -> tuple[S.Num, ...]:

@@ -599,3 +599,13 @@ def test_window_rule_matches_torch(size, k, s, p, d, ceil, op):
         assert w is None or w.out <= 0
         return
     assert w is not None and w.out == y.shape[-1]
+
+
+@pytest.mark.parametrize(("size", "value"), [("2.01K", 2010), ("1.07G", 1_070_000_000), ("4.35M", 4_350_000),
+                                             (".5K", 500), ("5M", 5_000_000)])
+def test_size_suffixes_are_exact(size, value):
+    # fc on a vector of 200: (200 + 1) * 10 = 2010 parameters
+    assert analyze("input 200\nfc 10\nexpect params == 2.01K\n").params == 2010
+    net = cnndsl.parse(f"input 4\nfc {size}\n")
+    assert net.ir.body.items[0].out_features == value
+    assert analyze(f"input 1\nfc 1\nexpect params < {size}\n").params == 2
