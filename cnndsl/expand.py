@@ -9,6 +9,7 @@ work is done (`x 1000000000` fails at once, not after expanding).
 from __future__ import annotations
 
 import difflib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -92,6 +93,9 @@ class _Expander:
     def integer(self, expr: S.Expr, frame: _Frame, what: str, minimum: int = 1) -> int:
         value = self.eval(expr, frame)
         if isinstance(value, float):
+            # 0.7*10 is 7.000000000000001 in floats: a whole number written with decimals is whole.
+            if math.isfinite(value) and abs(value - round(value)) <= 1e-9 * max(1.0, abs(value)):
+                value = float(round(value))
             if not value.is_integer():
                 raise BadValueError(f"{what} must be a whole number, got {value:g}", expr.span,
                                     calls=frame.calls, hint="round it, e.g. with integer arithmetic")

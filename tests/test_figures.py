@@ -609,3 +609,12 @@ def test_size_suffixes_are_exact(size, value):
     net = cnndsl.parse(f"input 4\nfc {size}\n")
     assert net.ir.body.items[0].out_features == value
     assert analyze(f"input 1\nfc 1\nexpect params < {size}\n").params == 2
+
+
+def test_whole_numbers_written_with_decimals():
+    # width multipliers: 0.7*10 is 7.000000000000001 in floating point, and still 7 channels
+    assert analyze("input 3x8x8\nconv 1x1 -> 0.7*10\n").output == (7, 8, 8)
+    assert analyze("block b(c, w=0.1) { conv 1x1 -> w*c }\ninput 3x8x8\nb(30)\n").output == (3, 8, 8)
+    assert analyze("block b(c, w=0.75) { conv 1x1 -> w*c }\ninput 3x8x8\nb(64)\n").output == (48, 8, 8)
+    with pytest.raises(cnndsl.CnnDslError, match="whole number"):
+        analyze("block b(c, w=0.35) { conv 1x1 -> w*c }\ninput 3x8x8\nb(32)\n")
