@@ -10,11 +10,11 @@ generator's state. The ops run in a fixed order, each drawing its numbers for th
    sampled bilinearly, zeros outside the image.
 3. `crop N padP`: zero-pad P pixels on every side, cut a random NxN window; if N differs from the
    input size the window is resized (bilinear) back to it.
-4. `brightness B`: multiply by ~ U(1 - B, 1 + B).
+4. `brightness B`: add d * R, d ~ U(-B, B), R the value range of the training data (max - min:
+   1 for the digits, 255 for 8-bit images), so it means the same on 0..1 and 0..255 data.
 5. `contrast C`: (x - m) * f + m, f ~ U(1 - C, 1 + C), m the sample's mean over all pixels.
 
-Brightness and contrast are multiplicative, so they mean the same on 0..255 and 0..1 data; values
-are not clipped.
+Values are not clipped.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def _active(aug: ir.Augment) -> bool:
                 or aug.brightness or aug.contrast)
 
 
-def augment_batch(x: np.ndarray, aug: ir.Augment | None, rng: np.random.Generator) -> np.ndarray:
+def augment_batch(x: np.ndarray, aug: ir.Augment | None, rng: np.random.Generator,
+                  value_range: float = 1.0) -> np.ndarray:
     """A randomly transformed copy of the float32 NCHW batch `x` (see the module doc)."""
     if aug is None or not _active(aug) or len(x) == 0:
         return x
@@ -117,8 +118,8 @@ def augment_batch(x: np.ndarray, aug: ir.Augment | None, rng: np.random.Generato
                             rng.integers(0, w + 2 * aug.crop_pad - aug.crop + 1, b)], 1)
         out = crop_with_padding(out, aug.crop, aug.crop_pad, offsets)
     if aug.brightness:
-        factors = rng.uniform(1 - aug.brightness, 1 + aug.brightness, b).astype(np.float32)
-        out = out * factors[:, None, None, None]
+        shifts = (rng.uniform(-aug.brightness, aug.brightness, b) * value_range).astype(np.float32)
+        out = out + shifts[:, None, None, None]
     if aug.contrast:
         factors = rng.uniform(1 - aug.contrast, 1 + aug.contrast, b).astype(np.float32)
         means = out.reshape(b, -1).mean(1)[:, None, None, None]

@@ -40,7 +40,8 @@ FOLDER = "checkpoints"
 def _safetensors_bytes(arrays: dict[str, np.ndarray], epoch: int, kind: str) -> bytes:
     from safetensors.numpy import save
 
-    data = {name: np.ascontiguousarray(np.asarray(value)) for name, value in arrays.items()}
+    # np.array, not np.ascontiguousarray: the latter turns 0-d tensors (preprocess.scale, step) into 1-d
+    data = {name: np.array(value, order="C") for name, value in arrays.items()}
     return save(data, metadata={"epoch": str(epoch), "cnndsl": kind})
 
 

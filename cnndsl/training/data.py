@@ -97,10 +97,23 @@ def _fit_channels(x: np.ndarray, channels: int, what: str, input_shape) -> np.nd
                       hint="give images with the network's channel count, or change the network's `input`")
 
 
+def fit_digits(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """8x8 digits to HxW: each pixel repeated k x k times, k = min(H // 8, W // 8) (exact nearest
+    upsampling by a whole factor), then zero-padded equally on both sides to HxW (an odd extra row
+    or column at the bottom/right), so the digit sits centred in a dark border as in MNIST.
+    An input smaller than 8x8 gets a bilinear downsampling instead."""
+    k = min(height // 8, width // 8)
+    if k < 1:
+        return resize_bilinear(images, height, width)
+    big = images.repeat(k, axis=2).repeat(k, axis=3)
+    dh, dw = height - 8 * k, width - 8 * k
+    return np.pad(big, ((0, 0), (0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)))
+
+
 def load_digits_data(input_shape: tuple[int, ...], test_fraction: float) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, offline), pixel values 0..16 mapped to
-    [0, 1], resized bilinearly to the network's HxW (grayscale replicated to its channels); a
-    vector input of 64 takes the flattened 8x8 images."""
+    [0, 1], fitted to the network's HxW by `fit_digits` (grayscale replicated to its channels);
+    a vector input of 64 takes the flattened 8x8 images."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - the `train` extra installs it
@@ -116,7 +129,7 @@ def load_digits_data(input_shape: tuple[int, ...], test_fraction: float) -> Data
         x = images.reshape(len(images), 64)
     else:
         c, h, w = input_shape
-        x = _fit_channels(resize_bilinear(images, h, w), c, "the digits data", input_shape)
+        x = _fit_channels(fit_digits(images, h, w), c, "the digits data", input_shape)
     train, test = stratified_split(labels, test_fraction)
     return Dataset(np.ascontiguousarray(x[train]), labels[train], np.ascontiguousarray(x[test]), labels[test],
                    [str(i) for i in range(10)], "digits")

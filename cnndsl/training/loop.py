@@ -269,6 +269,7 @@ def train(net, options: TrainOptions | None = None) -> TrainResult:
             ckpt.trim_metrics(run_dir, start)
 
     n = len(data.x_train)
+    value_range = float(data.x_train.max() - data.x_train.min()) or 1.0
     steps_per_epoch = math.ceil(n / cfg.batch)
     schedule = Schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.schedule_args)
     interactive = sys.stderr.isatty() if options.progress is None else options.progress
@@ -286,7 +287,7 @@ def train(net, options: TrainOptions | None = None) -> TrainResult:
         loss_sum, correct, seen, lr = 0.0, 0, 0, cfg.lr
         for step in range(steps_per_epoch):
             index = order[step * cfg.batch:(step + 1) * cfg.batch]
-            x = augment_batch(data.x_train[index], net.ir.augment, aug_rng)
+            x = augment_batch(data.x_train[index], net.ir.augment, aug_rng, value_range)
             y = data.y_train[index]
             lr = lr_at(schedule, epoch, step)
             if world > 1:
