@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from . import ir
 from . import syntax as S
-from .errors import BadValueError, CnnDslError, LimitError, Source, Span, UnknownNameError
-from .parser import KEYWORDS
+from .errors import BadValueError, CnnDslError, CnnSyntaxError, LimitError, Source, Span, UnknownNameError
+from .parser import KEYWORDS, misplaced_keyword
 
 MAX_REPEAT = 10_000
 MAX_CALL_DEPTH = 64
@@ -170,6 +170,8 @@ class _Expander:
 
     def call(self, stmt: S.Call, scope: _Scope, frame: _Frame) -> ir.Seq:
         block = self.blocks.get(stmt.block)
+        if block is None and (where := misplaced_keyword(stmt.block)) is not None:
+            raise CnnSyntaxError(f"'{stmt.block}' cannot start a statement", stmt.span, calls=frame.calls, hint=where)
         if block is None:
             candidates = list(self.blocks) + list(KEYWORDS)
             close = difflib.get_close_matches(stmt.block, candidates, n=1)

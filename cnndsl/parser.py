@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -81,12 +82,40 @@ def _dims(token: Token) -> tuple[S.Num, ...]:
     return tuple(S.Num(int(part), span) for part in token.split("x"))
 
 
+@dataclass(frozen=True)
+class _LooseShortcut:
+    """`shortcut { ... }` written as its own statement; it belongs to the residual before it."""
+
+    body: tuple
+    always: bool
+    span: Span
+
+
+def _misplaced_shortcut(span: Span) -> CnnSyntaxError:
+    return CnnSyntaxError("'shortcut' must follow a residual", span,
+                          hint="write it right after the residual's closing brace: "
+                               "'residual { ... } shortcut { ... }'")
+
+
+def _attach_shortcuts(items) -> tuple:
+    out: list = []
+    for item in items:
+        if isinstance(item, _LooseShortcut):
+            previous = out[-1] if out else None
+            if not isinstance(previous, S.Residual) or previous.shortcut is not None:
+                raise _misplaced_shortcut(item.span)
+            out[-1] = S.Residual(previous.body, item.body, item.always, previous.span)
+        else:
+            out.append(item)
+    return tuple(out)
+
+
 @v_args(meta=True)
 class _ToSyntax(Transformer):
     """One method per grammar rule; each returns a `syntax` node carrying its span."""
 
     def start(self, meta, items):
-        return S.Program(tuple(items))
+        return S.Program(_attach_shortcuts(items))
 
     def network(self, meta, items):
         return S.NetworkHeader(str(items[0]), _span(meta))
@@ -107,10 +136,15 @@ class _ToSyntax(Transformer):
         return S.Param(str(items[0]), items[1] if len(items) > 1 else None, _span(meta))
 
     def body(self, meta, items):
-        return tuple(items)
+        return _attach_shortcuts(items)
 
     def repeat(self, meta, items):
+        if isinstance(items[0], _LooseShortcut):
+            raise _misplaced_shortcut(items[0].span)
         return S.Repeat(items[0], items[1], _span(meta))
+
+    def loose_shortcut(self, meta, items):
+        return _LooseShortcut(items[-1], len(items) == 2, _span(meta))
 
     def call(self, meta, items):
         args = items[1] if len(items) > 1 else ()
@@ -346,6 +380,24 @@ def _expected_words(expected) -> str:
     return ", ".join(words)
 
 
+_OPTION_EXAMPLES = {
+    "pad": "conv 3x3 pad1 -> 64", "same": "conv 3x3 pad same -> 64", "valid": "conv 3x3 pad valid -> 64",
+    "dil": "conv 3x3 dil2 pad2 -> 64", "groups": "conv 3x3 groups4 -> 64", "depthwise": "conv 3x3 pad1 depthwise",
+    "nobias": "conv 3x3 pad1 -> 64 nobias", "ceil": "pool max 3x3/2 ceil", "global": "pool avg global",
+    "max": "pool max 2/2", "avg": "pool avg 3x3/2 pad1", "eps": "bn eps 1e-3", "momentum": "bn momentum .01",
+    "always": "residual { ... } shortcut always { ... }",
+}
+
+
+def misplaced_keyword(word: str) -> str | None:
+    """A fix for a keyword used where a statement starts (`branch` outside concat, `nobias` alone)."""
+    if word == "branch":
+        return "branches go inside 'concat { branch { ... } branch { ... } }' or 'add { ... }'"
+    if word in _OPTION_EXAMPLES:
+        return f"'{word}' is an option: it goes on its layer's line, e.g. '{_OPTION_EXAMPLES[word]}'"
+    return None
+
+
 def _suggest(word: str) -> str | None:
     match = difflib.get_close_matches(word.lower(), KEYWORDS, n=1, cutoff=0.6)
     return match[0] if match else None
@@ -397,6 +449,8 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
     if history and history[-1].type == "NAME" and _at_statement_start(text, history[-1]):
         name = history[-1]
         suggestion = _suggest(str(name))
+        if (where := misplaced_keyword(str(name))) is not None:
+            return CnnSyntaxError(f"'{name}' cannot start a statement", _span(name), hint=where)
         if suggestion:
             return CnnSyntaxError(
                 f"unknown statement '{name}'",

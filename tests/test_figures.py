@@ -618,3 +618,12 @@ def test_whole_numbers_written_with_decimals():
     assert analyze("block b(c, w=0.75) { conv 1x1 -> w*c }\ninput 3x8x8\nb(64)\n").output == (48, 8, 8)
     with pytest.raises(cnndsl.CnnDslError, match="whole number"):
         analyze("block b(c, w=0.35) { conv 1x1 -> w*c }\ninput 3x8x8\nb(32)\n")
+
+
+def test_shortcut_may_start_the_next_line():
+    same_line = (EXAMPLES / "resnet18.cnn").read_text()
+    next_line = same_line.replace("  } shortcut {", "  }  # the projection, on its own line\n  shortcut {")
+    assert next_line != same_line
+    a, b = cnndsl.parse(same_line).analyze(), cnndsl.parse(next_line).analyze()
+    assert a.params == b.params == 11_689_512
+    assert [row.name for row in a.layers] == [row.name for row in b.layers]
