@@ -274,24 +274,29 @@ class _Builder:
 
     # -- the model ------------------------------------------------------------------------------------
 
-    def graph(self) -> onnx.GraphProto:
+    def fill(self, graph: onnx.GraphProto) -> None:
+        """Emit the network into `graph`, in place: initializers are written straight into the
+        model's own message (`make_graph`/`make_model` would copy every weight twice more)."""
         net = self.net
         x = self.emit(net.ir.body, self.preprocess(INPUT))
         if x == INPUT:  # nothing computes (say, only dropout): the output still needs its own name
             x = self.op(net.ir.body, "Identity", [x], tuple(net.ir.input_shape), part="identity")
         self._rename(x, OUTPUT)
         out_shape = self.value_shapes.pop(OUTPUT)
-        specs = net.tensor_specs()
-        initializers = [numpy_helper.from_array(self.weights[s.name], s.name) for s in specs]
-        value_info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
-                      for name, shape in self.value_shapes.items()]
-        source = net.source
-        return helper.make_graph(
-            self.nodes, net.name,
-            [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [BATCH, *net.ir.input_shape])],
-            [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, list(out_shape))],
-            initializer=initializers, value_info=value_info,
-            doc_string=f"network {net.name} from {source.path}, compiled by cnndsl")
+        graph.name = net.name
+        graph.doc_string = f"network {net.name} from {net.source.path}, compiled by cnndsl"
+        graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [BATCH, *net.ir.input_shape]))
+        graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, list(out_shape)))
+        graph.node.extend(self.nodes)
+        graph.value_info.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+                                for name, shape in self.value_shapes.items())
+        for spec in net.tensor_specs():
+            array = np.asarray(self.weights[spec.name])
+            tensor = graph.initializer.add()
+            tensor.name = spec.name
+            tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+            tensor.dims.extend(array.shape)
+            tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()  # ONNX: little-endian
 
     def _rename(self, old: str, new: str) -> None:
         """Give the final value the graph output's name (SSA: nothing reads it after its producer)."""
@@ -337,15 +342,15 @@ def build(net, weights: str | os.PathLike | dict | None = None, *, seed: int = 0
         raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
     net.analyze()  # shape errors and failed expectations surface as CnnDslError before any ONNX is built
     tensors = resolve_weights(net, weights, seed)
-    graph = _Builder(net, tensors, opset).graph()
     opsets = [helper.make_opsetid("", opset)]
     from cnndsl import __version__
 
-    model = helper.make_model(
-        graph, opset_imports=opsets, producer_name="cnndsl", producer_version=__version__,
-        ir_version=helper.find_min_ir_version_for(opsets),
+    model = onnx.ModelProto(
+        ir_version=helper.find_min_ir_version_for(opsets), producer_name="cnndsl", producer_version=__version__,
         doc_string=f"cnndsl network {net.name} ({net.source.path}); weights: "
                    f"{'seeded init, seed ' + str(seed) if weights is None else _describe(weights)}")
+    model.opset_import.extend(opsets)
+    _Builder(net, tensors, opset).fill(model.graph)
     helper.set_model_props(model, model_metadata(net))
     if check:
         onnx.checker.check_model(model, full_check=True)

@@ -1,6 +1,6 @@
 """The ONNX backend: built from the IR, checked by ONNX, and numerically the same network.
 
-Three independent judges of the numbers: a float64 reference written here with
+Three independent judges of the numbers: a reference written here with
 torch.nn.functional straight from the contract in docs/backends.md (no generated code involved),
 onnx.reference.ReferenceEvaluator, and the PyTorch backend (`net.to_torch`) where it exists.
 """
@@ -8,7 +8,6 @@ onnx.reference.ReferenceEvaluator, and the PyTorch backend (`net.to_torch`) wher
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import subprocess
 import sys
@@ -21,9 +20,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from cnndsl.backends import onnx_builder  # noqa: E402
+
 import cnndsl  # noqa: E402
 from cnndsl import ir  # noqa: E402
-from cnndsl.backends import onnx_builder  # noqa: E402
 from cnndsl.errors import CnnDslError, WeightsError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,11 +51,11 @@ def inputs(net, batch: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, *net.ir.input_shape)).astype(np.float32)
 
 
-def reference(net, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The network evaluated in float64 with torch.nn.functional, following docs/backends.md."""
+def reference(net, weights: dict[str, np.ndarray], x: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """The network evaluated with torch.nn.functional (in float64 unless told), following docs/backends.md."""
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
-    w = {name: torch.from_numpy(np.asarray(v, dtype=np.float64)) for name, v in weights.items()}
+    w = {name: torch.from_numpy(np.asarray(v, dtype=dtype)) for name, v in weights.items()}
     shapes = net.shapes
 
     def run(node, t):
@@ -107,7 +107,7 @@ def reference(net, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
             return sum(run(b, t) for b in node.branches)
         raise AssertionError(f"reference has no rule for {node}")
 
-    t = torch.from_numpy(x.astype(np.float64))
+    t = torch.from_numpy(x.astype(dtype))
     pre = net.ir.preprocess
     if pre is not None:
         t = t * w["preprocess.scale"]
@@ -142,14 +142,36 @@ def load_resized(path: Path, input_shape: tuple[int, ...]) -> cnndsl.Net:
     return cnndsl.Net(dataclasses.replace(expand(parse_program(text, source), source, input_shape), expects=()))
 
 
-@functools.lru_cache(maxsize=None)
-def example_net(path: Path):
+def example_net(path: Path) -> cnndsl.Net:
     net = cnndsl.load(path)
     report = net.analyze()
     big = report.macs > BIG_MACS or report.params > BIG_PARAMS
     if big and len(net.ir.input_shape) == 3 and min(net.ir.input_shape[1:]) > 64:
         net = load_resized(path, (net.ir.input_shape[0], 64, 64))
     return net
+
+
+@dataclasses.dataclass
+class Example:
+    net: cnndsl.Net
+    weights: dict[str, np.ndarray]
+    model: onnx.ModelProto
+    session: ort.InferenceSession
+
+
+def _example_param(path: Path):
+    """Examples with over 40M parameters (alexnet, vgg16, resnet101) are marked slow."""
+    heavy = cnndsl.load(path).analyze().params > 4e7
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if heavy else [])
+
+
+@pytest.fixture(scope="module", params=[_example_param(p) for p in EXAMPLES])
+def example(request) -> Example:
+    """One example built once for all the tests below (pytest groups them by example)."""
+    net = example_net(request.param)
+    weights = net.init_weights(0)
+    model = onnx_builder.build(net, weights)
+    return Example(net, weights, model, session(model))
 
 
 def prog(body: str, input_shape: str = "3x12x12", header: str = "") -> cnndsl.Net:
@@ -172,32 +194,27 @@ def torch_backend():
 # -- every example ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_matches_reference(path):
-    check_against_reference(example_net(path))
+def test_example_matches_reference(example):
+    for batch in (1, 4):
+        x = inputs(example.net, batch)
+        expected = reference(example.net, example.weights, x, dtype=np.float32)  # float64 convs are slow
+        assert_close(example.session.run(None, {"input": x})[0], expected)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_matches_torch_backend(path):
+def test_example_matches_torch_backend(example):
     torch_backend()
     import torch
 
-    net = example_net(path)
-    weights = net.init_weights(0)
-    module = net.to_torch(weights).eval()
-    model = onnx_builder.build(net, weights)
-    sess = session(model)
+    module = example.net.to_torch(example.weights).eval()
     for batch in (1, 4):
-        x = inputs(net, batch)
+        x = inputs(example.net, batch, seed=2)
         with torch.no_grad():
             expected = module(torch.from_numpy(x)).numpy()
-        assert_close(sess.run(None, {"input": x})[0], expected)
+        assert_close(example.session.run(None, {"input": x})[0], expected)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_passes_checker_and_shape_inference(path):
-    net = example_net(path)
-    model = onnx_builder.build(net)
+def test_example_passes_checker_and_shape_inference(example):
+    net, model = example.net, example.model
     onnx.checker.check_model(model, full_check=True)
     declared = {v.name: v for v in model.graph.value_info}
     from cnndsl.analysis.shapes import active
