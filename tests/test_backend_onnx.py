@@ -605,3 +605,13 @@ def test_compile_to_onnx_never_imports_torch(tmp_path):
     onnx.checker.check_model(model, full_check=True)
     x = inputs(net, 2)
     assert_close(run_ort(model, x), reference(net, net.init_weights(3), x))
+
+
+def test_save_goes_external_past_the_size_limit(tmp_path, monkeypatch):
+    net = cnndsl.load(ROOT / "examples" / "lenet5.cnn")
+    model = onnx_builder.build(net)
+    monkeypatch.setattr(onnx_builder, "EXTERNAL_DATA_THRESHOLD", onnx_builder.initializer_bytes(model) - 1)
+    path = tmp_path / "m.onnx"
+    assert onnx_builder.save(model, path, net=net) == [path, tmp_path / "m.onnx.data"]
+    x = inputs(net, 1)
+    np.testing.assert_array_equal(run_ort(onnx.load(str(path)), x), run_ort(model, x))
