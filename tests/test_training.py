@@ -283,7 +283,8 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tmp_path):
     assert first["loss"] == pytest.approx(single.metrics[0]["loss"], rel=1e-5)
 
 
-LENET_FLAGS = ["--epochs", "15", "--batch", "16", "--optimizer", "adam", "--lr", "0.002", "--schedule", "cosine"]
+LENET_FLAGS = ["--epochs", "15", "--batch", "16", "--optimizer", "adamw", "--lr", "0.002", "--weight-decay", "0.05",
+               "--schedule", "cosine"]
 
 
 @pytest.mark.slow

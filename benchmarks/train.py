@@ -1,0 +1,64 @@
+"""Training speed: seconds per epoch of `cnndsl train` with the NumPy and the PyTorch backend.
+
+    python benchmarks/train.py [--net examples/lenet5.cnn] [--epochs 3] [--batch 16] [--threads N]
+
+Both backends train the same network on the same data (scikit-learn's digits, 1,437 training
+images fitted to the input) with the same settings, in this one process; an epoch's time covers
+the training steps, augmentation and the evaluation on the 360 test images. The median epoch
+time of each backend and their ratio (numpy / torch) are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(net_path: str, backend: str, epochs: int, batch: int) -> dict:
+    import cnndsl
+    from cnndsl.training.loop import TrainOptions, train
+
+    net = cnndsl.load(net_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = train(net, TrainOptions(backend=backend, epochs=epochs, batch=batch, optimizer="adam", lr=0.002,
+                                         schedule="cosine", out=f"{tmp}/run", progress=False, log=lambda s: None))
+        total = time.perf_counter() - started
+    seconds = [m["seconds"] for m in result.metrics]
+    return {"backend": backend, "median": statistics.median(seconds), "epochs": seconds, "total": total,
+            "accuracy": result.test_accuracy}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--net", default=str(ROOT / "examples" / "lenet5.cnn"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{Path(args.net).name} on digits, batch {args.batch}, {args.epochs} epochs per backend; "
+          f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    rows = [run(args.net, backend, args.epochs, args.batch) for backend in ("numpy", "torch")]
+    print(f"{'backend':8} {'s/epoch (median)':>17} {'epochs':>24} {'test acc':>9}")
+    for row in rows:
+        epochs = " ".join(f"{s:.2f}" for s in row["epochs"])
+        print(f"{row['backend']:8} {row['median']:17.3f} {epochs:>24} {100 * row['accuracy']:8.2f}%")
+    ratio = rows[0]["median"] / rows[1]["median"]
+    print(f"ratio numpy / torch: {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
