@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import itertools
 import keyword
 import linecache
 import math
 import os
 import re
+import sys
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +108,7 @@ def _plain_attribute(name: str) -> bool:
 def _attr(base: str, name: str) -> str:
     """Python for attribute `name` of `base`; `getattr` for anything that is not a plain attribute
     name (a leading `__` would be mangled by Python inside a class body)."""
-    return f"{base}.{name}" if _plain_attribute(name) else f"getattr({base}, {name!r})"
+    return f"{base}.{name}" if _plain_attribute(name) else f'getattr({base}, "{name}")'
 
 
 def _check_module_name(node: ir.Node, part: str) -> None:
@@ -202,8 +205,7 @@ class _ClassBody:
         if _plain_attribute(name):
             return _wrap_call(f"{base}.{name} = ", func, args, indent)
         # add_module refuses names that clash with nn.Module's own attributes instead of shadowing them
-        call = _wrap_call("", func, args, indent + INDENT)
-        return [f"{indent}{base}.add_module(", f"{indent}{INDENT}{name!r},", *[f"{c}" for c in call], f"{indent})"]
+        return _wrap_call("", f"{base}.add_module", [f'"{name}"', f"{func}({', '.join(args)})"], indent)
 
     def line(self, code: str, comment: str) -> None:
         indent = INDENT * 2
@@ -599,10 +601,17 @@ def build(net: Net, weights: str | os.PathLike | dict | None = None, seed: int =
     return module
 
 
+_loaded = itertools.count(1)
+
+
 def load_source(source: str, filename: str) -> dict[str, Any]:
-    """Execute generated source as a module namespace; linecache keeps its text for tracebacks."""
-    module_name = "cnndsl_generated_" + re.sub(r"[^A-Za-z0-9_]", "_", filename)
+    """Execute generated source as a module of its own (registered in `sys.modules` under a unique
+    name, its text in `linecache`), so tracebacks, `inspect.getsource` and in-process pickling
+    work as they do for an imported file. Returns the module's namespace."""
+    name = f"_{re.sub(r'[^A-Za-z0-9]+', '_', filename).strip('_')}_{next(_loaded)}"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    namespace: dict[str, Any] = {"__name__": module_name}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
-    return namespace
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module
+    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated code
+    return module.__dict__

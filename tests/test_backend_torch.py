@@ -535,3 +535,15 @@ def test_cli_compile_torch_checks_weights(tmp_path):
 def test_generate_refuses_a_network_that_fails_its_checks():
     with pytest.raises(CnnDslError):
         torch_codegen.generate(cnndsl.parse("network n\ninput 3x8x8\nconv 3x3 -> 4\nexpect params < 10"))
+
+
+def test_built_module_traces_with_fx_and_shows_its_source():
+    import inspect
+
+    net = cnndsl.parse(EVERY_CONSTRUCT)
+    model = torch_codegen.build(net, random_weights(net)).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, *net.ir.input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+    assert "x = self.conv1(x)  # line 5: conv 3x3/2 pad same -> 8" in inspect.getsource(type(model))
