@@ -615,3 +615,17 @@ def test_save_goes_external_past_the_size_limit(tmp_path, monkeypatch):
     assert onnx_builder.save(model, path, net=net) == [path, tmp_path / "m.onnx.data"]
     x = inputs(net, 1)
     np.testing.assert_array_equal(run_ort(onnx.load(str(path)), x), run_ort(model, x))
+
+
+@pytest.mark.parametrize("opset", [17, 18, 20, 21])
+def test_every_construct_at_every_opset(opset):
+    net = prog("""
+        conv 3x3/2 pad same -> 4; bn; relu6; pool avg 2x2/2 pad1 ceil; pool max 2x2/1 ceil
+        concat { branch {} branch { conv 1x1 -> 2; gelu } }
+        add { branch { silu } branch { hardswish } branch { leaky } }
+        fc 5; bn; elu; softmax
+    """, "3x9x9", header="preprocess { scale 2; standardize mean (0.1, 0.2, 0.3) std (1, 2, 3) }")
+    weights = net.init_weights(4)
+    model = onnx_builder.build(net, weights, opset=opset, check=True)
+    x = inputs(net, 3)
+    assert_close(run_ort(model, x), reference(net, weights, x))
