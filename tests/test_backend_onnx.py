@@ -629,3 +629,41 @@ def test_every_construct_at_every_opset(opset):
     model = onnx_builder.build(net, weights, opset=opset, check=True)
     x = inputs(net, 3)
     assert_close(run_ort(model, x), reference(net, weights, x))
+
+
+def _layer(draw, st):
+    kind = draw(st.sampled_from(["conv", "dwconv", "pool"]))
+    k = draw(st.integers(1, 4))
+    stride = draw(st.integers(1, 3))
+    if kind == "pool":
+        k = max(k, 2)
+        pad = draw(st.sampled_from(["", " pad same"] + [f" pad{p}" for p in range(k // 2 + 1)]))
+        mode, ceil = draw(st.sampled_from(["max", "avg"])), draw(st.sampled_from(["", " ceil"]))
+        return f"pool {mode} {k}x{k}/{stride}{pad}{ceil}"
+    pad = draw(st.sampled_from(["", " pad same", " pad1", " pad2x0"]))
+    dil = draw(st.sampled_from(["", " dil2"]))
+    if kind == "dwconv":
+        return f"conv {k}x{k}/{stride}{dil}{pad} depthwise -> {draw(st.sampled_from(['1x', '2x']))}"
+    return f"conv {k}x{draw(st.integers(1, 3))}/{stride}{dil}{pad} -> {draw(st.sampled_from([2, 4]))}"
+
+
+def test_random_window_layers_match_the_reference():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+
+    @st.composite
+    def programs(draw):
+        size = f"{draw(st.integers(1, 3))}x{draw(st.integers(4, 11))}x{draw(st.integers(4, 11))}"
+        return size, "\n".join(_layer(draw, st) for _ in range(draw(st.integers(1, 3))))
+
+    @hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
+    @hypothesis.given(programs())
+    def check(program):
+        size, body = program
+        try:
+            net = prog(body, size)
+        except CnnDslError:
+            hypothesis.assume(False)
+        check_against_reference(net, batches=(2,))
+
+    check()
