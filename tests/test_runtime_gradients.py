@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cnndsl.backends import numpy_codegen
 
 import cnndsl
 from cnndsl.analysis.shapes import same_padding
-from cnndsl.backends import numpy_codegen
 from cnndsl.runtime import kernels as K
 
 EPS = 1e-6

@@ -306,8 +306,10 @@ def batch_norm_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.nd
     """(dx, dgamma, dbeta). In training the batch statistics depend on x, which adds the two mean terms."""
     xhat, inv_std, gamma = cache["xhat"], cache["inv_std"], cache["gamma"]
     axes, shape = _bn_axes(dy)
-    dbeta = dy.sum(axis=axes)
-    dgamma = (dy * xhat).sum(axis=axes)
+    # Accumulated in float64: these sums cancel heavily (xhat has zero mean), and float32
+    # accumulation over N*H*W terms would lose digits that the input gradient then needs.
+    dbeta = dy.sum(axis=axes, dtype=np.float64).astype(dy.dtype)
+    dgamma = np.einsum("ncij,ncij->c" if dy.ndim == 4 else "nc,nc->c", dy, xhat, dtype=np.float64).astype(dy.dtype)
     scale = (gamma * inv_std).reshape(shape)
     if not cache["train"]:
         return dy * scale, dgamma, dbeta

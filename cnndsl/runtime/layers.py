@@ -340,11 +340,16 @@ class Model:
         self.load_state_dict(load_file(os.fspath(path)))
 
     def save_safetensors(self, path: str | os.PathLike) -> None:
-        from ..weights import save_weights
+        from safetensors.numpy import save
 
-        # The file holds float32 (int64 counters) whatever the model computes in, as every backend expects.
-        tensors = {name: a if a.dtype == np.int64 else a.astype(np.float32) for name, a in self.state_dict().items()}
-        save_weights(tensors, path, metadata={"format": "cnndsl", "network": type(self).__name__})
+        from ..outputs import write_atomic
+
+        # float32 (int64 counters) whatever the model computes in, as every backend expects.
+        # copy(order="C") rather than cnndsl.weights.save_weights: its np.ascontiguousarray turns the
+        # 0-d tensors (preprocess.scale, num_batches_tracked) into shape (1,), which loading refuses.
+        tensors = {name: (a if a.dtype == np.int64 else a.astype(np.float32)).copy(order="C")
+                   for name, a in self.state_dict().items()}
+        write_atomic(os.fspath(path), save(tensors, metadata={"format": "cnndsl", "network": type(self).__name__}))
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__}("] + [f"  {layer!r}," for layer in self.layers] + [")"]
