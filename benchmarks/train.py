@@ -27,7 +27,8 @@ def run(net_path: str, backend: str, epochs: int, batch: int) -> dict:
     net = cnndsl.load(net_path)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        result = train(net, TrainOptions(backend=backend, epochs=epochs, batch=batch, optimizer="adam", lr=0.002,
+        result = train(net, TrainOptions(backend=backend, epochs=epochs, batch=batch, optimizer="adamw", lr=0.002,
+                                         weight_decay=0.05,
                                          schedule="cosine", out=f"{tmp}/run", progress=False, log=lambda s: None))
         total = time.perf_counter() - started
     seconds = [m["seconds"] for m in result.metrics]

@@ -130,7 +130,12 @@ def test_resume_in_process_equals_an_uninterrupted_run(tiny, tmp_path):
     train(net, _quiet(backend="numpy", schedule="constant", epochs=1, out=str(tmp_path / "part")))
     state = json.loads((tmp_path / "part" / "state.json").read_text())
     assert state["config"]["epochs"] == 1
-    resumed = train(net, _quiet(backend="numpy", epochs=3, resume=str(tmp_path / "part")))
+    resumed = train(net, _quiet(epochs=3, resume=str(tmp_path / "part")))  # the run's backend: numpy
+    assert resumed.epochs == 3
+    with pytest.raises(CnnDslError, match="trained with --backend numpy"):
+        train(net, _quiet(backend="torch", epochs=4, resume=str(tmp_path / "part")))
+    with pytest.raises(CnnDslError, match="--lr 0.5 differs"):
+        train(net, _quiet(lr=0.5, epochs=4, resume=str(tmp_path / "part")))
     for name, value in full.weights.items():
         np.testing.assert_array_equal(resumed.weights[name], value, err_msg=name)
     metrics = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()

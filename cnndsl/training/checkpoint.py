@@ -169,25 +169,33 @@ def trim_metrics(run_dir: Path, epochs: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global numpy and (if loaded) torch RNG states, JSON-ready."""
+    """The global numpy and (if loaded) torch RNG states, JSON-ready (key arrays as base64).
+
+    The loop reseeds everything it draws from per (seed, epoch), so these are kept for code that
+    draws from the global generators, not for the resume guarantee."""
+    import base64
     import sys
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    out: dict[str, Any] = {"numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    encoded = base64.b64encode(np.asarray(keys, dtype="<u4").tobytes()).decode()
+    out: dict[str, Any] = {"numpy": [name, encoded, int(pos), int(has_gauss), float(cached)]}
     if "torch" in sys.modules:
         import torch
 
-        out["torch"] = torch.get_rng_state().tolist()
+        out["torch"] = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
     return out
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import base64
     import sys
 
     if "numpy" in state:
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        name, encoded, pos, has_gauss, cached = state["numpy"]
+        keys = np.frombuffer(base64.b64decode(encoded), dtype="<u4").astype(np.uint32)
+        np.random.set_state((name, keys, pos, has_gauss, cached))
     if "torch" in state and "torch" in sys.modules:
         import torch
 
-        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
+        torch.set_rng_state(torch.from_numpy(raw))

@@ -23,8 +23,9 @@ def _user_errors(command):
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(["torch", "numpy"]), default="torch", show_default=True,
-              help="Train the generated PyTorch module or the generated NumPy model.")
+@click.option("--backend", type=click.Choice(["torch", "numpy"]),
+              help="Train the generated PyTorch module or the generated NumPy model (default: torch, or the "
+                   "resumed run's).")
 @click.option("--data", help="digits (default: scikit-learn's 8x8 digits), an image folder DIR/<class>/*.png, "
                              "or FILE.npz with x_train, y_train[, x_test, y_test].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the train section's epochs.")
@@ -39,7 +40,7 @@ def _user_errors(command):
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @_user_errors
-def train(file: str, backend: str, data: str | None, epochs: int | None, batch: int | None, lr: float | None,
+def train(file: str, backend: str | None, data: str | None, epochs: int | None, batch: int | None, lr: float | None,
           optimizer: str | None, momentum: float | None, weight_decay: float | None, schedule: str | None,
           seed: int | None, out: str | None, resume: str | None, progress: bool | None) -> None:
     """Train FILE on a data set; write weights, optimizer state and metrics to a run folder."""

@@ -34,7 +34,7 @@ STD_FLOOR = 1e-6
 class TrainOptions:
     """Command-line settings; None keeps the network file's `train` value."""
 
-    backend: str = "torch"
+    backend: str | None = None  # None: torch, or the resumed run's backend
     data: str | None = None
     epochs: int | None = None
     batch: int | None = None
@@ -78,6 +78,8 @@ def resolve_config(network: ir.Network, options: TrainOptions) -> ir.TrainConfig
             changes[key] = value
     if options.schedule is not None:
         changes["schedule"], changes["schedule_args"] = _parse_schedule(options.schedule)
+    if changes.get("optimizer", "sgd") != "sgd":
+        changes["nesterov"] = False  # the file's `nesterov` belongs to its sgd line
     cfg = dataclasses.replace(cfg, **changes)
     if cfg.optimizer not in ("sgd", "adam", "adamw"):
         raise CnnDslError(f"unknown optimizer '{cfg.optimizer}'", hint="one of: sgd, adam, adamw")
@@ -207,6 +209,12 @@ def _accuracy(engine, x: np.ndarray, y: np.ndarray) -> float:
 def train(net, options: TrainOptions | None = None) -> TrainResult:
     """Train `net` (a cnndsl.Net) as `cnndsl train` does; return the run folder and figures."""
     options = options or TrainOptions()
+    if options.backend is None:
+        saved_backend = None
+        if options.resume:
+            state = ckpt.read_state(Path(options.resume))
+            saved_backend = state["config"].get("backend") if state else None
+        options = dataclasses.replace(options, backend=saved_backend or "torch")
     if options.backend not in BACKENDS:
         raise CnnDslError(f"unknown backend '{options.backend}'", hint="use torch or numpy")
     net.analyze()
@@ -251,12 +259,14 @@ def train(net, options: TrainOptions | None = None) -> TrainResult:
         weights = init_weights(net, cfg.seed)
         measure_standardize(net, data.x_train, weights)
 
+    started_group = False
     if options.backend == "torch":
         if world > 1:
             import torch.distributed as dist
 
             if not dist.is_initialized():
                 dist.init_process_group("gloo")
+                started_group = True
         engine = TorchEngine(net, weights, cfg, distributed=world > 1)
     else:
         engine = NumpyEngine(net, weights, cfg)
@@ -327,4 +337,6 @@ def train(net, options: TrainOptions | None = None) -> TrainResult:
         import torch.distributed as dist
 
         dist.barrier()
+        if started_group:
+            dist.destroy_process_group()
     return TrainResult(run_dir, cfg.epochs, final_acc, metrics, engine.weights())
