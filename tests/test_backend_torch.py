@@ -191,7 +191,8 @@ def test_forward_matches_independent_reference(text):
     net = cnndsl.parse(text)
     weights = random_weights(net)
     model = torch_codegen.build(net, weights).eval()
-    x = torch.randn(3, *net.ir.input_shape, generator=torch.Generator().manual_seed(0))
+    # mostly negative, so padding a max pool with zeros instead of -inf would change the output
+    x = torch.randn(3, *net.ir.input_shape, generator=torch.Generator().manual_seed(0)) - 1
     with torch.no_grad():
         got = model(x.clone())
     want = ref_forward(net, weights, x)
@@ -270,7 +271,7 @@ def test_pad_same_stride2_conv_matches_hand_padding(kernel, size, out, pads):
 def test_pad_same_stride2_pool_matches_hand_padding(mode, size):
     net = cnndsl.parse(f"network same\ninput 3x{size}x{size}\npool {mode} 3x3/2 pad same")
     model = torch_codegen.build(net)
-    x = torch.randn(2, 3, size, size)
+    x = torch.randn(2, 3, size, size) - 4  # negative: a max pool padding with zeros would show
     top, bottom = dict((s, p) for _, s, _, p in TF_SAME[:2])[size]
     if mode == "max":
         want = F.max_pool2d(F.pad(x, (top, bottom, top, bottom), value=-math.inf), 3, 2)
