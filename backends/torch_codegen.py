@@ -252,12 +252,12 @@ class TorchGenerator:
 
     # ------------------------------------------------------------ driving
     def generate(self) -> str:
+        network_class = self.globals.create(class_name(self.network.name))  # the network's name first
         top = _ClassBody(prefix="")
         if self.network.preprocess is not None:
             self.preprocess(top)
         out = self.seq_items(top, self.network.body, "x", "x")
         top.forward.append(f"{INDENT * 2}return {out}")
-        network_class = self.globals.create(class_name(self.network.name))
         parts = [self.header()]
         for block in self.block_order:
             parts.append(self.class_text(block.name, self.block_doc(block), block.body))

@@ -427,6 +427,7 @@ def test_hostile_names_cannot_inject_or_shadow(tmp_path):
     # no class may take a name the file needs, nor a keyword
     for taken in ("class F(", "class nn(", "class torch(", "class build(", "class None(", "class self("):
         assert taken not in source
+    assert "class F_1(nn.Module):\n    \"\"\"Network F:" in source  # the network keeps the first choice
     model = torch_codegen.build(net, random_weights(net)).eval()
     assert list(model.state_dict()) == [s.name for s in net.tensor_specs()]
     assert any(name.startswith("__mangled1.") for name in model.state_dict())  # not Python-mangled
