@@ -231,11 +231,11 @@ def test_numpy_trained_weights_predict_the_same_in_torch(tiny, tmp_path):
     # the CLI compiles with the trained weights too
     result = CliRunner().invoke(main, ["compile", str(tmp_path / "tiny.cnn"), "-t", "onnx", "--weights", str(weights),
                                        "-o", str(tmp_path / "t.onnx")])
-    if result.exit_code == 0:
-        ort = pytest.importorskip("onnxruntime")
-        session = ort.InferenceSession(str(tmp_path / "t.onnx"))
-        onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
-        np.testing.assert_allclose(onnx_out, ours, rtol=1e-4, atol=1e-4)
+    assert result.exit_code == 0, result.output
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(tmp_path / "t.onnx"))
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(onnx_out, ours, rtol=1e-4, atol=1e-4)
 
 
 def test_torch_and_numpy_take_the_same_first_steps(tmp_path):
@@ -304,3 +304,13 @@ def test_lenet5_reaches_97_percent_on_digits(backend, tmp_path):
     assert len(metrics) == 15
     print(f"{backend}: test accuracy {metrics[-1]['val_acc']:.4f} in {time.monotonic() - started:.1f}s")
     assert metrics[-1]["val_acc"] >= 0.97
+
+
+def test_a_last_batch_of_one_is_left_out_with_batch_norm_and_no_test_split_is_allowed(tmp_path):
+    pytest.importorskip("torch")
+    text = "network v\ninput 1x8x8\nflatten\nfc 16; bn; relu\nfc 10\ntrain {\n  val_split 0\n}\n"
+    net = cnndsl.parse(text)
+    result = train(net, _quiet(backend="torch", epochs=1, batch=4, out=str(tmp_path / "r")))  # 1,797 = 449 * 4 + 1
+    assert result.test_accuracy is None and result.metrics[0]["val_acc"] is None
+    assert _weights(tmp_path / "r" / "optimizer.safetensors")["step"] == 449
+    assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text())["val_acc"] is None

@@ -56,5 +56,6 @@ def train(file: str, backend: str | None, data: str | None, epochs: int | None, 
                            out=out, resume=resume, progress=progress)
     result = run(net, options)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"{net.name}: test accuracy {100 * result.test_accuracy:.2f}% after {result.epochs} epochs; "
+        accuracy = "no test split" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
+        click.echo(f"{net.name}: test accuracy {accuracy} after {result.epochs} epochs; "
                    f"weights in {result.run_dir / 'model.safetensors'}")

@@ -54,7 +54,7 @@ class TrainOptions:
 class TrainResult:
     run_dir: Path
     epochs: int
-    test_accuracy: float
+    test_accuracy: float | None  # None without a test split
     metrics: list[dict[str, Any]] = field(default_factory=list)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -200,9 +200,9 @@ class _Progress:
             self.log(line)
 
 
-def _accuracy(engine, x: np.ndarray, y: np.ndarray) -> float:
+def _accuracy(engine, x: np.ndarray, y: np.ndarray) -> float | None:
     if len(x) == 0:
-        return float("nan")
+        return None
     return float((engine.predict(x).argmax(1) == y).mean())
 
 
@@ -281,6 +281,8 @@ def train(net, options: TrainOptions | None = None) -> TrainResult:
     n = len(data.x_train)
     value_range = float(data.x_train.max() - data.x_train.min()) or 1.0
     steps_per_epoch = math.ceil(n / cfg.batch)
+    if n % cfg.batch == 1 and n > 1 and any(isinstance(node, ir.BatchNorm) for node in net.ir.walk()):
+        steps_per_epoch -= 1  # batch norm cannot take a batch of one sample: the last one is left out
     schedule = Schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.schedule_args)
     interactive = sys.stderr.isatty() if options.progress is None else options.progress
     log = options.log if options.log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -322,8 +324,9 @@ def train(net, options: TrainOptions | None = None) -> TrainResult:
         entry = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                  "val_acc": val_acc, "lr": lr, "seconds": round(seconds, 4)}
         metrics.append(entry)
+        test = f"{100 * val_acc:.2f}%" if val_acc is not None else "-"
         line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {entry['loss']:.4f}  train {100 * entry['train_acc']:.2f}%  "
-                f"test {100 * val_acc:.2f}%  lr {lr:.4g}  {seconds:.1f}s")
+                f"test {test}  lr {lr:.4g}  {seconds:.1f}s")
         if rank == 0:
             ckpt.append_metrics(run_dir, entry)
             state = {"network": net.name, "source": os.fspath(net.source.path), "config": record,
