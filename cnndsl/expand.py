@@ -134,8 +134,14 @@ class _Expander:
                 raise LimitError(f"repeat count {count} exceeds the limit of {MAX_REPEAT}", stmt.count.span,
                                  calls=frame.calls, hint="a network this deep is almost surely a typo")
             out: list[ir.Node] = []
-            for _ in range(count):
+            for index in range(count):
+                before = self.nodes
                 out.extend(self.statement(stmt.stmt, scope, frame))
+                # Every repetition expands to as many nodes as the first: fail now, not after the limit.
+                if index == 0 and self.nodes + (count - 1) * (self.nodes - before) > MAX_NODES:
+                    raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span,
+                                     calls=frame.calls, hint=f"this repeat makes {count:,} x {self.nodes - before:,} "
+                                     f"= {count * (self.nodes - before):,} nodes; is the count a typo?")
             return out
         self.nodes += 1
         if self.nodes > MAX_NODES:

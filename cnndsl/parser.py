@@ -415,7 +415,7 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
         return CnnSyntaxError(
             f"unexpected character {char!r}" + (f" in '{word}'" if word and word != char else ""),
             Span(err.line, err.column, err.line, err.column + max(len(word), 1)),
-            hint=hint or f"expected {_expected_words(err.allowed or [])}",
+            hint=hint or f"expected {_expected_words(_accepts(err) or err.allowed or [])}",
         )
     if isinstance(err, UnexpectedEOF):
         return CnnSyntaxError(
@@ -485,6 +485,16 @@ def _unclosed_brace(text: str) -> tuple[int, int] | None:
             elif char == "}" and stack:
                 stack.pop()
     return stack[-1] if stack else None
+
+
+def _accepts(err: UnexpectedInput) -> set[str]:
+    """What may follow here, exactly: the lexer's list is merged across LALR contexts."""
+    if getattr(err, "interactive_parser", None) is None:
+        return set()
+    try:
+        return set(err.interactive_parser.accepts())
+    except UnexpectedInput:
+        return set()
 
 
 def _at_statement_start(text: str, token: Token) -> bool:
