@@ -123,17 +123,21 @@ def test_too_few_outputs_for_the_classes_is_an_error(tmp_path):
         train(net, _quiet(backend="numpy", epochs=1, out=str(tmp_path / "r")))
 
 
-def test_resume_in_process_equals_an_uninterrupted_run(tiny, tmp_path):
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_resume_in_process_equals_an_uninterrupted_run_bit_for_bit(backend, tiny, tmp_path):
     """Stop after one epoch, resume with more epochs (a constant schedule: cosine depends on the total)."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    other = "torch" if backend == "numpy" else "numpy"
     net = cnndsl.load(tiny)
-    full = train(net, _quiet(backend="numpy", schedule="constant", out=str(tmp_path / "full")))
-    train(net, _quiet(backend="numpy", schedule="constant", epochs=1, out=str(tmp_path / "part")))
+    full = train(net, _quiet(backend=backend, schedule="constant", out=str(tmp_path / "full")))
+    train(net, _quiet(backend=backend, schedule="constant", epochs=1, out=str(tmp_path / "part")))
     state = json.loads((tmp_path / "part" / "state.json").read_text())
     assert state["config"]["epochs"] == 1
-    resumed = train(net, _quiet(epochs=3, resume=str(tmp_path / "part")))  # the run's backend: numpy
+    resumed = train(net, _quiet(epochs=3, resume=str(tmp_path / "part")))  # the run's backend
     assert resumed.epochs == 3
-    with pytest.raises(CnnDslError, match="trained with --backend numpy"):
-        train(net, _quiet(backend="torch", epochs=4, resume=str(tmp_path / "part")))
+    with pytest.raises(CnnDslError, match=f"trained with --backend {backend}"):
+        train(net, _quiet(backend=other, epochs=4, resume=str(tmp_path / "part")))
     with pytest.raises(CnnDslError, match="--lr 0.5 differs"):
         train(net, _quiet(lr=0.5, epochs=4, resume=str(tmp_path / "part")))
     for name, value in full.weights.items():
