@@ -318,3 +318,19 @@ def test_a_last_batch_of_one_is_left_out_with_batch_norm_and_no_test_split_is_al
     assert result.test_accuracy is None and result.metrics[0]["val_acc"] is None
     assert _weights(tmp_path / "r" / "optimizer.safetensors")["step"] == 449
     assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text())["val_acc"] is None
+
+
+def test_resume_repairs_top_level_files_left_behind_by_a_kill_after_the_switch(tiny, tmp_path):
+    from safetensors import safe_open
+
+    net = cnndsl.load(tiny)
+    train(net, _quiet(backend="numpy", epochs=1, out=str(tmp_path / "a")))
+    train(net, _quiet(backend="numpy", epochs=2, out=str(tmp_path / "b")))
+    old = tmp_path / "a" / "model.safetensors"  # epoch 1
+    (tmp_path / "b" / "model.safetensors").unlink()
+    shutil.copyfile(old, tmp_path / "b" / "model.safetensors")
+    state, model, _ = ckpt.load_checkpoint(tmp_path / "b")
+    assert state["epoch"] == 2
+    with safe_open(str(tmp_path / "b" / "model.safetensors"), framework="numpy") as handle:
+        assert handle.metadata()["epoch"] == "2"
+        np.testing.assert_array_equal(handle.get_tensor("fc1.weight"), model["fc1.weight"])

@@ -131,8 +131,10 @@ def read_state(run_dir: Path) -> dict[str, Any] | None:
     return state
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(state, model tensors, optimizer tensors) of the last committed epoch."""
+def load_checkpoint(run_dir: Path, repair: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray],
+                                                                 dict[str, np.ndarray]]:
+    """(state, model tensors, optimizer tensors) of the last committed epoch; with `repair`, the
+    top-level files are re-pointed at it (a kill may have left them one epoch behind)."""
     run_dir = Path(run_dir)
     state = read_state(run_dir)
     if state is None:
@@ -141,7 +143,8 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray
     epoch, folder = int(state["epoch"]), run_dir / state["checkpoint"]
     model = _read_tensors(folder / MODEL, epoch)
     optimizer = _read_tensors(folder / OPTIMIZER, epoch)
-    publish(run_dir, state["checkpoint"])
+    if repair:
+        publish(run_dir, state["checkpoint"])
     return state, model, optimizer
 
 

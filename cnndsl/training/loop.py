@@ -228,7 +228,7 @@ def train(net, options: TrainOptions | None = None) -> TrainResult:
     if options.resume:
         if options.out and Path(options.out).resolve() != run_dir.resolve():
             raise CnnDslError("--out and --resume name different folders", hint="a resumed run stays in its folder")
-        saved_state, saved_model, saved_optimizer = ckpt.load_checkpoint(run_dir)
+        saved_state, saved_model, saved_optimizer = ckpt.load_checkpoint(run_dir, repair=rank == 0)
         saved = saved_state["config"]
         if saved.get("backend") != options.backend:
             raise CnnDslError(f"the run in {run_dir} was trained with --backend {saved.get('backend')}",
