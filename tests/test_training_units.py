@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnndsl import ir
 from cnndsl.errors import CnnDslError
@@ -342,3 +344,18 @@ def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(CnnDslError, match="no data set"):
         D.load_data(str(tmp_path / "nope"), (1, 8, 8))
     assert math.isclose(len(D.stratified_split(np.arange(10) % 2, 0.2)[1]), 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 4), c=st.sampled_from([1, 3]), h=st.integers(4, 12), w=st.integers(4, 12),
+       rotate=st.floats(0, 180), skew=st.floats(0, 1), pad=st.integers(0, 3), seed=st.integers(0, 2**32 - 1),
+       flips=st.sampled_from([(), ("horizontal",), ("vertical",), ("horizontal", "vertical")]))
+def test_augment_keeps_any_batch_shape_finite_and_reproducible(n, c, h, w, rotate, skew, pad, seed, flips):
+    crop = min(h, w)
+    aug = ir.Augment(flip=flips, rotate=rotate, zoom=(0.8, 1.25), skew=skew, crop=crop, crop_pad=pad,
+                     brightness=0.3, contrast=0.3)
+    A.check_augment(aug, (c, h, w))
+    x = np.random.default_rng(seed).random((n, c, h, w), dtype=np.float32)
+    out = A.augment_batch(x, aug, np.random.default_rng(seed))
+    assert out.shape == x.shape and out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_array_equal(out, A.augment_batch(x, aug, np.random.default_rng(seed)))
