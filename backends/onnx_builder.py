@@ -6,7 +6,9 @@
 
 The graph reads one input `input` (batch x C x H x W, batch dynamic) and writes one output `output`.
 Initializers carry exactly the names of `net.tensor_specs()` (the PyTorch `state_dict()` keys), in
-the same order and layout, so a model's weights can be read back by name. Every ONNX node is named
+the same order and layout, so a model's weights can be read back by name (BN's int64
+`num_batches_tracked` included: no node reads it, and onnxruntime says so at warning level; helper
+constants are `Constant` nodes, never initializers). Every ONNX node is named
 `<IR node name>@line<N>` after the source line of its statement and carries
 `<file>:<line>: <statement>` (plus the block calls that produced it) as its `doc_string`.
 
@@ -118,11 +120,11 @@ class _Builder:
         return "\n".join(lines)
 
     def op(self, src: ir.Node | None, op_type: str, inputs: list[str], shape: tuple[int, ...], *,
-           value: str | None = None, part: str | None = None, batched: bool = True, **attrs: Any) -> str:
+           part: str | None = None, batched: bool = True, **attrs: Any) -> str:
         """Append one ONNX node for IR node `src`; return the name of its (single) output value, whose
         shape is `shape` after the batch dimension (or exactly `shape` if not `batched`)."""
         base = src.name if src is not None else "preprocess"
-        out = self.names.fresh(value or (f"{base}/{part}" if part else base))
+        out = self.names.fresh(f"{base}/{part}" if part else base)
         if src is not None:
             node_base = f"{src.name}@line{src.span.line}"
             doc = self._where(src)
