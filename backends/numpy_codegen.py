@@ -81,6 +81,9 @@ class _Emitter:
         self.source = net.source
         self.inits: list[str] = []
         self.pairs: list[tuple[str, str, str]] = []  # (forward line, backward line, comment)
+        # Until the first layer with parameters, the top-level layers pass `input_grad` on, so a
+        # caller that needs no d(loss)/d(input) (training) skips computing it (see Layer.backward).
+        self.prefix = True
         self.attrs: set[str] = set()
         self.counter = 0
         self.dropouts = 0
@@ -102,11 +105,12 @@ class _Emitter:
 
     def where(self, node: Node) -> str:
         line = node.span.line if node.span else 0
-        text = _comment(self.source.line_text(line)) if line else ""
+        # The statement without its own `#` comment (cnndsl has no strings, so `#` always starts one).
+        text = _comment(self.source.line_text(line).split("#")[0]) if line else ""
         where = f"line {line}: {text}" if text else f"line {line}"
         if node.calls:
             call = node.calls[-1]
-            where += f"  (in {_comment(self.source.line_text(call.line))}, line {call.line})"
+            where += f"  (in {_comment(self.source.line_text(call.line).split('#')[0])}, line {call.line})"
         return where
 
     def fresh(self, stem: str) -> str:
@@ -136,7 +140,11 @@ class _Emitter:
         attr = self.attr(node)
         self.inits.append(f"self.{attr} = self.add(rt.{self.constructor(node)})")
         self.registered.append(node.name)
-        self.pair(f"{var} = self.{attr}({var}, train)", f"d{var} = self.{attr}.backward(d{var})", self.where(node))
+        flag = ", input_grad" if self.prefix and var == "x" else ""
+        self.pair(f"{var} = self.{attr}({var}, train)", f"d{var} = self.{attr}.backward(d{var}{flag})",
+                  self.where(node))
+        if isinstance(node, (Conv, Linear, BatchNorm)):
+            self.prefix = False
 
     def constructor(self, node: Node) -> str:
         shape = self.shapes.of(node)
@@ -171,6 +179,7 @@ class _Emitter:
         raise NotImplementedError(f"numpy backend: no layer for {type(node).__name__} ({node.name})")
 
     def residual(self, node: Residual, var: str) -> None:
+        self.prefix = False
         skip = self.fresh("skip")
         projects = self.shapes.of(node).projects
         what = "projected shortcut" if projects else "identity shortcut"
@@ -183,6 +192,7 @@ class _Emitter:
         self.pair(f"{var} = {var} + {skip}", f"d{skip} = d{var}", f"{node.name}: body + shortcut")
 
     def branches(self, node: Concat | Add, var: str) -> None:
+        self.prefix = False
         stem = self.fresh("branch")
         names = [f"{stem}_{i}" for i in range(1, len(node.branches) + 1)]
         grads = [f"d{n}" for n in names]
@@ -221,7 +231,7 @@ def generate(net) -> str:
         em.inits.append(f"self.preprocess = self.add(rt.Preprocess('preprocess', {channels}, "
                         f"standardize={pre.standardize}, dtype=dtype))")
         line = pre.span.line if pre.span else 0
-        em.pair("x = self.preprocess(x, train)", "dx = self.preprocess.backward(dx)",
+        em.pair("x = self.preprocess(x, train)", "dx = self.preprocess.backward(dx, input_grad)",
                 f"line {line}: preprocess" if line else "preprocess")
     em.seq(net.ir.body, "x")
     # Every tensor the model registers must be one tensor_specs names, in the same order.
@@ -238,6 +248,7 @@ def generate(net) -> str:
         "    model.load_safetensors('weights.safetensors')",
         "    y = model.forward(x, train=True)           # x: N x " + "x".join(map(str, net.ir.input_shape)),
         "    dx = model.backward(dloss_dy)              # fills model.grads, keyed like model.params",
+        "    model.backward(dloss_dy, input_grad=False) # the same, skipping d(loss)/d(x): returns None",
         '"""',
         "",
         "import numpy as np",
@@ -258,7 +269,7 @@ def generate(net) -> str:
         *_lines(em.pairs, 0),
         "        return x",
         "",
-        "    def backward(self, dy):",
+        "    def backward(self, dy, input_grad=True):",
         "        dx = np.asarray(dy, dtype=self.dtype)",
         *_lines(reversed(em.pairs), 1),
         "        return dx",

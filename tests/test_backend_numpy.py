@@ -169,10 +169,11 @@ def pieces_of(model) -> dict:
             out[layer.name] = layer.cache["x"] > 0
         elif type(layer).__name__ == "MaxPool2d":
             c = layer.cache
-            oh, ow = c["arg"].shape[2:]
-            rows = np.arange(oh).reshape(oh, 1) * layer.stride[0] + c["arg"] // layer.kernel[1]
-            cols = np.arange(ow).reshape(1, ow) * layer.stride[1] + c["arg"] % layer.kernel[1]
-            out[layer.name] = (rows * c["padded"][1] + cols, c["full"])
+            winners = cnndsl.runtime.kernels.max_pool2d_winners(c)
+            oh, ow = winners.shape[2:]
+            rows = np.arange(oh).reshape(oh, 1) * layer.stride[0] + winners // layer.kernel[1]
+            cols = np.arange(ow).reshape(1, ow) * layer.stride[1] + winners % layer.kernel[1]
+            out[layer.name] = (rows * c["xp"].shape[3] + cols, c["full"])
     return out
 
 
@@ -448,6 +449,22 @@ def test_params_are_updated_in_place_by_an_optimizer():
             velocity[name] = 0.9 * velocity[name] + model.grads[name]
             param -= 0.05 * velocity[name]
     assert loss_and_grad(False)[0] < 0.8 * before
+
+
+@pytest.mark.parametrize("text", [ALL_OPS, (EXAMPLES / "lenet5.cnn").read_text()], ids=["allops", "lenet5"])
+def test_backward_without_input_gradient_gives_the_same_parameter_gradients(text):
+    net = cnndsl.parse(text)
+    model = net.to_numpy()
+    x = np.random.default_rng(0).random((3, *net.ir.input_shape)).astype(np.float32)
+    y = model.forward(x, train=True)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    model.zero_grad()
+    assert model.backward(dy).shape == x.shape
+    full = {name: g.copy() for name, g in model.grads.items()}
+    model.zero_grad()
+    assert model.backward(dy, input_grad=False) is None
+    for name, g in model.grads.items():
+        np.testing.assert_array_equal(g, full[name], err_msg=name)
 
 
 def test_input_shape_is_checked():

@@ -126,8 +126,9 @@ def _im2col(x, kernel, stride, pads, dilation, groups, out):
     return view.transpose(1, 4, 5, 0, 2, 3).reshape(groups, (c // groups) * kernel[0] * kernel[1], n * out[0] * out[1])
 
 
-def conv2d_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(dx, dw, db)."""
+def conv2d_backward(dy: np.ndarray, cache: Cache,
+                    input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(dx, dw, db); dx is None without `input_grad` (the network's input needs none)."""
     x, w, groups = cache["x"], cache["w"], cache["groups"]
     stride, pads, dilation, (oh, ow) = cache["stride"], cache["pads"], cache["dilation"], cache["out"]
     n, c, h, wd = x.shape
@@ -139,6 +140,8 @@ def conv2d_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarra
     # Weight gradient: the correlation of the input (as columns) with the output gradient.
     dw = np.matmul(dyg, cols.transpose(0, 2, 1)).reshape(w.shape)
     db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+    if not input_grad:
+        return None, dw, db
     # Input gradient: the transposed convolution, W^T @ dY then col2im (the flipped-kernel conv).
     dcols = np.matmul(w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1), dyg)
     dcols = dcols.reshape(c, kh, kw, n, oh, ow).transpose(0, 3, 1, 2, 4, 5)
@@ -151,31 +154,52 @@ def conv2d_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarra
 # ---------------------------------------------------------------- pooling
 
 
+def _taps(xp: np.ndarray, kernel: Pair, stride: Pair, out: Pair):
+    """The kh*kw strided views of the padded input, one per window cell (no copies), in scan order."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+    for i in range(kh):
+        for j in range(kw):
+            yield (i, j), xp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw]
+
+
 def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads = (0, 0, 0, 0),
                        ceil: bool = False) -> tuple[np.ndarray, Cache]:
-    """Max pooling; padding is -inf, so a padded cell never wins. Ties go to the first cell, as in PyTorch."""
+    """Max pooling; padding is -inf, so a padded cell never wins.
+
+    A running maximum over the kh*kw window cells (a loop over cells, each a whole-tensor op):
+    cheaper than copying every window out and calling argmax on rows of 4 or 9."""
     n, c, h, wd = x.shape
     out = _out_size((h, wd), kernel, stride, pads, ceil=ceil)
     full = _ceil_pads((h, wd), kernel, stride, pads, out)
     xp = _pad(x, full, -np.inf)
-    view = _windows(xp, kernel, stride, (1, 1), out).reshape(n, c, *out, kernel[0] * kernel[1])
-    arg = view.argmax(axis=-1)
-    y = np.take_along_axis(view, arg[..., None], axis=-1)[..., 0]
-    return y, {"arg": arg, "x_shape": x.shape, "padded": xp.shape[2:], "full": full, "kernel": kernel,
-               "stride": stride}
+    y = None
+    for _, tap in _taps(xp, kernel, stride, out):
+        y = tap.copy() if y is None else np.maximum(y, tap, out=y)
+    return y, {"xp": xp, "y": y, "x_shape": x.shape, "full": full, "kernel": kernel, "stride": stride}
+
+
+def max_pool2d_winners(cache: Cache) -> np.ndarray:
+    """Index (i * kw + j) of the cell that won each window: the first maximum in scan order, as
+    PyTorch picks it. Backward routes the gradient there."""
+    xp, y, kernel, stride = cache["xp"], cache["y"], cache["kernel"], cache["stride"]
+    winner = np.full(y.shape, -1, dtype=np.int64)
+    for (i, j), tap in _taps(xp, kernel, stride, y.shape[2:]):
+        winner[(winner < 0) & (tap == y)] = i * kernel[1] + j
+    return winner
 
 
 def max_pool2d_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
     """Route each output gradient to the input cell that won its window (argmax routing)."""
-    arg, (n, c, h, wd), (hp, wp) = cache["arg"], cache["x_shape"], cache["padded"]
-    kw, (sh, sw) = cache["kernel"][1], cache["stride"]
-    oh, ow = arg.shape[2:]
-    rows = np.arange(oh).reshape(oh, 1) * sh + arg // kw
-    cols = np.arange(ow).reshape(1, ow) * sw + arg % kw
-    flat = rows * wp + cols + (np.arange(n * c) * (hp * wp)).reshape(n, c, 1, 1)
-    # bincount sums the gradients of overlapping windows that picked the same cell.
-    dxp = np.bincount(flat.ravel(), weights=dy.ravel(), minlength=n * c * hp * wp).astype(dy.dtype, copy=False)
-    return np.ascontiguousarray(_crop(dxp.reshape(n, c, hp, wp), cache["full"], (h, wd)))
+    xp, y, kernel, stride = cache["xp"], cache["y"], cache["kernel"], cache["stride"]
+    (h, wd), (sh, sw), (oh, ow) = cache["x_shape"][2:], stride, y.shape[2:]
+    dxp = np.zeros(xp.shape, dtype=dy.dtype)
+    open_ = np.ones(y.shape, dtype=bool)  # windows whose winner is still to be found
+    for (i, j), tap in _taps(xp, kernel, stride, (oh, ow)):
+        won = open_ & (tap == y)
+        # Overlapping windows (3x3/2) may pick the same cell: += sums their gradients.
+        dxp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += np.where(won, dy, 0)
+        open_ &= ~won
+    return np.ascontiguousarray(_crop(dxp, cache["full"], (h, wd)))
 
 
 def _avg_divisor(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, out: Pair, dtype) -> np.ndarray:
@@ -244,8 +268,9 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[
     return y, {"x": flat, "x_shape": x.shape, "w": w, "has_bias": b is not None}
 
 
-def linear_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    dx = (dy @ cache["w"]).reshape(cache["x_shape"])
+def linear_backward(dy: np.ndarray, cache: Cache,
+                    input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    dx = (dy @ cache["w"]).reshape(cache["x_shape"]) if input_grad else None
     dw = dy.T @ cache["x"]
     db = dy.sum(axis=0) if cache["has_bias"] else None
     return dx, dw, db

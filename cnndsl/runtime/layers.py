@@ -46,12 +46,20 @@ class Layer:
     def forward(self, x: np.ndarray, train: bool) -> tuple[np.ndarray, K.Cache]:
         raise NotImplementedError(f"{type(self).__name__} has no forward")
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray | None, input_grad: bool = True) -> np.ndarray | None:
+        """d(loss)/d(input); parameter gradients are added into `grads`.
+
+        `input_grad=False` says nothing before this layer needs a gradient (the layers between the
+        network's input and its first parameters): the layer then returns None, and skips the
+        work where that saves any (conv, fc). A None `dy` passes through as None."""
         if self.cache is None:
             raise RuntimeError(f"{self.name}: backward before forward")
-        return self.grad(dy, self.cache)
+        if dy is None or (not input_grad and not self.params):
+            return None
+        dx = self.grad(dy, self.cache, input_grad)
+        return dx if input_grad else None
 
-    def grad(self, dy: np.ndarray, cache: K.Cache) -> np.ndarray:
+    def grad(self, dy: np.ndarray, cache: K.Cache, input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError(f"{type(self).__name__} has no backward")
 
     def accumulate(self, role: str, value: np.ndarray | None) -> None:
@@ -77,8 +85,8 @@ class Conv2d(Layer):
         return K.conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride, self.pads,
                                 self.dilation, self.groups, keep=train)
 
-    def grad(self, dy, cache):
-        dx, dw, db = K.conv2d_backward(dy, cache)
+    def grad(self, dy, cache, input_grad=True):
+        dx, dw, db = K.conv2d_backward(dy, cache, input_grad)
         self.accumulate("weight", dw)
         self.accumulate("bias", db)
         return dx
@@ -92,7 +100,7 @@ class MaxPool2d(Layer):
     def forward(self, x, train):
         return K.max_pool2d_forward(x, self.kernel, self.stride, self.pads, self.ceil)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return K.max_pool2d_backward(dy, cache)
 
 
@@ -100,7 +108,7 @@ class AvgPool2d(MaxPool2d):
     def forward(self, x, train):
         return K.avg_pool2d_forward(x, self.kernel, self.stride, self.pads, self.ceil)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return K.avg_pool2d_backward(dy, cache)
 
 
@@ -108,7 +116,7 @@ class GlobalAvgPool(Layer):
     def forward(self, x, train):
         return K.global_avg_pool_forward(x)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return K.global_avg_pool_backward(dy, cache)
 
 
@@ -116,7 +124,7 @@ class GlobalMaxPool(Layer):
     def forward(self, x, train):
         return K.global_max_pool_forward(x)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return K.global_max_pool_backward(dy, cache)
 
 
@@ -130,8 +138,8 @@ class Linear(Layer):
     def forward(self, x, train):
         return K.linear_forward(x, self.params["weight"], self.params.get("bias"))
 
-    def grad(self, dy, cache):
-        dx, dw, db = K.linear_backward(dy, cache)
+    def grad(self, dy, cache, input_grad=True):
+        dx, dw, db = K.linear_backward(dy, cache, input_grad)
         self.accumulate("weight", dw)
         self.accumulate("bias", db)
         return dx
@@ -141,7 +149,7 @@ class Flatten(Layer):
     def forward(self, x, train):
         return x.reshape(x.shape[0], -1), {"x_shape": x.shape}
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return dy.reshape(cache["x_shape"])
 
 
@@ -156,7 +164,7 @@ class Dropout(Layer):
     def forward(self, x, train):
         return K.dropout_forward(x, self.p, self.rng, train)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return K.dropout_backward(dy, cache)
 
 
@@ -175,7 +183,7 @@ class BatchNorm(Layer):
         return K.batch_norm_forward(x, self.params["weight"], self.params["bias"], b["running_mean"],
                                     b["running_var"], b["num_batches_tracked"], self.eps, self.momentum, train)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         dx, dgamma, dbeta = K.batch_norm_backward(dy, cache)
         self.accumulate("weight", dgamma)
         self.accumulate("bias", dbeta)
@@ -191,7 +199,7 @@ class Activation(Layer):
     def forward(self, x, train):
         return self.forward_fn(x)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return self.backward_fn(dy, cache)
 
 
@@ -220,7 +228,7 @@ class LeakyReLU(Activation):
     def forward(self, x, train):
         return K.leaky_relu_forward(x, self.alpha)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return K.leaky_relu_backward(dy, cache)
 
 
@@ -231,7 +239,7 @@ class ELU(LeakyReLU):
     def forward(self, x, train):
         return K.elu_forward(x, self.alpha)
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return K.elu_backward(dy, cache)
 
 
@@ -249,7 +257,7 @@ class Preprocess(Layer):
         b = self.buffers
         return K.preprocess_forward(x, b["scale"], b.get("mean"), b.get("std"))
 
-    def grad(self, dy, cache):
+    def grad(self, dy, cache, input_grad=True):
         return K.preprocess_backward(dy, cache)
 
 
