@@ -21,6 +21,7 @@ from .parser import KEYWORDS, misplaced_keyword
 MAX_REPEAT = 10_000
 MAX_CALL_DEPTH = 64
 MAX_NODES = 100_000
+MAX_DEPTH = 100  # residuals, branches and block calls, one inside another
 
 EXPECTATIONS = ("params", "trainable_params", "macs", "rf", "output", "memory")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -57,6 +58,7 @@ class _Expander:
     def __init__(self, blocks: dict[str, S.BlockDef]):
         self.blocks = blocks
         self.nodes = 0
+        self.depth = 0
 
     # ------------------------------------------------------------ arithmetic
     def eval(self, expr: S.Expr, frame: _Frame) -> int | float:
@@ -148,6 +150,16 @@ class _Expander:
             raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span, calls=frame.calls)
         if isinstance(stmt, S.Layer):
             return [self.layer(stmt, scope, frame)]
+        if self.depth >= MAX_DEPTH:
+            raise LimitError(f"residuals, branches and block calls nest deeper than {MAX_DEPTH} levels", stmt.span,
+                             calls=frame.calls, hint="flatten the structure; real networks nest a few levels")
+        self.depth += 1
+        try:
+            return self.compound(stmt, scope, frame)
+        finally:
+            self.depth -= 1
+
+    def compound(self, stmt: S.Statement, scope: _Scope, frame: _Frame) -> list[ir.Node]:
         if isinstance(stmt, S.Call):
             return [self.call(stmt, scope, frame)]
         if isinstance(stmt, S.Residual):
@@ -333,6 +345,9 @@ def expand(program: S.Program, source: Source, input_override: tuple[int, ...] |
         return _expand(program, source, input_override)
     except CnnDslError as err:
         raise err.with_source(source) from None
+    except RecursionError:
+        raise LimitError("the program nests too deeply to expand", hint="nest fewer blocks and branches"
+                         ).with_source(source) from None
 
 
 def _single(items: list, what: str, fix: str):

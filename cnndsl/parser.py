@@ -17,7 +17,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
-from .errors import CnnDslError, CnnSyntaxError, Source, Span
+from .errors import CnnDslError, CnnSyntaxError, LimitError, Source, Span
 
 LAYER_KEYWORDS = (
     "conv", "pool", "fc", "flatten", "dropout", "bn", "relu", "relu6", "leaky", "elu", "sigmoid",
@@ -346,6 +346,7 @@ _TRANSFORMER = _ToSyntax()
 def parse_program(text: str, source: Source | None = None) -> S.Program:
     """Parse cnndsl text into a `syntax.Program`; raise `CnnSyntaxError` on malformed input."""
     source = source or Source(text)
+    _check_nesting(text, source)
     try:
         tree = _parser().parse(text)
         return _TRANSFORMER.transform(tree)
@@ -354,7 +355,36 @@ def parse_program(text: str, source: Source | None = None) -> S.Program:
     except VisitError as err:
         if isinstance(err.orig_exc, CnnDslError):
             raise err.orig_exc.with_source(source) from None
+        if isinstance(err.orig_exc, RecursionError):
+            raise _too_deep(source) from None
         raise
+    except RecursionError:
+        raise _too_deep(source) from None
+
+
+MAX_NESTING = 100  # braces and parentheses, one inside another
+
+
+def _check_nesting(text: str, source: Source) -> None:
+    """Fail with a location, before parsing, where braces or parentheses nest absurdly deep."""
+    if text.count("{") + text.count("(") <= MAX_NESTING:
+        return
+    depth = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        for column, char in enumerate(line.split("#", 1)[0], 1):
+            if char in "{(":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise LimitError(f"braces and parentheses nest deeper than {MAX_NESTING} levels",
+                                     Span(number, column, number, column + 1),
+                                     hint="a block can call another block instead").with_source(source)
+            elif char in "})":
+                depth = max(depth - 1, 0)
+
+
+def _too_deep(source: Source) -> LimitError:
+    return LimitError("the program nests too deeply to parse (a very long expression?)",
+                      hint="split it with block parameters").with_source(source)
 
 
 def _describe(terminal: str) -> str:

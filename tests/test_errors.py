@@ -339,3 +339,47 @@ def test_unclosed_brace_names_the_opening_brace(text, opened):
     with pytest.raises(CnnSyntaxError) as info:
         cnndsl.parse(text).analyze()
     assert f"the '{{' at line {opened[0]}, column {opened[1]} is never closed" in info.value.render()
+
+
+def _nested(kind: str, depth: int) -> str:
+    opening, closing = {"residual": ("residual { ", " }"), "concat": ("concat { branch { ", " } }"),
+                        "paren": ("(", ")")}[kind]
+    if kind == "paren":
+        return NET + "conv 1x1 -> " + opening * depth + "3" + closing * depth + "\n"
+    return NET + opening * depth + "relu" + closing * depth + "\n"
+
+
+@pytest.mark.parametrize(("kind", "depth"), [("residual", 100), ("concat", 50), ("paren", 100)])
+def test_nesting_up_to_the_limit_works(kind, depth):
+    net = cnndsl.parse(_nested(kind, depth))
+    assert net.analyze().output == (3, 32, 32)
+    assert len(net.tensor_specs()) == (1 if kind == "paren" else 0) * 2
+
+
+@pytest.mark.parametrize(("kind", "depth", "column"), [("residual", 101, 1110), ("concat", 51, 908),
+                                                       ("paren", 101, 113), ("residual", 5000, 1110)])
+def test_nesting_beyond_the_limit_is_a_limit_error(kind, depth, column):
+    with pytest.raises(LimitError) as info:
+        cnndsl.parse(_nested(kind, depth)).analyze()
+    assert (info.value.line, info.value.column) == (3, column)
+    assert "nest deeper than 100" in info.value.message
+
+
+def test_deep_block_calls_are_a_limit_error():
+    blocks = "".join(f"block b{i}() {{ residual {{ b{i + 1}() }} }}\n" for i in range(60)) + "block b60() { relu }\n"
+    with pytest.raises(LimitError) as info:
+        cnndsl.parse(NET + blocks + "b0()\n").analyze()
+    assert "nest deeper than 100" in info.value.message
+    assert info.value.line is not None
+
+
+@pytest.mark.parametrize("text", [NET + "conv 1x1 -> 3" + "+1" * 5000 + "\n",
+                                  NET + "conv 1x1 -> " + "-" * 5000 + "3\n"])
+def test_absurd_expressions_are_a_limit_error(text, runner, tmp_path):
+    with pytest.raises(LimitError):
+        cnndsl.parse(text).analyze()
+    path = tmp_path / "deep.cnn"
+    path.write_text(text)
+    result = runner.invoke(main, ["check", str(path)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "internal error" not in result.output
