@@ -184,3 +184,25 @@ def test_console_script_is_installed():
         pytest.skip("the cnndsl console script is not on PATH")
     proc = subprocess.run([exe, "check", str(EXAMPLES / "lenet5.cnn")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "61,706" in proc.stdout
+
+
+def test_analyze_every_example_in_every_mode():
+    code = (
+        "import json, sys, io, contextlib\n"
+        "from cnndsl.cli import main\n"
+        f"paths = {[str(EXAMPLES / name) for name in ALL_EXAMPLES]!r}\n"
+        "for path in paths:\n"
+        "    for mode in ([], ['--explain'], ['--json']):\n"
+        "        out = io.StringIO()\n"
+        "        with contextlib.redirect_stdout(out):\n"
+        "            main(['analyze', *mode, path], standalone_mode=False)\n"
+        "        text = out.getvalue()\n"
+        "        if mode == ['--json']:\n"
+        "            assert json.loads(text)['layers'], path\n"
+        "        else:\n"
+        "            assert 'parameters' in text, (path, mode)\n"
+        "print('ALL-OK')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ALL-OK" in proc.stdout
