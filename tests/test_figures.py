@@ -627,3 +627,35 @@ def test_shortcut_may_start_the_next_line():
     a, b = cnndsl.parse(same_line).analyze(), cnndsl.parse(next_line).analyze()
     assert a.params == b.params == 11_689_512
     assert [row.name for row in a.layers] == [row.name for row in b.layers]
+
+
+def mobilenet_torch(same: bool):
+    """MobileNet v1's conv stack; `same` pads as TensorFlow does (bottom/right only at stride 2 on even sizes)."""
+    def conv(c_in, c_out, k, s, groups=1):
+        if k == 1:
+            return [nn.Conv2d(c_in, c_out, 1, bias=False)]
+        if same and s == 2:
+            return [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(c_in, c_out, 3, 2, groups=groups, bias=False)]
+        return [nn.Conv2d(c_in, c_out, 3, s, 1, groups=groups, bias=False)]
+
+    layers = conv(3, 32, 3, 2) + [nn.BatchNorm2d(32), nn.ReLU()]
+    c_in = 32
+    for c, s in [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]:
+        layers += conv(c_in, c_in, 3, s, groups=c_in) + [nn.BatchNorm2d(c_in), nn.ReLU()]
+        layers += conv(c_in, c, 1, 1) + [nn.BatchNorm2d(c), nn.ReLU()]
+        c_in = c
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "same"), [("mobilenet_v1", True), ("mobilenet_v1_sym", False)])
+def test_mobilenet_receptive_field_by_gradient(name, same):
+    model = mobilenet_torch(same).eval()
+    last = [row for row in report(name).layers if row.op == "conv"][-1]
+    head = nn.Sequential(model, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 1000))
+    assert _params(head) == report(name).params
+    # the first output sees rows 0..188 with `pad same` (centre 31 + 157), rows 0..157 with pad1 (centre 0 + 157)
+    assert _gradient_extent(model, (1, 3, 224, 224), (0, 0)) == _predicted_extent(last, (0, 0), (224, 224))
+    assert _predicted_extent(last, (0, 0), (224, 224))[0] == ((0, 188) if same else (0, 157))
+    # the first output's window, padding included: 315 wide, centred on `offset`
+    assert last.offset[0] - (last.rf[0] - 1) / 2 == (-126 if same else -157)
