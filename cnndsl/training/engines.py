@@ -9,6 +9,8 @@ the global batch.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from .. import ir
@@ -44,6 +46,7 @@ class NumpyEngine:
         self.net = net
         self.config = config
         self.model = net.to_numpy(weights)
+        self.skip_input_grad = "input_grad" in inspect.signature(self.model.backward).parameters
         self.softmax_out = ends_in_softmax(net)
         self.optimizer = numpy_optimizer(config, decayed(net.tensor_specs()))
         self.steps = 0
@@ -60,7 +63,10 @@ class NumpyEngine:
             loss, grad = nll_of_probabilities(flat, y, self.config.label_smoothing, scale)
         else:
             loss, grad = cross_entropy(flat, y, self.config.label_smoothing, scale)
-        self.model.backward(grad.reshape(out.shape))
+        if self.skip_input_grad:  # training needs no d(loss)/d(input): the model skips that work
+            self.model.backward(grad.reshape(out.shape), input_grad=False)
+        else:
+            self.model.backward(grad.reshape(out.shape))
         self.optimizer.step(self.model.params, self.model.grads, lr)
         self.steps += 1
         return loss, int((flat.argmax(1) == y).sum())
