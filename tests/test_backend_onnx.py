@@ -667,3 +667,34 @@ def test_random_window_layers_match_the_reference():
         check_against_reference(net, batches=(2,))
 
     check()
+
+
+@pytest.mark.parametrize("name", ["lenet5", "cifar_tiny", "mobilenet_v1"])
+def test_serialize_decodes_to_the_built_model(name):
+    net = cnndsl.load(ROOT / "examples" / f"{name}.cnn")
+    weights = net.init_weights(2)
+    data = onnx_builder.serialize(net, weights)
+    model = onnx_builder.build(net, weights)
+    assert onnx.load_model_from_string(data) == model
+    assert b"cnndsl" in data[:4096]
+    assert onnx.load_model_from_string(onnx_builder.serialize(net, seed=2)) == onnx_builder.build(net, seed=2)
+    onnx.checker.check_model(data, full_check=True)
+
+
+def test_write_small_and_past_the_size_limit(tmp_path, monkeypatch):
+    net = cnndsl.load(ROOT / "examples" / "lenet5.cnn")
+    small = tmp_path / "small.onnx"
+    assert onnx_builder.write(net, small, seed=5) == [small]
+    model = onnx_builder.build(net, seed=5)
+    assert onnx.load(str(small)) == model
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(b"not ours")
+    with pytest.raises(CnnDslError, match="not written by cnndsl"):
+        onnx_builder.write(net, foreign)
+    monkeypatch.setattr(onnx_builder, "EXTERNAL_DATA_THRESHOLD", onnx_builder.initializer_bytes(model) // 2)
+    with pytest.raises(ValueError, match="external data"):
+        onnx_builder.serialize(net)
+    big = tmp_path / "big.onnx"
+    assert onnx_builder.write(net, big, seed=5) == [big, tmp_path / "big.onnx.data"]
+    x = inputs(net, 2)
+    np.testing.assert_array_equal(run_ort(onnx.load(str(big)), x), run_ort(model, x))
