@@ -140,6 +140,20 @@ def test_global_pool(mode):
     check(fwd, bwd, {"x": normal(2, 3, 5, 4)})
 
 
+@pytest.mark.parametrize("kernel,stride,pads", [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1, 1, 1))],
+                         ids=["disjoint 2/2", "overlapping 3x3/2 pad1"])
+def test_max_pool_ties_go_to_the_first_cell(kernel, stride, pads):
+    """After a relu whole windows are 0: like PyTorch, only the first cell in scan order gets the gradient."""
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 3, 3] = 1.0
+    y, cache = K.max_pool2d_forward(x, kernel, stride, pads)
+    dx = K.max_pool2d_backward(np.ones_like(y), cache)
+    torch = pytest.importorskip("torch")
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(tx, kernel, stride, (pads[0], pads[2])).sum().backward()
+    np.testing.assert_array_equal(dx, tx.grad.numpy())
+
+
 def test_avg_pool_ceil_divisor_is_pytorch_rule():
     """A ceil-mode window running past input + padding divides by the part inside it."""
     x = np.ones((1, 1, 4, 4))

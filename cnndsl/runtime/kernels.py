@@ -138,7 +138,8 @@ def conv2d_backward(dy: np.ndarray, cache: Cache,
         cols = _im2col(x, (kh, kw), stride, pads, dilation, groups, (oh, ow))
     dyg = dy.transpose(1, 0, 2, 3).reshape(groups, o // groups, n * oh * ow)
     # Weight gradient: the correlation of the input (as columns) with the output gradient.
-    dw = np.matmul(dyg, cols.transpose(0, 2, 1)).reshape(w.shape)
+    # (cols @ dY^T)^T rather than dY @ cols^T: the same product, and BLAS runs it faster this way round.
+    dw = np.matmul(cols, dyg.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(w.shape)
     db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
     if not input_grad:
         return None, dw, db
@@ -191,14 +192,23 @@ def max_pool2d_winners(cache: Cache) -> np.ndarray:
 def max_pool2d_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
     """Route each output gradient to the input cell that won its window (argmax routing)."""
     xp, y, kernel, stride = cache["xp"], cache["y"], cache["kernel"], cache["stride"]
-    (h, wd), (sh, sw), (oh, ow) = cache["x_shape"][2:], stride, y.shape[2:]
-    dxp = np.zeros(xp.shape, dtype=dy.dtype)
+    (h, wd), (oh, ow) = cache["x_shape"][2:], y.shape[2:]
+    # Windows that tile the padded input exactly (2/2 on an even size) write each cell once.
+    disjoint = kernel == stride and xp.shape[2:] == (oh * kernel[0], ow * kernel[1])
+    dxp = np.empty(xp.shape, dtype=dy.dtype) if disjoint else np.zeros(xp.shape, dtype=dy.dtype)
+    won = np.empty(y.shape, dtype=bool)
     open_ = np.ones(y.shape, dtype=bool)  # windows whose winner is still to be found
+    part = None if disjoint else np.empty(y.shape, dtype=dy.dtype)
     for (i, j), tap in _taps(xp, kernel, stride, (oh, ow)):
-        won = open_ & (tap == y)
-        # Overlapping windows (3x3/2) may pick the same cell: += sums their gradients.
-        dxp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += np.where(won, dy, 0)
-        open_ &= ~won
+        np.equal(tap, y, out=won)
+        won &= open_
+        open_ ^= won  # won is a subset of open_
+        target = dxp[:, :, i : i + (oh - 1) * stride[0] + 1 : stride[0], j : j + (ow - 1) * stride[1] + 1 : stride[1]]
+        if disjoint:
+            np.multiply(dy, won, out=target)
+        else:  # overlapping windows (3x3/2) may pick the same cell: their gradients add up
+            np.multiply(dy, won, out=part)
+            target += part
     return np.ascontiguousarray(_crop(dxp, cache["full"], (h, wd)))
 
 
