@@ -412,6 +412,9 @@ class TorchGenerator:
             keep = body.locals.create("shortcut")
             body.line(f"{keep} = {src}", self.comment(node))
         out = self.seq_items(body, node.body, src, dst)
+        # Add in place (as torchvision's `out += identity`) when the body's result is a tensor of
+        # its own that its producer does not keep for backward; saves an allocation per block.
+        in_place = body.fresh and out == dst
         if shape.projects and node.shortcut is not None:
             target = keep if keep != src else body.locals.create("shortcut")
             short = self.seq_items(body, node.shortcut, keep, target)
@@ -419,7 +422,8 @@ class TorchGenerator:
         else:
             short = keep
             note = "residual: body + input (identity shortcut)"
-        body.line(f"{dst} = {out} + {short}", self.comment(node, note=note))
+        code = f"{dst} += {short}" if in_place else f"{dst} = {out} + {short}"
+        body.line(code, self.comment(node, note=note))
         for name in {keep, short} - {src}:
             body.locals.release(name)
         body.fresh = True
