@@ -289,9 +289,23 @@ fc 5; softmax
 """
 
 
+VECTOR = """
+network vec
+input 6
+preprocess { scale 0.5; standardize mean (1, 2, 3, 4, 5, 6) std (1, 2, 1, 2, 1, 2) }
+fc 16; bn; gelu; dropout .25
+residual { fc 16; elu .5 }
+add { branch { fc 8; relu6 } branch { fc 8; leaky } }
+concat { branch {} branch { fc 4 nobias; silu } }
+flatten
+fc 5; softmax
+"""
+
+
+@pytest.mark.parametrize("text", [ALL_OPS, VECTOR], ids=["images", "vectors"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_every_op_matches_torch_autograd(train):
-    compare_with_torch(cnndsl.parse(ALL_OPS), batch=3, train=train)
+def test_every_op_matches_torch_autograd(text, train):
+    compare_with_torch(cnndsl.parse(text), batch=5, train=train)
 
 
 # ---------------------------------------------------------------- the torch backend, once it exists

@@ -319,14 +319,16 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     axes, shape = _bn_axes(x)
     if train:
         count = x.size // x.shape[1]
-        mean = x.mean(axis=axes)
-        centred = x - mean.reshape(shape)
-        var = np.mean(centred * centred, axis=axes)  # biased: what normalises the batch
+        # Statistics accumulated in float64 (as PyTorch's CPU kernel does): a float32 sum over
+        # N*H*W values loses digits that every normalised output then carries.
+        mean = x.mean(axis=axes, dtype=np.float64)
+        centred = x - mean.reshape(shape).astype(x.dtype)
+        var = np.mean(centred * centred, axis=axes, dtype=np.float64)  # biased: what normalises the batch
         unbiased = var * (count / (count - 1)) if count > 1 else var
         running_mean *= 1.0 - momentum
-        running_mean += momentum * mean
+        running_mean += (momentum * mean).astype(running_mean.dtype)
         running_var *= 1.0 - momentum
-        running_var += momentum * unbiased
+        running_var += (momentum * unbiased).astype(running_var.dtype)
         num_batches_tracked += 1
     else:
         mean, var = running_mean, running_var
