@@ -57,7 +57,9 @@ class Diagnostic:
                 if self.span.end_line == self.span.line and self.span.end_column > self.span.column:
                     width = self.span.end_column - self.span.column
                 out.append(f"  {self.span.line:>4} | {text.rstrip()}")
-                out.append(f"       | {' ' * (self.span.column - 1)}^{'~' * (width - 1)}")
+                # Keep the line's tabs under the caret so it lines up however wide a tab is shown.
+                indent = "".join(c if c == "\t" else " " for c in text[: self.span.column - 1])
+                out.append(f"       | {indent}^{'~' * (width - 1)}")
         out.extend(f"  {note}" for note in self.notes)
         for call in reversed(self.calls):
             line = source.line_text(call.line).strip() if source else ""

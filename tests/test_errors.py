@@ -383,3 +383,11 @@ def test_absurd_expressions_are_a_limit_error(text, runner, tmp_path):
     result = runner.invoke(main, ["check", str(path)])
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_caret_lines_up_under_tabs():
+    with pytest.raises(CnnSyntaxError) as info:
+        cnndsl.parse("network a\ninput 3x8x8\n\t\tcnov 3x3 -> 4\n").analyze()
+    lines = info.value.render().splitlines()
+    assert lines[1].endswith("| \t\tcnov 3x3 -> 4")
+    assert lines[2].endswith("| \t\t^~~~")
