@@ -31,8 +31,10 @@ class Source:
     path: str = "<string>"
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        # Lines as the parser counts them: only "\n" ends one (str.splitlines also splits at form
+        # feeds and other separators, which would show the wrong line under an error).
+        lines = self.text.split("\n")
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
 
 
 @dataclass(frozen=True)

@@ -370,7 +370,7 @@ def _check_nesting(text: str, source: Source) -> None:
     if text.count("{") + text.count("(") <= MAX_NESTING:
         return
     depth = 0
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         for column, char in enumerate(line.split("#", 1)[0], 1):
             if char in "{(":
                 depth += 1
@@ -464,7 +464,7 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
         except UnexpectedInput:
             pass
     if token.type == "$END":
-        lines = text.splitlines() or [""]
+        lines = _lines(text.rstrip("\n")) if text.strip("\n") else [""]
         opened = _unclosed_brace(text)
         return CnnSyntaxError(
             "the file ends in the middle of a statement",
@@ -505,10 +505,15 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
     return CnnSyntaxError(message, span, hint=hint)
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as lark counts them: only "\n" ends a line."""
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
 def _unclosed_brace(text: str) -> tuple[int, int] | None:
     """(line, column) of the last '{' that no '}' closes, comments skipped."""
     stack: list[tuple[int, int]] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         for column, char in enumerate(line.split("#", 1)[0], 1):
             if char == "{":
                 stack.append((number, column))

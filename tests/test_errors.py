@@ -391,3 +391,11 @@ def test_caret_lines_up_under_tabs():
     lines = info.value.render().splitlines()
     assert lines[1].endswith("| \t\tcnov 3x3 -> 4")
     assert lines[2].endswith("| \t\t^~~~")
+
+
+def test_form_feed_does_not_shift_the_shown_line():
+    # lark counts lines at "\n" only; the rendered source line must be the same line
+    with pytest.raises(CnnSyntaxError) as info:
+        cnndsl.parse("network a\f\ninput 3x8x8\nrelu\ncnov 3x3 -> 4\n").analyze()
+    assert info.value.line == 4
+    assert "   4 | cnov 3x3 -> 4" in info.value.render()
