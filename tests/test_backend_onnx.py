@@ -698,3 +698,28 @@ def test_write_small_and_past_the_size_limit(tmp_path, monkeypatch):
     assert onnx_builder.write(net, big, seed=5) == [big, tmp_path / "big.onnx.data"]
     x = inputs(net, 2)
     np.testing.assert_array_equal(run_ort(onnx.load(str(big)), x), run_ort(model, x))
+
+
+def test_compile_with_weights_from_the_command_line(tmp_path):
+    from cnndsl.weights import save_weights
+
+    lenet = ROOT / "examples" / "lenet5.cnn"
+    net = cnndsl.load(lenet)
+    weights = net.init_weights(9)
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    save_weights(weights, good)
+    save_weights({k: v for k, v in weights.items() if k != "conv2.bias"}, bad)
+
+    def compile_(weights_file: Path, out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cnndsl.cli", "compile", str(lenet), "--target", "onnx",
+                               "-o", str(out), "--weights", str(weights_file)], capture_output=True, text=True,
+                              timeout=120)
+
+    done = compile_(good, tmp_path / "good.onnx")
+    assert done.returncode == 0, done.stderr
+    x = inputs(net, 2)
+    assert_close(run_ort(onnx.load(str(tmp_path / "good.onnx")), x), reference(net, weights, x))
+    failed = compile_(bad, tmp_path / "bad.onnx")
+    assert failed.returncode == 1
+    assert "error:" in failed.stderr and "conv2.bias" in failed.stderr and "Traceback" not in failed.stderr
+    assert not (tmp_path / "bad.onnx").exists()
