@@ -39,6 +39,9 @@ def outcome(text: str):
         if err.span is not None:
             assert f"fuzz.cnn:{err.span.line}:{err.span.column}: error: " in rendered, rendered
             assert err.span.line >= 1 and err.span.column >= 1, rendered
+            lines = text.split("\n")
+            if err.span.line <= len(lines) and lines[err.span.line - 1].strip():
+                assert f"| {lines[err.span.line - 1].rstrip()}\n" in rendered + "\n", rendered  # the right line
         return err
     names = [node.name for node in net.ir.walk()]
     assert len(names) == len(set(names)), "node names must be unique: " + ", ".join(
@@ -165,7 +168,7 @@ def test_other_input_sizes_analyze_or_fail_cleanly(text, shape):
 
 # ------------------------------------------------------------------ (b) mutated examples
 
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n\t;{}()->/x*+.,=#_KMG\\'\"@$%\x00é"
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n\t\r\f;{}()->/x*+.,=#_KMG\\'\"@$%\x00é\u2028"
 
 
 @st.composite
