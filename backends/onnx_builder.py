@@ -399,9 +399,10 @@ def serialize(net, weights: str | os.PathLike | dict | None = None, *, seed: int
     already copied every weight into the message once. Here the message is encoded without its
     initializers, and the initializers follow as a second `graph` field whose tensors are encoded
     by hand around the weight arrays themselves, joined with one copy. Protobuf parsers merge the
-    two occurrences of the `graph` field (a documented rule of the wire format: a repeated
-    embedded message merges, repeated fields append), so the bytes decode to the same message as
-    `build` gives. Models whose weights pass 2 GB need `save(build(...), path)` (external data).
+    two occurrences of the `graph` field (a documented rule of the wire format: an embedded message
+    field that occurs twice is merged, and repeated fields such as `initializer` append), so the
+    bytes decode to the same message as `build` gives. Models whose weights pass 2 GB need
+    `save(build(...), path)` (external data).
     """
     model, tensors = _model(net, weights, seed, opset, initializers=False)
     init_tag, raw_tag = _tag(onnx.GraphProto, "initializer"), _tag(TensorProto, "raw_data")
@@ -445,7 +446,7 @@ def _describe(weights) -> str:
 
 def initializer_bytes(model: onnx.ModelProto) -> int:
     """Bytes of tensor data the model holds inline."""
-    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+    return sum(t.ByteSize() for t in model.graph.initializer)  # sizes only: reading raw_data would copy it
 
 
 def _refuse_foreign(path: Path, force: bool) -> None:
