@@ -10,6 +10,7 @@ the global batch.
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from .optim import decayed, numpy_optimizer
 
 EVAL_BATCH = 256
 
+if TYPE_CHECKING:
+    from ..api import Net
+
 
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed that is a pure function of `parts` (seed, epoch, stream, rank)."""
@@ -29,7 +33,7 @@ def derived_seed(*parts: int) -> int:
                >> np.uint64(1))
 
 
-def ends_in_softmax(net) -> bool:
+def ends_in_softmax(net: Net) -> bool:
     nodes = [n for n in active(net.ir.body, net.shapes) if not isinstance(n, ir.Seq)]
     last = [n for n in nodes if not isinstance(n, ir.Flatten | ir.Dropout)]
     return bool(last) and isinstance(last[-1], ir.Activation) and last[-1].fn == "softmax"
@@ -42,7 +46,7 @@ def _flat_logits(out):
 class NumpyEngine:
     name = "numpy"
 
-    def __init__(self, net, weights: dict[str, np.ndarray], config: ir.TrainConfig):
+    def __init__(self, net: Net, weights: dict[str, np.ndarray], config: ir.TrainConfig):
         self.net = net
         self.config = config
         self.model = net.to_numpy(weights)
@@ -94,7 +98,8 @@ class NumpyEngine:
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, net, weights: dict[str, np.ndarray], config: ir.TrainConfig, distributed: bool = False):
+    def __init__(self, net: Net, weights: dict[str, np.ndarray], config: ir.TrainConfig,
+                 distributed: bool = False):
         import torch
 
         self.torch = torch

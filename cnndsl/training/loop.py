@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from .optim import Schedule, check_schedule, lr_at
 
 BACKENDS = ("numpy", "torch")
 STD_FLOOR = 1e-6
+
+if TYPE_CHECKING:
+    from ..api import Net
 
 
 @dataclass
@@ -103,7 +106,7 @@ def config_record(cfg: ir.TrainConfig, options: TrainOptions, world: int) -> dic
             "label_smoothing": cfg.label_smoothing, "val_split": cfg.val_split, "world_size": world}
 
 
-def _check_classes(net, data: Dataset) -> int:
+def _check_classes(net: Net, data: Dataset) -> int:
     output = tuple(net.analyze().output)
     classes = int(np.prod(output)) if output else 0
     if len(output) not in (1, 3) or (len(output) == 3 and output[1:] != (1, 1)):
@@ -116,7 +119,7 @@ def _check_classes(net, data: Dataset) -> int:
     return classes
 
 
-def measure_standardize(net, x_train: np.ndarray, weights: dict[str, np.ndarray]) -> None:
+def measure_standardize(net: Net, x_train: np.ndarray, weights: dict[str, np.ndarray]) -> None:
     """Fill `preprocess.mean/std` (per channel, after `scale`) from the training split."""
     pre = net.ir.preprocess
     if pre is None or not pre.standardize or pre.mean is not None:
@@ -139,7 +142,7 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
-def _default_out(net) -> Path:
+def _default_out(net: Net) -> Path:
     stem = Path(net.source.path).stem if net.source.path != "<string>" else net.name
     base = Path("runs") / stem
     candidate, n = base, 1
@@ -206,7 +209,7 @@ def _accuracy(engine, x: np.ndarray, y: np.ndarray) -> float | None:
     return float((engine.predict(x).argmax(1) == y).mean())
 
 
-def train(net, options: TrainOptions | None = None) -> TrainResult:
+def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
     """Train `net` (a cnndsl.Net) as `cnndsl train` does; return the run folder and figures."""
     options = options or TrainOptions()
     if options.backend is None:

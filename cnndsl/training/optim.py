@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ir
-from ..errors import CnnDslError
+from ..errors import CnnDslError, Span
 
 ADAM_EPS = 1e-8
 ONECYCLE_DIV = 25.0  # initial lr = lr / 25
@@ -41,7 +41,7 @@ class Schedule:
         return self.epochs * self.steps_per_epoch
 
 
-def check_schedule(name: str, args: tuple[float, ...], span=None) -> None:
+def check_schedule(name: str, args: tuple[float, ...], span: Span | None = None) -> None:
     """Raise CnnDslError for a schedule with unusable arguments."""
     limits = {"constant": 0, "step": 2, "cosine": 0, "onecycle": 1}
     if name not in limits:
