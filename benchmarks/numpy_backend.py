@@ -2,7 +2,7 @@
 
     python benchmarks/numpy_backend.py [--threads N] [--repeat R] [--resnet-batch B] [--resnet-size S]
 
-Measures (median of R runs after a warm-up):
+Measures (median of R runs after a warm-up, NumPy and PyTorch alternating):
   - LeNet-5 training step, batch 64: forward (train mode), softmax cross-entropy gradient,
     backward, SGD update of every parameter;
   - ResNet-18 forward (evaluation mode), batch B at SxS (default 8 at 224x224).
@@ -30,14 +30,17 @@ import cnndsl
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def median_time(fn, repeat: int) -> float:
-    fn()  # warm-up: allocations, BLAS thread start-up, torch's first-call dispatch
-    times = []
+def paired_medians(ours, theirs, repeat: int) -> tuple[float, float]:
+    """Median times of two functions run alternately, so a change in the machine's load (other
+    jobs share it) hits both sides alike."""
+    ours(), theirs()  # warm-up: allocations, BLAS thread start-up, torch's first-call dispatch
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in ((ours, times[0]), (theirs, times[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def lenet_step(repeat: int) -> tuple[float, float]:
@@ -72,7 +75,7 @@ def lenet_step(repeat: int) -> tuple[float, float]:
         loss.backward()
         optimizer.step()
 
-    return median_time(numpy_step, repeat), median_time(torch_step, repeat)
+    return paired_medians(numpy_step, torch_step, repeat)
 
 
 def resnet_forward(repeat: int, batch: int, size: int) -> tuple[float, float]:
@@ -93,7 +96,7 @@ def resnet_forward(repeat: int, batch: int, size: int) -> tuple[float, float]:
         with torch.no_grad():
             module(tx)
 
-    return median_time(lambda: model.forward(x), repeat), median_time(torch_forward, repeat)
+    return paired_medians(lambda: model.forward(x), torch_forward, repeat)
 
 
 def main(argv: list[str] | None = None) -> int:
