@@ -110,7 +110,10 @@ class _Emitter:
         where = f"line {line}: {text}" if text else f"line {line}"
         if node.calls:
             call = node.calls[-1]
-            where += f"  (in {_comment(self.source.line_text(call.line).split('#')[0])}, line {call.line})"
+            text = self.source.line_text(call.line)
+            if call.end_line == call.line and call.end_column > call.column:
+                text = text[call.column - 1 : call.end_column - 1]  # just this call on a line of several
+            where += f"  (in {_comment(text.split('#')[0])}, line {call.line})"
         return where
 
     def fresh(self, stem: str) -> str:
