@@ -284,16 +284,26 @@ def test_model_metadata_and_producer():
 
 
 def test_node_names_and_doc_strings_point_at_the_source():
-    net = cnndsl.load(ROOT / "examples" / "resnet18.cnn")
+    net = prog("""
+        block twice(c) {
+          conv 3x3 pad1 -> c
+          relu
+        }
+        conv 7x7/2 pad3 -> 4 nobias   # the stem
+        twice(8); twice(6)
+        fc 10
+    """, "3x16x16")
     model = onnx_builder.build(net)
     nodes = {n.name: n for n in model.graph.node}
     assert len(nodes) == len(model.graph.node)  # unique
-    conv1 = nodes["conv1@line14"]
-    assert conv1.op_type == "Conv"
-    assert conv1.doc_string.startswith(f"{net.source.path}:14: conv 7x7/2 pad3 -> 64 nobias")
-    inner = nodes["basic3.conv1@line4"]  # inside the block, called from line 17
-    assert "conv 3x3/s pad1 -> c nobias" in inner.doc_string
-    assert f"in the block call at {net.source.path}:17: basic(128, s=2)" in inner.doc_string
+    # lines: 1 empty, 2 network, 3 input, 4 empty (dedent), 5-8 the block, 9 the stem, 10 the calls, 11 fc
+    stem = nodes["conv1@line9"]
+    assert stem.op_type == "Conv" and stem.output[0] == "conv1"
+    assert stem.doc_string == "<string>:9: conv 7x7/2 pad3 -> 4 nobias"
+    inner = nodes["twice2.conv1@line6"]  # inside the block, called from line 10
+    assert inner.doc_string == ("<string>:6: conv 3x3 pad1 -> c\n"
+                                "  in the block call at <string>:10: twice(6)")
+    assert nodes["fc1@line11/flatten"].op_type == "Flatten" and nodes["fc1@line11"].op_type == "Gemm"
     assert all("@line" in n.name for n in model.graph.node if n.op_type != "Constant")
 
 
