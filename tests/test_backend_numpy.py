@@ -403,6 +403,25 @@ def test_generated_file_runs_standalone(tmp_path):
     np.testing.assert_array_equal(standalone.backward(np.ones((2, 5))), built.backward(np.ones((2, 5))))
 
 
+@pytest.mark.parametrize("text", ["ALL_OPS", "VECTOR", "resnet18"])
+def test_generated_build_starts_from_the_shared_seeded_init(text, tmp_path):
+    """The file's own build() (no cnndsl.weights, no IR) gives exactly net.init_weights(seed)."""
+    net = example("resnet18") if text == "resnet18" else cnndsl.parse(globals()[text])
+    namespace: dict = {}
+    exec(compile(numpy_codegen.generate(net), "<test>", "exec"), namespace)
+    for seed in (0, 5):
+        state = namespace["build"](seed=seed).state_dict()
+        expected = net.init_weights(seed=seed)
+        assert list(state) == list(expected)
+        for name, array in expected.items():
+            np.testing.assert_array_equal(state[name], array, err_msg=name)
+    model = numpy_codegen.build(net, net.init_weights(seed=9))
+    model.save_safetensors(tmp_path / "w.safetensors")
+    loaded = namespace["build"](tmp_path / "w.safetensors", dtype=np.float64).state_dict()
+    for name, array in model.state_dict().items():
+        np.testing.assert_array_equal(loaded[name], array, err_msg=name)
+
+
 def test_compile_writes_the_numpy_target(tmp_path):
     out = cnndsl.compile(EXAMPLES / "lenet5.cnn", target="numpy", out=tmp_path / "lenet5_numpy.py")
     assert out.read_text() == numpy_codegen.generate(cnndsl.load(EXAMPLES / "lenet5.cnn"))

@@ -244,14 +244,20 @@ class ELU(LeakyReLU):
 
 
 class Preprocess(Layer):
-    """x * scale, then (with standardize) (x - mean[c]) / std[c]: buffers, part of the model."""
+    """x * scale, then (with standardize) (x - mean[c]) / std[c]: buffers, part of the model.
+    Constants the .cnn file gives are the defaults; a mean/std measured on the training set
+    arrives with the weights."""
 
-    def __init__(self, name: str, channels: int, standardize: bool, dtype: Any = np.float32):
+    def __init__(self, name: str, channels: int, standardize: bool, scale: float = 1.0,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 dtype: Any = np.float32):
         super().__init__(name, dtype)
-        self.buffers["scale"] = np.ones((), dtype=self.dtype)
+        self.defaults = {"scale": np.array(scale, dtype=np.float32)}
         if standardize:
-            self.buffers["mean"] = np.zeros(channels, dtype=self.dtype)
-            self.buffers["std"] = np.ones(channels, dtype=self.dtype)
+            self.defaults["mean"] = np.array(mean if mean is not None else np.zeros(channels), dtype=np.float32)
+            self.defaults["std"] = np.array(std if std is not None else np.ones(channels), dtype=np.float32)
+        for role, value in self.defaults.items():
+            self.buffers[role] = value.astype(self.dtype)
 
     def forward(self, x, train):
         b = self.buffers
@@ -305,6 +311,26 @@ class Model:
             dims = ", ".join(map(str, self.input_shape))
             raise ValueError(f"{type(self).__name__} takes inputs of shape (N, {dims}), not {x.shape}")
         return x
+
+    def init_weights(self, seed: int = 0) -> None:
+        """cnndsl's seeded initialisation, the numbers `cnndsl.weights.init_weights(net, seed)` gives
+        every backend: conv/fc weights and biases uniform in +-1/sqrt(fan_in) drawn in tensor order
+        from one float64 Generator and rounded to float32; BN gamma 1, beta 0, running stats 0 and 1,
+        no batches tracked; preprocessing constants from the .cnn file."""
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            fan_in = None
+            for role, array in layer.params.items():
+                if role == "weight" and array.ndim >= 2:
+                    fan_in = int(np.prod(array.shape[1:]))
+                if fan_in is not None:  # conv/fc weight, and its bias with the weight's fan-in
+                    bound = 1.0 / np.sqrt(fan_in)
+                    array[...] = rng.uniform(-bound, bound, array.shape).astype(np.float32)
+                else:  # BN gamma, beta
+                    array[...] = 1 if role == "weight" else 0
+            for role, array in layer.buffers.items():
+                default = getattr(layer, "defaults", {}).get(role)
+                array[...] = default if default is not None else (1 if role == "running_var" else 0)
 
     def zero_grad(self) -> None:
         for g in self.grads.values():
