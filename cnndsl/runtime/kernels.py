@@ -12,6 +12,9 @@ matmul), and the input gradient is the transposed convolution with the flipped k
 as `W^T @ dY` followed by col2im, a scatter-add over the kh*kw kernel taps (a loop over taps,
 never over pixels). Depthwise and grouped convolutions are the same code with groups > 1.
 
+Max pooling is a running maximum over the kh*kw window cells (each a strided view, a whole-tensor
+op), and its backward routes every gradient to the first maximal cell, as PyTorch does.
+
 Window arithmetic (output sizes, ceil mode) is `cnndsl.analysis.shapes.window`, the one rule
 the compiler and every backend share.
 """
@@ -36,7 +39,7 @@ except ImportError:  # pragma: no cover - exercised only without scipy
     _erf_scalar = np.frompyfunc(math.erf, 1, 1)
 
     def _erf(x: np.ndarray) -> np.ndarray:
-        # math.erf is exact to the last bit; slower than scipy but still right in float64.
+        # math.erf is accurate to about an ulp: slower than scipy, but right in float64 gradient checks.
         return _erf_scalar(x).astype(x.dtype)
 
 
