@@ -212,6 +212,12 @@ def test_batch_norm_running_statistics_follow_pytorch():
     assert count == 1
 
 
+def test_batch_norm_refuses_one_value_per_channel_in_training():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        K.batch_norm_forward(normal(1, 3, 1, 1), np.ones(3), np.zeros(3), np.zeros(3), np.ones(3),
+                             np.zeros((), np.int64), 1e-5, 0.1, train=True)
+
+
 def test_preprocess_input_gradient():
     check(lambda x: K.preprocess_forward(x, np.array(1 / 255), np.array([0.4, 0.5]), np.array([0.2, 0.3])),
           K.preprocess_backward, {"x": normal(2, 2, 3, 3) * 100})

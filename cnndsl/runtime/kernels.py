@@ -322,12 +322,14 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     axes, shape = _bn_axes(x)
     if train:
         count = x.size // x.shape[1]
+        if count < 2:  # as PyTorch: one value per channel has no variance to normalise by
+            raise ValueError(f"batch norm in training needs more than 1 value per channel, got input {x.shape}")
         # Statistics accumulated in float64 (as PyTorch's CPU kernel does): a float32 sum over
         # N*H*W values loses digits that every normalised output then carries.
         mean = x.mean(axis=axes, dtype=np.float64)
         centred = x - mean.reshape(shape).astype(x.dtype)
         var = np.mean(centred * centred, axis=axes, dtype=np.float64)  # biased: what normalises the batch
-        unbiased = var * (count / (count - 1)) if count > 1 else var
+        unbiased = var * (count / (count - 1))
         running_mean *= 1.0 - momentum
         running_mean += (momentum * mean).astype(running_mean.dtype)
         running_var *= 1.0 - momentum
