@@ -81,6 +81,7 @@ CONVS = {
     "groups 2": dict(c=4, o=6, k=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), groups=2),
     "depthwise": dict(c=4, o=4, k=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), dilation=(1, 1), groups=4),
     "depthwise x2": dict(c=3, o=6, k=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), groups=3),
+    "1x1 pointwise": dict(c=5, o=3, k=(1, 1), stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1),
     "1x1/2 drops rows": dict(c=3, o=5, k=(1, 1), stride=(2, 2), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1),
     "5x5 stride 3, unseen tail": dict(c=2, o=2, k=(5, 5), stride=(3, 3), pads=(0, 0, 0, 0), dilation=(1, 1),
                                       groups=1),
