@@ -67,7 +67,11 @@ def _literal(value: Any) -> str:
     """Numbers and tuples as source; anything else is a bug in the emitter."""
     if isinstance(value, bool) or value is None:
         return repr(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):  # repr would be a bare name
+            raise CnnDslError(f"the numpy backend cannot use the number {value}")
         return repr(value)
     if isinstance(value, tuple):
         return "(" + ", ".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
