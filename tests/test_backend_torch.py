@@ -182,6 +182,7 @@ network pools
 input 2x8x9
 pool max 3x3/2 pad1 ceil
 pool avg 2x3/2x1 ceil
+conv 3x2/2x1 pad same dil 2x1 -> 4 nobias
 concat { branch { pool max global } branch { pool avg global } }
 """
 
