@@ -12,6 +12,7 @@ from .analysis import Report, Shapes, TensorSpec, analyze, tensor_specs
 from .errors import CnnDslError, Diagnostic, Source
 from .expand import expand
 from .parser import parse_program
+from .syntax import InputHeader
 
 TARGETS = ("torch", "numpy", "onnx")
 
@@ -19,8 +20,9 @@ TARGETS = ("torch", "numpy", "onnx")
 class Net:
     """A parsed, expanded network: the IR plus the figures and backends that read it."""
 
-    def __init__(self, network: ir.Network):
+    def __init__(self, network: ir.Network, declared_input: tuple[int, ...] | None = None):
         self.ir = network
+        self._declared_input = declared_input
 
     def __repr__(self) -> str:
         return f"<cnndsl.Net {self.ir.name} input={'x'.join(map(str, self.ir.input_shape))}>"
@@ -35,11 +37,20 @@ class Net:
 
     @cached_property
     def report(self) -> Report:
-        return analyze(self.ir)
+        return analyze(self.ir, check_expects=not self.input_overridden)
+
+    @property
+    def input_overridden(self) -> bool:
+        """True when the net was loaded at another input than its `input` line declares."""
+        return self._declared_input is not None and self._declared_input != self.ir.input_shape
 
     def analyze(self, input_shape: tuple[int, ...] | None = None) -> Report:
-        """Per-layer and total figures; raises CnnDslError on a shape error or a failed `expect`."""
-        return self.report if input_shape is None else analyze(self.ir, input_shape, check_expects=False)
+        """Per-layer and total figures; raises CnnDslError on a shape error or a failed `expect`.
+
+        `expect` lines describe the network at its declared input, so they are checked only there."""
+        if input_shape is None:
+            return self.report
+        return analyze(self.ir, input_shape, check_expects=False)
 
     def check(self) -> list[Diagnostic]:
         """Run every check; return the warnings (errors raise CnnDslError)."""
@@ -82,7 +93,10 @@ def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None
     """Parse and check cnndsl source text. Raises CnnDslError on any mistake in it, shapes and
     `expect` lines included, so a Net that exists is one every backend can build."""
     source = Source(text, path)
-    net = Net(expand(parse_program(text, source), source, input_shape))
+    program = parse_program(text, source)
+    network = expand(program, source, input_shape)
+    declared = next((item.shape for item in program.items if isinstance(item, InputHeader)), None)
+    net = Net(network, declared)
     net.report  # noqa: B018 - run every check now, not at first use
     return net
 
@@ -94,7 +108,8 @@ def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) ->
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise CnnDslError(f"cannot read {os.fspath(path)}: {reason}",
-                          hint="check the path; cnndsl reads UTF-8 text files") from None
+                          hint="check the path; cnndsl reads UTF-8 text files",
+                          source=Source("", os.fspath(path))) from None
     return parse(text, os.fspath(path), input_shape)
 
 
@@ -103,13 +118,15 @@ def generate(net: Net, target: str, weights=None, seed: int = 0) -> bytes:
     if target == "torch":
         from .backends import torch_codegen
 
-        return torch_codegen.generate(net).encode()
+        return torch_codegen.generate(net, weights).encode()
     if target == "numpy":
         from .backends import numpy_codegen
 
         return numpy_codegen.generate(net).encode()
     if target == "onnx":
-        return net.to_onnx(weights, seed=seed).SerializeToString()
+        from .backends import onnx_builder
+
+        return onnx_builder.serialize(net, weights, seed=seed)
     raise CnnDslError(f"unknown target '{target}'", hint=f"use one of: {', '.join(TARGETS)}")
 
 
@@ -120,8 +137,12 @@ def compile(net: Net | str | os.PathLike, target: str = "torch", out: str | os.P
 
     if not isinstance(net, Net):
         net = load(net)
-    net.analyze()
-    data = generate(net, target, weights, seed)
     path = Path(out) if out is not None else default_output(net, target)
-    write_output(path, data, net, force=force)
+    if target == "onnx":
+        from .backends import onnx_builder
+
+        # Not through generate(): a model over protobuf's 2 GB limit must go to external data.
+        onnx_builder.write(net, path, weights, seed=seed, force=force)
+    else:
+        write_output(path, generate(net, target, weights, seed), net, force=force)
     return path

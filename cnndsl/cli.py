@@ -41,8 +41,8 @@ def _user_errors(command):
         except CnnDslError as err:
             click.echo(err.render(), err=True)
             sys.exit(EXIT_USER_ERROR)
-        except click.exceptions.Exit:
-            raise
+        except (click.exceptions.Exit, click.ClickException):
+            raise  # click's own usage errors already print "Usage: ... Error: ..." and exit 2
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

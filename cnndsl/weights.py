@@ -104,6 +104,9 @@ def save_weights(tensors: dict[str, Any], path: str | os.PathLike, metadata: dic
 
     from .outputs import write_atomic
 
-    arrays = {name: np.ascontiguousarray(np.asarray(
-        value.detach().cpu().numpy() if hasattr(value, "detach") else value)) for name, value in tensors.items()}
+    # np.ascontiguousarray would turn 0-d tensors (preprocess.scale, num_batches_tracked) into shape (1,).
+    arrays = {}
+    for name, value in tensors.items():
+        array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        arrays[name] = array.copy(order="C") if not array.flags.c_contiguous else array
     write_atomic(os.fspath(path), save(arrays, metadata=metadata))

@@ -81,3 +81,42 @@ def test_output_never_overwrites_the_source(tmp_path):
     with pytest.raises(CnnDslError, match="over its source"):
         write_output(source, b"# cnndsl\n", net, force=True)
     assert source.read_text() == "input 1x8x8\nfc 2\n"
+
+
+def test_loading_at_another_input_skips_expectations_written_for_the_declared_one():
+    text = "input 3x32x32\nconv 3x3 pad1 -> 8\nflatten\nfc 10\nexpect params == 82154\n"
+    with pytest.raises(CnnDslError, match="expectation failed"):
+        cnndsl.parse(text.replace("82154", "1"))
+    assert cnndsl.parse(text).analyze().params == 224 + (8 * 32 * 32 + 1) * 10
+    small = cnndsl.parse(text, input_shape=(3, 8, 8))
+    assert small.input_overridden
+    assert small.analyze().params == 224 + (8 * 8 * 8 + 1) * 10
+
+
+def test_missing_file_error_names_the_file(tmp_path):
+    with pytest.raises(CnnDslError) as info:
+        cnndsl.load(tmp_path / "gone.cnn")
+    assert str(info.value).startswith(str(tmp_path / "gone.cnn"))
+
+
+def test_save_weights_keeps_scalars_scalar(tmp_path):
+    from cnndsl.weights import load_weights, save_weights
+
+    net = cnndsl.parse("input 1x4x4\npreprocess { scale 1/255 }\nconv 3x3 -> 2; bn\nfc 2\n")
+    weights = net.init_weights(seed=3)
+    save_weights(weights, tmp_path / "w.safetensors")
+    loaded = load_weights(net, tmp_path / "w.safetensors")
+    assert loaded["preprocess.scale"].shape == () and loaded["bn1.num_batches_tracked"].shape == ()
+    assert all((loaded[k] == v).all() for k, v in weights.items())
+
+
+def test_written_outputs_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "m.py", b"# cnndsl\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.py").stat().st_mode) == 0o644

@@ -545,7 +545,6 @@ def test_cli_compile_torch(tmp_path):
     assert mine.read_text() == "print('mine')\n"
 
 
-@pytest.mark.xfail(strict=True, reason="cnndsl/api.py generate() does not pass --weights to torch_codegen.generate")
 def test_cli_compile_torch_checks_weights(tmp_path):
     net = cnndsl.load(ROOT / "examples" / "lenet5.cnn")
     weights = net.init_weights()

@@ -114,8 +114,6 @@ def test_input_override_too_small_is_a_user_error():
     assert "lenet5.cnn:7:1: error: kernel 5x5 is larger than its padded input" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="cli._user_errors turns click.BadParameter into an 'internal error' "
-                                       "(needs `except click.ClickException: raise`)")
 def test_bad_input_option_is_a_usage_error():
     proc = cnndsl("analyze", "--input", "abc", str(EXAMPLES / "lenet5.cnn"))
     no_traceback(proc)
