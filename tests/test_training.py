@@ -292,16 +292,13 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tmp_path):
     assert first["loss"] == pytest.approx(single.metrics[0]["loss"], rel=1e-5)
 
 
-LENET_FLAGS = ["--epochs", "15", "--batch", "16", "--optimizer", "adamw", "--lr", "0.002", "--weight-decay", "0.05",
-               "--schedule", "cosine"]
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_lenet5_reaches_97_percent_on_digits(backend, tmp_path):
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "cnndsl.cli", "train", str(LENET), "--data", "digits",
-                             "--backend", backend, "--out", str(tmp_path / "run"), "--no-progress", *LENET_FLAGS],
+                             "--backend", backend, "--out", str(tmp_path / "run"), "--no-progress"],
                             env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
