@@ -8,6 +8,7 @@ shapes involved and a fix. Anything else escaping the package is a bug in cnndsl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,14 @@ class Source:
     text: str
     path: str = "<string>"
 
-    def line_text(self, line: int) -> str:
+    @cached_property
+    def lines(self) -> list[str]:
         # Lines as the parser counts them: only "\n" ends one (str.splitlines also splits at form
         # feeds and other separators, which would show the wrong line under an error).
-        lines = self.text.split("\n")
+        return self.text.split("\n")
+
+    def line_text(self, line: int) -> str:
+        lines = self.lines
         return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
 
 

@@ -8,7 +8,9 @@ numpy.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 
 from .. import ir
 from ..errors import CnnDslError, Diagnostic, ExpectationError
@@ -37,8 +39,14 @@ class LayerReport:
     rf: tuple[int, int]
     jump: tuple[int, int]
     offset: tuple[float, float]
-    explain: tuple[str, ...] = ()
     call_lines: tuple[int, ...] = ()
+    # Written out only when asked for (`analyze --explain`): most analyses never read it.
+    _explain: Callable[[], tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def explain(self) -> tuple[str, ...]:
+        """The arithmetic behind this row's figures, one line each."""
+        return self._explain() if self._explain is not None else ()
 
     def to_json(self) -> dict:
         return {
@@ -107,6 +115,14 @@ def _shape_explain(node: ir.Node, shape: LayerShape) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def _explain_layer(node: ir.Node, shape: LayerShape, cost: Cost, before: Field | None, after: Field | None
+                   ) -> tuple[str, ...]:
+    lines = _shape_explain(node, shape) + cost.explain
+    if after is not None and before is not None and before != after:
+        lines += (_rf_explain(before, after),)
+    return lines
+
+
 def _rf_explain(before: Field, after: Field) -> str:
     return (f"rf: {before.size[0]} -> {after.size[0]}, jump {before.jump[0]} -> {after.jump[0]}, "
             f"first centre {before.start[0]:g} -> {after.start[0]:g}")
@@ -134,15 +150,13 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         macs += cost.macs
         activations += _numel(shape.output)
         f = fields.get(node.name)
-        explain = _shape_explain(node, shape) + cost.explain
-        if f is not None and node.name in previous and previous[node.name] != f:
-            explain += (_rf_explain(previous[node.name], f),)
         rows.append(LayerReport(
             name=node.name, op=node.kind, line=node.span.line, column=node.span.column,
             statement=_statement(network, node), depth=depth_of.get(node.name, 0), input=shape.input,
             output=shape.output, params=cost.params, macs=cost.macs,
             rf=f.size if f else (0, 0), jump=f.jump if f else (0, 0), offset=f.start if f else (0.0, 0.0),
-            explain=explain, call_lines=tuple(c.line for c in node.calls)))
+            call_lines=tuple(c.line for c in node.calls),
+            _explain=partial(_explain_layer, node, shape, cost, previous.get(node.name), f)))
     pre = network.preprocess
     if pre is not None:
         buffers += 1 + (2 * network.input_shape[0] if pre.standardize else 0)
