@@ -421,12 +421,17 @@ def _default_name(path: str) -> str:
     return cleaned if cleaned and cleaned[0].isalpha() else "network"
 
 
+def _require_known(word: str, choices: tuple[str, ...], what: str, span: Span) -> None:
+    """Raise "unknown <what>" with the closest choice and the full list, unless `word` is a choice."""
+    if word in choices:
+        return
+    close = difflib.get_close_matches(word, choices, n=1)
+    raise UnknownNameError(f"unknown {what} '{word}'", span,
+                           hint=(f"did you mean '{close[0]}'? " if close else "") + f"one of: {', '.join(choices)}")
+
+
 def _expect(stmt: S.ExpectStmt) -> ir.Expect:
-    if stmt.what not in EXPECTATIONS:
-        close = difflib.get_close_matches(stmt.what, EXPECTATIONS, n=1)
-        raise UnknownNameError(f"unknown expectation '{stmt.what}'", stmt.what_span,
-                               hint=(f"did you mean '{close[0]}'? " if close else "")
-                               + f"one of: {', '.join(EXPECTATIONS)}")
+    _require_known(stmt.what, EXPECTATIONS, "expectation", stmt.what_span)
     if stmt.what != "output" and len(stmt.value) > 1:
         raise BadValueError(f"expect {stmt.what} takes one number", stmt.span)
     return ir.Expect(stmt.what, stmt.comparison, stmt.value, stmt.span)
@@ -507,11 +512,7 @@ def _train(section: S.Section | None) -> ir.TrainConfig:
         key, values = setting.key, setting.values
         if key == "optimizer":
             name = values[0]
-            if name not in OPTIMIZERS:
-                close = difflib.get_close_matches(name, OPTIMIZERS, n=1)
-                raise UnknownNameError(f"unknown optimizer '{name}'", setting.span,
-                                       hint=(f"did you mean '{close[0]}'? " if close else "")
-                                       + f"one of: {', '.join(OPTIMIZERS)}")
+            _require_known(name, OPTIMIZERS, "optimizer", setting.span)
             fields["optimizer"] = name
             for opt, value in setting.options:
                 if opt == "nesterov":
@@ -525,11 +526,7 @@ def _train(section: S.Section | None) -> ir.TrainConfig:
                     fields[opt] = _const(value, opt, 0, 10)
         elif key == "schedule":
             name, *args = values
-            if name not in SCHEDULES:
-                close = difflib.get_close_matches(name, SCHEDULES, n=1)
-                raise UnknownNameError(f"unknown schedule '{name}'", setting.span,
-                                       hint=(f"did you mean '{close[0]}'? " if close else "")
-                                       + f"one of: {', '.join(SCHEDULES)}")
+            _require_known(name, SCHEDULES, "schedule", setting.span)
             fields["schedule"] = name
             fields["schedule_args"] = tuple(float(_const(a, "a schedule argument")) for a in args)
         elif key in ("batch", "epochs", "seed"):

@@ -128,13 +128,19 @@ class NumpyOptimizer:
     def load_state_arrays(self, arrays: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
         self.steps = int(arrays.get("step", 0))
         self.state = {}
-        for key, value in arrays.items():
-            if key == "step":
-                continue
-            name, _, slot = key.rpartition(".")
-            if name not in params:
-                raise CnnDslError(f"optimizer state for {name}, which the network does not have")
+        for name, slot, value in state_entries(arrays, params):
             self.state.setdefault(name, {})[slot] = np.array(value, dtype=params[name].dtype)
+
+
+def state_entries(arrays: dict[str, np.ndarray], known):
+    """(parameter name, slot, value) for each `<param>.<slot>` entry of the shared optimizer layout."""
+    for key, value in arrays.items():
+        if key == "step":
+            continue
+        name, _, slot = key.rpartition(".")
+        if name not in known:
+            raise CnnDslError(f"optimizer state for {name}, which the network does not have")
+        yield name, slot, value
 
 
 class SGD(NumpyOptimizer):
@@ -230,12 +236,7 @@ def load_torch_state_arrays(optimizer, named_params: list[tuple[str, object]], a
 
     steps = int(arrays.get("step", 0))
     by_name = dict(named_params)
-    for key, value in arrays.items():
-        if key == "step":
-            continue
-        name, _, slot = key.rpartition(".")
-        if name not in by_name:
-            raise CnnDslError(f"optimizer state for {name}, which the network does not have")
+    for name, slot, value in state_entries(arrays, by_name):
         state = optimizer.state[by_name[name]]
         state[slot] = torch.from_numpy(np.array(value))
         if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
