@@ -32,4 +32,6 @@ else
     "$PY" -m pip install --quiet --disable-pip-version-check -e .
   fi
 fi
+# pyenv exposes new console scripts only after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash >/dev/null 2>&1 || true; fi
 command -v cnndsl >/dev/null || echo "note: the cnndsl script is in $("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'); add it to PATH" >&2
