@@ -55,7 +55,9 @@ class Diagnostic:
 
     def render(self, source: Source | None = None) -> str:
         path = source.path if source else "<string>"
-        where = f"{path}:{self.span.line}:{self.span.column}: " if self.span else f"{path}: "
+        # An error about no place in any source (a weights file, an output folder) names no file:
+        # its message says which file it is about.
+        where = f"{path}:{self.span.line}:{self.span.column}: " if self.span else (f"{path}: " if source else "")
         out = [f"{where}{self.severity}: {self.message}"]
         if self.span and source is not None:
             text = source.line_text(self.span.line)
