@@ -1,38 +1,36 @@
 """The program as written: what the parser builds before blocks and arithmetic are expanded.
 
 These nodes still hold unevaluated expressions and block calls; `cnndsl.expand` turns them into
-the flat IR (`cnndsl.ir`) that every pass and backend reads.
+the flat IR (`cnndsl.ir`) that every pass and backend reads. They live only between the parser and
+the expander, so they are NamedTuples: a tenth of a dataclass's creation cost, which every
+`cnndsl analyze` pays at start-up.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import Span
 
 
-@dataclass(frozen=True)
-class Num:
+class Num(NamedTuple):
     value: int | float
     span: Span
 
 
-@dataclass(frozen=True)
-class Var:
+class Var(NamedTuple):
     name: str
     span: Span
 
 
-@dataclass(frozen=True)
-class BinOp:
+class BinOp(NamedTuple):
     op: str  # + - * /
     left: Expr
     right: Expr
     span: Span
 
 
-@dataclass(frozen=True)
-class Neg:
+class Neg(NamedTuple):
     operand: Expr
     span: Span
 
@@ -40,8 +38,7 @@ class Neg:
 Expr = Num | Var | BinOp | Neg
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One option of a layer statement: `pad 1`, `/2`, `-> 64`, `nobias`.
 
     `value` is an Expr, a tuple of Exprs (a `HxW` pair), a word (`same`), or True for a flag.
@@ -52,45 +49,39 @@ class Option:
     span: Span
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(NamedTuple):
     op: str  # conv pool fc flatten dropout bn act
     options: tuple[Option, ...]
     span: Span
 
 
-@dataclass(frozen=True)
-class KeywordArg:
+class KeywordArg(NamedTuple):
     name: str
     value: Expr
     span: Span
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     block: str
     args: tuple[Expr, ...]
     kwargs: tuple[KeywordArg, ...]
     span: Span
 
 
-@dataclass(frozen=True)
-class Repeat:
+class Repeat(NamedTuple):
     stmt: Statement
     count: Expr
     span: Span
 
 
-@dataclass(frozen=True)
-class Residual:
+class Residual(NamedTuple):
     body: tuple[Statement, ...]
     shortcut: tuple[Statement, ...] | None
     always: bool
     span: Span
 
 
-@dataclass(frozen=True)
-class Branches:
+class Branches(NamedTuple):
     kind: str  # concat | add
     branches: tuple[tuple[Statement, ...], ...]
     branch_spans: tuple[Span, ...]
@@ -100,23 +91,20 @@ class Branches:
 Statement = Layer | Call | Repeat | Residual | Branches
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     name: str
     default: Expr | None
     span: Span
 
 
-@dataclass(frozen=True)
-class BlockDef:
+class BlockDef(NamedTuple):
     name: str
     params: tuple[Param, ...]
     body: tuple[Statement, ...]
     span: Span
 
 
-@dataclass(frozen=True)
-class ExpectStmt:
+class ExpectStmt(NamedTuple):
     what: str
     comparison: str  # < <= > >= ==
     value: tuple[int | float, ...]  # one number, or a shape
@@ -124,8 +112,7 @@ class ExpectStmt:
     what_span: Span
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One line of a preprocess / augment / train section."""
 
     key: str
@@ -134,25 +121,21 @@ class Setting:
     span: Span
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):
     kind: str  # preprocess | augment | train
     settings: tuple[Setting, ...]
     span: Span
 
 
-@dataclass(frozen=True)
-class Program:
+class Program(NamedTuple):
     items: tuple[object, ...]  # network/input headers, BlockDefs, statements, ExpectStmts, Sections
 
 
-@dataclass(frozen=True)
-class NetworkHeader:
+class NetworkHeader(NamedTuple):
     name: str
     span: Span
 
 
-@dataclass(frozen=True)
-class InputHeader:
+class InputHeader(NamedTuple):
     shape: tuple[int, ...]
     span: Span
