@@ -237,8 +237,9 @@ class TorchGenerator:
     (`conv_code`, `residual_code`, ...), found by name like sqlglot's `<key>_sql` dispatch; each
     appends its `forward` line(s) and returns the variable that holds its output."""
 
-    def __init__(self, net: Net):
+    def __init__(self, net: Net, weights_path: str | None = None):
         self.net = net
+        self.weights_path = weights_path
         self.network = net.ir
         self.shapes = net.shapes
         self.source = net.ir.source
@@ -516,8 +517,7 @@ class TorchGenerator:
             f"# network {_printable(self.network.name)[:60]}, input {shape}.",
             "# Do not edit: change the .cnn file and compile again (cnndsl compile FILE --target torch).",
             "# Parameter and buffer names are the .cnn layer names (docs/backends.md), so weights load by name:",
-            "#     model = build()",
-            '#     model.load_state_dict(safetensors.torch.load_file("weights.safetensors"))',
+            '#     model = build()  # or build("weights.safetensors"), loaded with safetensors.torch',
             "# Branches and projecting shortcuts are nn.Module() containers that keep those names; their",
             "# layers run in the forward of the class that holds them.",
         ]
@@ -554,11 +554,17 @@ class TorchGenerator:
     def network_attrs(self) -> list[str]:
         return [f"input_shape = {tuple(self.network.input_shape)!r}"]
 
-    @staticmethod
-    def build_text(cls: str) -> str:
-        return (f"def build() -> {cls}:\n"
-                f'{INDENT}"""A fresh {cls} with PyTorch\'s default initialisation (load weights by name)."""\n'
-                f"{INDENT}return {cls}()")
+    def build_text(self, cls: str) -> str:
+        # `cnndsl compile --weights W` makes W the default, so `build()` gives the trained model.
+        default = repr(self.weights_path) if self.weights_path is not None else "None"
+        return (f"def build(weights: str | None = {default}) -> {cls}:\n"
+                f'{INDENT}"""A fresh {cls}: PyTorch\'s default initialisation or, with `weights`, a .safetensors\n'
+                f"{INDENT}file loaded by tensor name (strictly: a missing, extra or mis-shaped tensor is an error).\"\"\"\n"
+                f"{INDENT}model = {cls}()\n"
+                f"{INDENT}if weights is not None:\n"
+                f"{INDENT * 2}from safetensors.torch import load_file\n\n"
+                f"{INDENT * 2}model.load_state_dict(load_file(weights))\n"
+                f"{INDENT}return model")
 
 
 def _torch_pool_out(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
@@ -577,13 +583,17 @@ def _torch_pool_out(size: int, kernel: int, stride: int, pad: int, ceil: bool) -
 
 def generate(net: Net, weights: str | os.PathLike | dict | None = None) -> str:
     """Readable, self-contained Python source (imports only torch) defining the network's
-    `nn.Module` and `build()`. The file carries no weights; `weights`, when given, is checked
-    against the network (names and shapes) so a compile with `--weights` fails early and clearly."""
+    `nn.Module` and `build(weights=None)`. The file carries no tensors; `weights`, when given, is
+    checked against the network (names and shapes) so a compile with `--weights` fails early and
+    clearly, and a path becomes `build()`'s default, so the compiled file loads it."""
+    path = None
     if weights is not None:
         from cnndsl.weights import resolve_weights
 
         resolve_weights(net, weights)
-    return TorchGenerator(net).generate()
+        if isinstance(weights, (str, os.PathLike)):
+            path = os.path.abspath(weights)
+    return TorchGenerator(net, path).generate()
 
 
 def build(net: Net, weights: str | os.PathLike | dict | None = None, seed: int = 0) -> nn.Module:

@@ -3,6 +3,7 @@ reference, `pad same`, hostile names, weights and the CLI."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
@@ -366,7 +367,7 @@ def test_generated_source_reads_like_hand_written_code():
     assert "class Lenet5(nn.Module):" in source
     assert "x = self.conv1(x)  # line 5: conv 5x5 pad2 -> 6" in source
     assert "self.conv1 = nn.Conv2d(1, 6, 5, padding=2)" in source
-    assert "def build() -> Lenet5:" in source
+    assert "def build(weights: str | None = None) -> Lenet5:" in source
     assert "cnndsl" not in source.split("import torch", 1)[1]  # no import of cnndsl after the header
     net = cnndsl.load(ROOT / "examples" / "resnet18.cnn")
     source = torch_codegen.generate(net)
@@ -570,3 +571,26 @@ def test_built_module_traces_with_fx_and_shows_its_source():
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x))
     assert "x = self.conv1(x)  # line 5: conv 3x3/2 pad same -> 8" in inspect.getsource(type(model))
+
+
+def test_compiled_with_weights_the_file_builds_the_trained_model(tmp_path):
+    """`cnndsl compile --target torch --weights W` makes W the generated build()'s default."""
+    net = cnndsl.load(ROOT / "examples" / "lenet5.cnn")
+    weights = net.init_weights(seed=7)
+    save_weights(weights, tmp_path / "w.safetensors")
+    out = tmp_path / "lenet_weighted.py"
+    done = subprocess.run([sys.executable, "-m", "cnndsl.cli", "compile", str(ROOT / "examples" / "lenet5.cnn"),
+                           "--target", "torch", "--weights", str(tmp_path / "w.safetensors"), "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    spec = importlib.util.spec_from_file_location("lenet_weighted", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build()
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), weights[name])
+    with pytest.raises(RuntimeError, match="size mismatch"):  # strict, by name and shape
+        broken = dict(weights)
+        broken["fc3.weight"] = np.zeros((10, 85), dtype=np.float32)
+        save_weights(broken, tmp_path / "bad.safetensors")
+        module.build(str(tmp_path / "bad.safetensors"))
