@@ -41,7 +41,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cnndsl import ir
-from cnndsl.analysis.shapes import Window
 from cnndsl.weights import resolve_weights
 
 DEFAULT_OPSET = 17  # widely deployed (onnxruntime >= 1.13, TensorRT 8.6); gelu is the erf formula below 20
@@ -185,7 +184,7 @@ class _Builder:
     def _pool(self, node: ir.Pool, x: str) -> str:
         shape = self.shapes.of(node)
         top, bottom, left, right = shape.pads
-        extra = [_ceil_extension(w) for w in shape.windows]  # > 0 only where ceil mode adds a window
+        extra = [w.overhang for w in shape.windows]  # > 0 only where ceil mode adds a window
         attrs = dict(kernel_shape=list(node.kernel), strides=list(node.stride))
         if node.mode == "max":
             return self.op(node, "MaxPool", [x], shape.output,
@@ -313,12 +312,6 @@ class _Builder:
                 if name == old:
                     node.input[i] = new
         self.value_shapes[new] = self.value_shapes.pop(old)
-
-
-def _ceil_extension(w: Window) -> int:
-    """Padding past the end that a floor-mode window needs to give the shape pass's (ceil-mode) count."""
-    reach = (w.out - 1) * w.stride + w.kernel  # padded rows the last window reaches
-    return max(reach - (w.size + w.pad_begin + w.pad_end), 0)
 
 
 def model_metadata(net) -> dict[str, str]:

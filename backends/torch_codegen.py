@@ -559,7 +559,8 @@ class TorchGenerator:
         default = repr(self.weights_path) if self.weights_path is not None else "None"
         return (f"def build(weights: str | None = {default}) -> {cls}:\n"
                 f'{INDENT}"""A fresh {cls}: PyTorch\'s default initialisation or, with `weights`, a .safetensors\n'
-                f"{INDENT}file loaded by tensor name (strictly: a missing, extra or mis-shaped tensor is an error).\"\"\"\n"
+                f"{INDENT}file loaded by tensor name (strictly: a missing, extra or mis-shaped tensor is an "
+                f"error).\"\"\"\n"
                 f"{INDENT}model = {cls}()\n"
                 f"{INDENT}if weights is not None:\n"
                 f"{INDENT * 2}from safetensors.torch import load_file\n\n"

@@ -29,6 +29,12 @@ class Window:
     out: int
     dropped: int  # real input rows/columns at the end that no window sees
 
+    @property
+    def overhang(self) -> int:
+        """Rows past input + padding that the last window reaches: > 0 only where ceil mode adds a
+        window. Padding the end by this much lets a floor-mode window give the same count."""
+        return max((self.out - 1) * self.stride + self.kernel - (self.size + self.pad_begin + self.pad_end), 0)
+
 
 def effective_kernel(kernel: int, dilation: int = 1) -> int:
     return dilation * (kernel - 1) + 1

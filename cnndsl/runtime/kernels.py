@@ -73,22 +73,26 @@ def _col2im(cols: np.ndarray, padded_hw: Pair, kernel: Pair, stride: Pair, dilat
     return out
 
 
-def _out_size(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, dilation: Pair = (1, 1), ceil: bool = False):
+def _axes(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, dilation: Pair = (1, 1), ceil: bool = False):
+    """Both axes' windows, by the shape pass's one rule."""
     axes = []
     for axis in range(2):
         w = window(x_hw[axis], kernel[axis], stride[axis], pads[2 * axis], pads[2 * axis + 1], dilation[axis], ceil)
         if w is None:
             raise ValueError(f"kernel {kernel} is larger than the padded input {x_hw} (pads {pads})")
-        axes.append(w.out)
-    return tuple(axes)
+        axes.append(w)
+    return axes
 
 
-def _ceil_pads(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, out: Pair) -> Pads:
-    """`pads` grown at the end so the last ceil-mode window fits inside the array."""
+def _out_size(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, dilation: Pair = (1, 1), ceil: bool = False):
+    return tuple(w.out for w in _axes(x_hw, kernel, stride, pads, dilation, ceil))
+
+
+def _pool_geometry(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, ceil: bool) -> tuple[Pair, Pads]:
+    """The output size, and `pads` grown at the end so the last ceil-mode window fits in the array."""
+    h, w = _axes(x_hw, kernel, stride, pads, ceil=ceil)
     top, bottom, left, right = pads
-    extra_h = max((out[0] - 1) * stride[0] + kernel[0] - (x_hw[0] + top + bottom), 0)
-    extra_w = max((out[1] - 1) * stride[1] + kernel[1] - (x_hw[1] + left + right), 0)
-    return (top, bottom + extra_h, left, right + extra_w)
+    return (h.out, w.out), (top, bottom + h.overhang, left, right + w.overhang)
 
 
 def _crop(xp: np.ndarray, pads: Pads, hw: Pair) -> np.ndarray:
@@ -182,8 +186,7 @@ def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads = (
     A running maximum over the kh*kw window cells (a loop over cells, each a whole-tensor op):
     cheaper than copying every window out and calling argmax on rows of 4 or 9."""
     n, c, h, wd = x.shape
-    out = _out_size((h, wd), kernel, stride, pads, ceil=ceil)
-    full = _ceil_pads((h, wd), kernel, stride, pads, out)
+    out, full = _pool_geometry((h, wd), kernel, stride, pads, ceil)
     xp = _pad(x, full, -np.inf)
     y = None
     for _, tap in _taps(xp, kernel, stride, out):
@@ -237,8 +240,7 @@ def _avg_divisor(x_hw: Pair, kernel: Pair, stride: Pair, pads: Pads, out: Pair, 
 def avg_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads = (0, 0, 0, 0),
                        ceil: bool = False) -> tuple[np.ndarray, Cache]:
     n, c, h, wd = x.shape
-    out = _out_size((h, wd), kernel, stride, pads, ceil=ceil)
-    full = _ceil_pads((h, wd), kernel, stride, pads, out)
+    out, full = _pool_geometry((h, wd), kernel, stride, pads, ceil)
     xp = _pad(x, full)
     divisor = _avg_divisor((h, wd), kernel, stride, pads, out, x.dtype)
     y = _windows(xp, kernel, stride, (1, 1), out).sum(axis=(4, 5)) / divisor
