@@ -98,10 +98,13 @@ def _num(value: float) -> int | float:
 
 
 def _statement(network: ir.Network, node: ir.Node) -> str:
+    """The statement's text on its first line, without a trailing comment (`concat {`)."""
     text = network.source.line_text(node.span.line)
     if node.span.end_line == node.span.line and node.span.end_column > node.span.column:
         text = text[node.span.column - 1 : node.span.end_column - 1]
-    return text.strip()
+    else:
+        text = text[max(node.span.column - 1, 0):]
+    return text.split("#", 1)[0].strip()
 
 
 def _shape_explain(node: ir.Node, shape: LayerShape) -> tuple[str, ...]:
