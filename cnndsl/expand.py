@@ -350,7 +350,7 @@ def expand(program: S.Program, source: Source, input_override: tuple[int, ...] |
                          ).with_source(source) from None
 
 
-def _single(items: list, what: str, fix: str):
+def _single(items: list, what: str):
     if len(items) > 1:
         raise BadValueError(f"'{what}' is given more than once", items[1].span,
                             hint=f"keep one '{what}' line", notes=[f"first at line {items[0].span.line}"])
@@ -365,8 +365,8 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
     sections = [i for i in program.items if isinstance(i, S.Section)]
     statements = tuple(i for i in program.items if isinstance(i, (S.Layer, S.Call, S.Repeat, S.Residual,
                                                                     S.Branches)))
-    header = _single(headers, "network", "")
-    input_header = _single(inputs, "input", "")
+    header = _single(headers, "network")
+    input_header = _single(inputs, "input")
 
     blocks: dict[str, S.BlockDef] = {}
     for block in block_defs:
@@ -407,9 +407,9 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
         input_shape=input_shape,
         body=ir.Seq(name="", span=statements[0].span, items=tuple(body)),
         expects=tuple(_expect(e) for e in expects),
-        preprocess=_preprocess(_single([s for s in sections if s.kind == "preprocess"], "preprocess", "")),
-        augment=_augment(_single([s for s in sections if s.kind == "augment"], "augment", "")),
-        train=_train(_single([s for s in sections if s.kind == "train"], "train", "")),
+        preprocess=_preprocess(_single([s for s in sections if s.kind == "preprocess"], "preprocess")),
+        augment=_augment(_single([s for s in sections if s.kind == "augment"], "augment")),
+        train=_train(_single([s for s in sections if s.kind == "train"], "train")),
         source=source,
         input_span=input_span,
     )
