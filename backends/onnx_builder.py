@@ -442,17 +442,6 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(t.ByteSize() for t in model.graph.initializer)  # sizes only: reading raw_data would copy it
 
 
-def _refuse_foreign(path: Path, force: bool) -> None:
-    from cnndsl.errors import CnnDslError
-    from cnndsl.outputs import GENERATED_MARK
-
-    if path.exists() and not force:
-        with open(path, "rb") as handle:
-            if GENERATED_MARK not in handle.read(4096):
-                raise CnnDslError(f"{path} exists and was not written by cnndsl; not overwriting it",
-                                  hint="choose another output with -o, or pass --force to replace it")
-
-
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, net=None, force: bool = False,
          external: bool | None = None) -> list[Path]:
     """Write `model` to `path` atomically; return the files written.
@@ -464,7 +453,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, net=None, force: bo
     With `net`, the output rules of `cnndsl compile` apply: never over the source, nor over a file
     cnndsl did not write (unless `force`).
     """
-    from cnndsl.outputs import write_atomic, write_output
+    from cnndsl.outputs import check_output, write_atomic, write_output
 
     path = Path(path)
     if external is None:
@@ -476,8 +465,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, net=None, force: bo
 
     data_path = path.with_name(path.name + ".data")
     if net is not None:
-        _refuse_foreign(path, force)
-        _refuse_foreign(data_path, force)
+        check_output(path, net, force)
+        check_output(data_path, net, force)
     moved: list[tuple[TensorProto, bytes]] = []
     fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_path.parent)
     try:

@@ -46,9 +46,13 @@ def _existing_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def write_output(path: Path, data: bytes, net, force: bool = False) -> None:
+def check_output(path: Path, net=None, force: bool = False) -> None:
+    """Refuse, with a clear error, to write where `cnndsl compile` must not: over the network's own
+    source (even with `force`), over a file cnndsl did not write (unless `force`), or into a folder
+    that does not exist."""
     path = Path(path)
-    if net.source.path != "<string>" and path.exists() and path.resolve() == Path(net.source.path).resolve():
+    source = net.source.path if net is not None else "<string>"
+    if source != "<string>" and path.exists() and path.resolve() == Path(source).resolve():
         raise CnnDslError(f"refusing to write the compiled model over its source {path}",
                           hint="choose another output with -o")
     if path.exists() and not force:
@@ -59,4 +63,8 @@ def write_output(path: Path, data: bytes, net, force: bool = False) -> None:
                               hint="choose another output with -o, or pass --force to replace it")
     if not path.parent.exists():
         raise CnnDslError(f"the folder {path.parent} does not exist", hint="create it or choose another -o")
-    write_atomic(path, data)
+
+
+def write_output(path: Path, data: bytes, net, force: bool = False) -> None:
+    check_output(path, net, force)
+    write_atomic(Path(path), data)

@@ -120,3 +120,16 @@ def test_written_outputs_are_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.py").stat().st_mode) == 0o644
+
+
+def test_onnx_external_data_save_never_overwrites_the_source_even_with_force(tmp_path):
+    pytest.importorskip("onnx")
+    from cnndsl.backends import onnx_builder
+
+    source = tmp_path / "net.cnn"
+    source.write_text("input 1x8x8\nfc 2\n")
+    net = cnndsl.load(source)
+    with pytest.raises(CnnDslError, match="over its source"):
+        onnx_builder.save(net.to_onnx(), source, net=net, force=True, external=True)
+    assert source.read_text() == "input 1x8x8\nfc 2\n"
+    assert not (tmp_path / "net.cnn.data").exists()  # refused before any file was written
