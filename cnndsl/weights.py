@@ -46,13 +46,17 @@ def init_weights(net, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def as_array(value: Any) -> np.ndarray:
+    """A numpy view of a tensor from any backend (a torch tensor is detached and moved to the CPU)."""
+    return np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+
+
 def check_weights(net, tensors: dict[str, Any], origin: str = "the weights") -> dict[str, np.ndarray]:
     """Return `tensors` as numpy arrays in spec order; raise WeightsError naming any missing,
     unexpected or mis-shaped tensor."""
     specs = net.tensor_specs()
     expected = {s.name: s for s in specs}
-    arrays = {name: np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
-              for name, value in tensors.items()}
+    arrays = {name: as_array(value) for name, value in tensors.items()}
     missing = [n for n in expected if n not in arrays]
     unexpected = [n for n in arrays if n not in expected]
     if missing or unexpected:
@@ -107,6 +111,6 @@ def save_weights(tensors: dict[str, Any], path: str | os.PathLike, metadata: dic
     # np.ascontiguousarray would turn 0-d tensors (preprocess.scale, num_batches_tracked) into shape (1,).
     arrays = {}
     for name, value in tensors.items():
-        array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        array = as_array(value)
         arrays[name] = array.copy(order="C") if not array.flags.c_contiguous else array
     write_atomic(os.fspath(path), save(arrays, metadata=metadata))

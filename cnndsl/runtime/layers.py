@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..weights import as_array
 from . import kernels as K
 
 Pair = tuple[int, int]
@@ -363,7 +364,7 @@ class Model:
         for name, value in tensors.items():
             if name not in own:
                 continue
-            value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+            value = as_array(value)
             if value.shape != own[name].shape:
                 raise ValueError(f"{name}: shape {value.shape}, the model needs {own[name].shape}")
             own[name][...] = value
