@@ -15,7 +15,7 @@ from functools import cached_property, partial
 from .. import ir
 from ..errors import CnnDslError, Diagnostic, ExpectationError
 from .cost import ZERO, Cost, TensorSpec, node_cost, tensor_specs
-from .receptive_field import INPUT_FIELD, Field, receptive_fields
+from .receptive_field import Field, receptive_fields
 from .shapes import LayerShape, Shapes, active, fmt, infer_shapes, same_padding, window
 
 __all__ = ["Report", "LayerReport", "analyze", "infer_shapes", "receptive_fields", "tensor_specs",
@@ -136,12 +136,11 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
     """All figures for `network` (at `input_shape` if given). Raises CnnDslError on a shape error or a
     broken `expect` line."""
     shapes = infer_shapes(network, input_shape)
-    fields = receptive_fields(network, shapes) if len(input_shape or network.input_shape) == 3 else {}
+    previous: dict[str, Field] = {}  # node name -> the field it starts from, for --explain
+    fields = receptive_fields(network, shapes, previous) if len(input_shape or network.input_shape) == 3 else {}
     rows: list[LayerReport] = []
     params = trainable = buffers = macs = activations = 0
     depth_of = _depths(network.body)
-    previous = {}  # node name -> field before it, for --explain
-    _fields_before(network.body, fields.get("__input__"), fields, previous)
     for node in active(network.body, shapes):
         if isinstance(node, ir.Seq):
             continue
@@ -196,19 +195,6 @@ def _depths(node: ir.Node, depth: int = 0, out: dict | None = None) -> dict[str,
         nested = isinstance(node, ir.Seq) and not passes_through
         _depths(child, depth + 1 if nested else depth, out)
     return out
-
-
-def _fields_before(node: ir.Node, before, fields: dict, out: dict) -> object:
-    """Record, for --explain, the field each node starts from."""
-    before = before or INPUT_FIELD
-    out[node.name] = before
-    if isinstance(node, ir.Seq):
-        for item in node.items:
-            before = _fields_before(item, before, fields, out)
-    else:
-        for child in ir.children(node):
-            _fields_before(child, before, fields, out)
-    return fields.get(node.name, before)
 
 
 _COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}

@@ -38,18 +38,22 @@ class Field:
 INPUT_FIELD = Field((1, 1), (1, 1), (0.0, 0.0))
 
 
-def receptive_fields(network: ir.Network, shapes: Shapes) -> dict[str, Field]:
-    """node name -> the Field of its output."""
+def receptive_fields(network: ir.Network, shapes: Shapes, inputs: dict[str, Field] | None = None
+                     ) -> dict[str, Field]:
+    """node name -> the Field of its output; with `inputs`, also fill it with the Field each node
+    starts from (what `analyze --explain` shows as "rf: before -> after")."""
     fields: dict[str, Field] = {}
     try:
-        _field(network.body, INPUT_FIELD, shapes, fields)
+        _field(network.body, INPUT_FIELD, shapes, fields, inputs if inputs is not None else {})
     except CnnDslError as err:
         raise err.with_source(network.source) from None
     return fields
 
 
-def _field(node: ir.Node, field: Field, shapes: Shapes, fields: dict[str, Field]) -> Field:
-    out = _through(node, field, shapes, fields)
+def _field(node: ir.Node, field: Field, shapes: Shapes, fields: dict[str, Field], inputs: dict[str, Field]
+           ) -> Field:
+    inputs[node.name] = field
+    out = _through(node, field, shapes, fields, inputs)
     fields[node.name] = out
     return out
 
@@ -60,10 +64,11 @@ def _whole_input(field: Field, shape) -> Field:
     return field.through((shape[1], shape[2]), (1, 1), (0, 0))
 
 
-def _through(node: ir.Node, field: Field, shapes: Shapes, fields: dict[str, Field]) -> Field:
+def _through(node: ir.Node, field: Field, shapes: Shapes, fields: dict[str, Field], inputs: dict[str, Field]
+             ) -> Field:
     if isinstance(node, ir.Seq):
         for item in node.items:
-            field = _field(item, field, shapes, fields)
+            field = _field(item, field, shapes, fields, inputs)
         return field
     if isinstance(node, (ir.Conv, ir.Pool)):
         h, w = shapes.of(node).windows
@@ -71,14 +76,14 @@ def _through(node: ir.Node, field: Field, shapes: Shapes, fields: dict[str, Fiel
     if isinstance(node, (ir.GlobalPool, ir.Flatten, ir.Linear)):
         return _whole_input(field, shapes.of(node).input)
     if isinstance(node, ir.Residual):
-        paths = [_field(node.body, field, shapes, fields)]
+        paths = [_field(node.body, field, shapes, fields, inputs)]
         if shapes.of(node).projects:
-            paths.append(_field(node.shortcut, field, shapes, fields))
+            paths.append(_field(node.shortcut, field, shapes, fields, inputs))
         else:
             paths.append(field)
         return _merge(node, paths)
     if isinstance(node, (ir.Concat, ir.Add)):
-        return _merge(node, [_field(b, field, shapes, fields) for b in node.branches])
+        return _merge(node, [_field(b, field, shapes, fields, inputs) for b in node.branches])
     return field
 
 
