@@ -18,6 +18,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import syntax as S
 from .errors import CnnDslError, CnnSyntaxError, LimitError, Source, Span
+from .lexer import PLUGINS
 
 LAYER_KEYWORDS = (
     "conv", "pool", "fc", "flatten", "dropout", "bn", "relu", "relu6", "leaky", "elu", "sigmoid",
@@ -54,7 +55,8 @@ def _parser() -> Lark:
 
     text = Path(grammar.__file__).with_name("cnndsl.lark").read_text(encoding="utf-8")
     # cache=True keeps the LALR tables in a temp file, so later runs skip building them.
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=False, cache=True)
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=False, cache=True,
+                _plugins=PLUGINS)
 
 
 def _span(meta_or_token) -> Span:

@@ -1,0 +1,80 @@
+"""Lark's contextual lexer, with scanners that cost nothing to build.
+
+Lark's contextual lexer gives every parser state its own scanner: one regular expression that
+alternates the terminals the state accepts. Python's `re` compiles each of those alternations on
+first use, about 40 of them to parse a ResNet, which is most of a `cnndsl analyze` run's parsing
+time. An alternation matches its first alternative that matches, so trying the terminals one by
+one in the same order gives the same tokens; each terminal's pattern is compiled once per process
+(`re` caches it) and shared by every state.
+
+Installed through lark's `_plugins` option (how lark-cython replaces lark's classes), which the
+LALR table cache accepts.
+"""
+
+from __future__ import annotations
+
+from lark.lexer import BasicLexer, CallChain, ContextualLexer, PatternStr, TerminalDef, UnlessCallback
+
+
+class TerminalScanner:
+    """Drop-in for `lark.lexer.Scanner`: the same first-match-in-order answer, without the alternation."""
+
+    def __init__(self, terminals: list[TerminalDef], g_regex_flags: int, re_, use_bytes: bool) -> None:
+        if use_bytes:
+            raise NotImplementedError("cnndsl parses text, not bytes")
+        self.terminals = terminals
+        self.allowed_types = {t.name for t in terminals}
+        self._patterns = [(re_.compile(t.pattern.to_regexp(), g_regex_flags), t.name) for t in terminals]
+
+    def match(self, text, pos: int) -> tuple[str, str] | None:
+        # lark >= 1.2 hands over a TextSlice (the text and where to stop).
+        string, end = text.text, text.end
+        for pattern, name in self._patterns:
+            m = pattern.match(string, pos, end)
+            if m:
+                return m.group(0), name
+        return None
+
+    def fullmatch(self, text: str) -> str | None:
+        for pattern, name in self._patterns:
+            if pattern.fullmatch(text):
+                return name
+        return None
+
+
+def _keywords_of(terminal: TerminalDef, strings: list[TerminalDef], g_regex_flags: int, re_) -> list[TerminalDef]:
+    """The string terminals (keywords) that `terminal`'s pattern also matches whole, as lark's
+    `_create_unless` finds them: a NAME token that reads `conv` is the keyword `conv`."""
+    regexp = terminal.pattern.to_regexp()
+    return [s for s in strings if s.priority == terminal.priority
+            and (m := re_.match(regexp, s.pattern.value, g_regex_flags)) and m.group(0) == s.pattern.value]
+
+
+class TerminalLexer(BasicLexer):
+    def _build_scanner(self) -> TerminalScanner:
+        # lark's _create_unless, with TerminalScanner in place of Scanner.
+        strings = [t for t in self.terminals if isinstance(t.pattern, PatternStr)]
+        embedded: set[TerminalDef] = set()
+        self.callback = {}
+        for terminal in self.terminals:
+            if isinstance(terminal.pattern, PatternStr):
+                continue
+            keywords = _keywords_of(terminal, strings, self.g_regex_flags, self.re)
+            if keywords:
+                embedded.update(k for k in keywords if k.pattern.flags <= terminal.pattern.flags)
+                self.callback[terminal.name] = UnlessCallback(
+                    TerminalScanner(keywords, self.g_regex_flags, self.re, self.use_bytes))
+        for type_, f in self.user_callbacks.items():
+            if type_ in self.callback:
+                self.callback[type_] = CallChain(self.callback[type_], f, lambda t, type_=type_: t.type == type_)
+            else:
+                self.callback[type_] = f
+        kept = [t for t in self.terminals if t not in embedded]
+        return TerminalScanner(kept, self.g_regex_flags, self.re, self.use_bytes)
+
+
+class TerminalContextualLexer(ContextualLexer):
+    BasicLexer = TerminalLexer
+
+
+PLUGINS = {"ContextualLexer": TerminalContextualLexer}
