@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Span:
-    """A 1-based source range (end column exclusive)."""
+class Span(NamedTuple):
+    """A 1-based source range (end column exclusive). A tuple: one is made for every token and node."""
 
     line: int
     column: int

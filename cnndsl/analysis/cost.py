@@ -11,14 +11,13 @@ BatchNorm's gamma and beta are parameters; its running statistics are buffers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import ir
 from .shapes import LayerShape, Shapes, active
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(NamedTuple):
     name: str  # "<node name>.<role>", e.g. "basic3.shortcut1.conv1.weight"
     shape: tuple[int, ...]
     role: str  # weight | bias | running_mean | running_var | num_batches_tracked | scale | mean | std
@@ -27,8 +26,7 @@ class TensorSpec:
     dtype: str = "float32"
 
 
-@dataclass(frozen=True)
-class Cost:
+class Cost(NamedTuple):
     params: int
     buffers: int
     macs: int

@@ -13,15 +13,14 @@ A flatten, a global pool and an `fc` on a CxHxW input see their whole input: a w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import ir
 from ..errors import CnnDslError, ShapeError
 from .shapes import Shapes
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     size: tuple[int, int]
     jump: tuple[int, int]
     start: tuple[float, float]

@@ -9,7 +9,7 @@ of redoing the arithmetic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import ir
 from ..errors import CnnDslError, ShapeError, Warnings
@@ -17,8 +17,7 @@ from ..errors import CnnDslError, ShapeError, Warnings
 Shape = tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     """One axis of a sliding window, resolved."""
 
     size: int  # input size on this axis
@@ -69,8 +68,7 @@ def window(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, di
     return Window(size, k, stride, pad_begin, pad_end, out, dropped)
 
 
-@dataclass(frozen=True)
-class LayerShape:
+class LayerShape(NamedTuple):
     """What the shape pass knows of one node at the network's input size."""
 
     input: Shape
