@@ -17,13 +17,21 @@ once, and backends ask it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 from .errors import Source, Span
 
+# Node classes get their __init__ and frozenness from dataclasses, and one __eq__, __hash__ and
+# __repr__ from Node: dataclasses compiles every method it writes, per class, at import time,
+# which for the ~15 node classes was a tenth of `cnndsl analyze`'s start-up.
+node = dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 
-@dataclass(frozen=True, kw_only=True)
+
+@node
 class Node:
+    """A statement of the network, after expansion: every number in it is concrete."""
+
     name: str
     span: Span
     calls: tuple[Span, ...] = ()
@@ -32,9 +40,22 @@ class Node:
     def kind(self) -> str:
         return type(self).__name__.lower()
 
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))
 
-@dataclass(frozen=True)
-class Padding:
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields(self))})"
+
+
+class Padding(NamedTuple):
     """`pad same` (resolved per input size by the shape pass) or explicit amounts."""
 
     same: bool = False
@@ -51,8 +72,10 @@ class Padding:
         return f"{self.top},{self.bottom},{self.left},{self.right}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Conv(Node):
+    """`conv KxK/S pad P dil D groups G -> C`, or depthwise (`groups` = input channels)."""
+
     out_channels: int | None  # None for depthwise: input channels x multiplier
     kernel: tuple[int, int]
     stride: tuple[int, int] = (1, 1)
@@ -64,8 +87,10 @@ class Conv(Node):
     bias: bool = True
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Pool(Node):
+    """`pool max|avg KxK/S pad P [ceil]`."""
+
     mode: str  # max | avg
     kernel: tuple[int, int]
     stride: tuple[int, int]
@@ -73,8 +98,10 @@ class Pool(Node):
     ceil: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class GlobalPool(Node):
+    """`pool max|avg global`: one value per channel."""
+
     mode: str  # max | avg
 
     @property
@@ -82,7 +109,7 @@ class GlobalPool(Node):
         return "pool"
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Linear(Node):
     """`fc N`: on a CxHxW input, the HxW convolution to N flattened (C*H*W inputs)."""
 
@@ -94,18 +121,22 @@ class Linear(Node):
         return "fc"
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Flatten(Node):
-    pass
+    """`flatten`: CxHxW -> C*H*W."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Dropout(Node):
+    """`dropout P`."""
+
     p: float = 0.5
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class BatchNorm(Node):
+    """`bn [eps E] [momentum M]`."""
+
     eps: float = 1e-5
     momentum: float = 0.1  # PyTorch convention: running = (1 - momentum) * running + momentum * batch
 
@@ -118,8 +149,10 @@ ACTIVATIONS = ("relu", "relu6", "leaky", "elu", "sigmoid", "tanh", "gelu", "silu
 ACTIVATION_DEFAULT_ALPHA = {"leaky": 0.01, "elu": 1.0}
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Activation(Node):
+    """`relu`, `leaky 0.1`, ...: an elementwise function."""
+
     fn: str  # one of ACTIVATIONS
     alpha: float | None = None  # leaky slope / elu alpha
 
@@ -128,7 +161,7 @@ class Activation(Node):
         return self.fn
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Seq(Node):
     """Statements in order. A block call (`block` set) or a branch body; the top-level body."""
 
@@ -137,7 +170,7 @@ class Seq(Node):
     args: tuple[tuple[str, int | float], ...] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Residual(Node):
     """body(x) + shortcut(x); the shortcut is the identity unless the body changes the shape
     (or `always`). Whether it projects is the shape pass's answer (`LayerShape.projects`)."""
@@ -147,29 +180,35 @@ class Residual(Node):
     always: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Concat(Node):
+    """`concat { branch {...} ... }`: the branches' outputs joined on channels."""
+
     branches: tuple[Seq, ...]
 
 
-@dataclass(frozen=True, kw_only=True)
+@node
 class Add(Node):
+    """`add { branch {...} ... }`: the branches' outputs summed."""
+
     branches: tuple[Seq, ...]
 
 
 LEAVES = (Conv, Pool, GlobalPool, Linear, Flatten, Dropout, BatchNorm, Activation)
 
 
-@dataclass(frozen=True)
-class Expect:
+class Expect(NamedTuple):
+    """`expect WHAT [comparison] VALUE`, checked by the analysis."""
+
     what: str  # params | trainable_params | macs | rf | output | memory
     comparison: str
     value: tuple[int | float, ...]
     span: Span
 
 
-@dataclass(frozen=True)
-class Preprocess:
+class Preprocess(NamedTuple):
+    """The `preprocess` section: input scaling and standardisation, part of the model."""
+
     scale: float | None = None
     standardize: bool = False
     mean: tuple[float, ...] | None = None  # given in the file; else computed on the training set
@@ -177,8 +216,9 @@ class Preprocess:
     span: Span | None = None
 
 
-@dataclass(frozen=True)
-class Augment:
+class Augment(NamedTuple):
+    """The `augment` section: random transformations of training images."""
+
     flip: tuple[str, ...] = ()  # horizontal / vertical
     rotate: float = 0.0  # degrees
     zoom: tuple[float, float] | None = None
@@ -190,8 +230,7 @@ class Augment:
     span: Span | None = None
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(NamedTuple):
     """Defaults for a file with no `train` section (or settings it leaves out): Adam with a cosine
     schedule over 15 epochs of batch 16 takes LeNet-5 past 97% on the bundled digits."""
 
@@ -213,6 +252,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Network:
+    """A whole program: the flat graph (`body`) and what the file says about it."""
+
     name: str
     input_shape: tuple[int, ...]  # (C, H, W), or (N,) for a vector input
     body: Seq

@@ -83,7 +83,7 @@ def resolve_config(network: ir.Network, options: TrainOptions) -> ir.TrainConfig
         changes["schedule"], changes["schedule_args"] = _parse_schedule(options.schedule)
     if changes.get("optimizer", "sgd") != "sgd":
         changes["nesterov"] = False  # the file's `nesterov` belongs to its sgd line
-    cfg = dataclasses.replace(cfg, **changes)
+    cfg = cfg._replace(**changes)
     if cfg.optimizer not in ("sgd", "adam", "adamw"):
         raise CnnDslError(f"unknown optimizer '{cfg.optimizer}'", hint="one of: sgd, adam, adamw")
     if cfg.epochs < 1 or cfg.batch < 1:
@@ -160,8 +160,8 @@ def _check_resume_options(saved: dict[str, Any], cfg: ir.TrainConfig, options: T
         if value is not None and saved.get(key) != value:
             raise CnnDslError(f"--{key.replace('_', '-')} {value} differs from the run's {saved.get(key)}",
                               hint="a resumed run keeps its settings; drop the flag or start a new run")
-    return dataclasses.replace(
-        cfg, epochs=options.epochs or saved["epochs"], batch=saved["batch"], lr=saved["lr"], seed=saved["seed"],
+    return cfg._replace(
+        epochs=options.epochs or saved["epochs"], batch=saved["batch"], lr=saved["lr"], seed=saved["seed"],
         optimizer=saved["optimizer"], momentum=saved["momentum"], nesterov=saved["nesterov"],
         betas=tuple(saved["betas"]), weight_decay=saved["weight_decay"], schedule=saved["schedule"],
         schedule_args=tuple(saved["schedule_args"]), label_smoothing=saved["label_smoothing"],
