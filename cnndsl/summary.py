@@ -40,8 +40,9 @@ def print_report(report: Report, net, explain: bool = False) -> None:
         table.add_column(column, justify=justify, no_wrap=column != "statement")
     for row in report.layers:
         statement = row.statement
-        if explain and row.explain:
-            statement += "\n" + "\n".join(f"[dim]{line}[/dim]" for line in row.explain)
+        lines = report.explain(row) if explain else ()
+        if lines:
+            statement += "\n" + "\n".join(f"[dim]{line}[/dim]" for line in lines)
         line = str(row.line) + (f" (via {','.join(map(str, row.call_lines))})" if row.call_lines else "")
         table.add_row("  " * row.depth + row.name, line, statement, fmt(row.output), f"{row.params:,}",
                       f"{row.macs:,}", _pair(row.rf), _pair(row.jump), _pair(row.offset))

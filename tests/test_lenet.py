@@ -18,4 +18,4 @@ def test_lenet5_parameters_and_receptive_fields():
 
 def test_lenet5_first_conv_explains_its_parameter_count():
     report = cnndsl.load(EXAMPLES / "lenet5.cnn").analyze()
-    assert "params: (1*5*5 + 1) * 6 = 156" in report.layer("conv1").explain
+    assert "params: (1*5*5 + 1) * 6 = 156" in report.explain("conv1")

@@ -8,13 +8,12 @@ numpy.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from typing import NamedTuple
 
 from .. import ir
-from ..errors import CnnDslError, Diagnostic, ExpectationError
-from .cost import ZERO, Cost, TensorSpec, node_cost, tensor_specs
+from ..errors import CnnDslError, Diagnostic, ExpectationError, Source, Span
+from .cost import ZERO, TensorSpec, explain_cost, node_cost, tensor_specs
 from .receptive_field import Field, receptive_fields
 from .shapes import LayerShape, Shapes, active, fmt, infer_shapes, same_padding, window
 
@@ -24,8 +23,9 @@ __all__ = ["Report", "LayerReport", "analyze", "infer_shapes", "receptive_fields
 BYTES_PER_VALUE = 4  # float32
 
 
-@dataclass(frozen=True)
-class LayerReport:
+class LayerReport(NamedTuple):
+    """One row of the analysis: a layer (or residual, concat, add) and its figures."""
+
     name: str
     op: str
     line: int
@@ -39,14 +39,8 @@ class LayerReport:
     rf: tuple[int, int]
     jump: tuple[int, int]
     offset: tuple[float, float]
-    call_lines: tuple[int, ...] = ()
-    # Written out only when asked for (`analyze --explain`): most analyses never read it.
-    _explain: Callable[[], tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
-
-    @cached_property
-    def explain(self) -> tuple[str, ...]:
-        """The arithmetic behind this row's figures, one line each."""
-        return self._explain() if self._explain is not None else ()
+    call_lines: tuple[int, ...]
+    node: ir.Node
 
     def to_json(self) -> dict:
         return {
@@ -74,12 +68,25 @@ class Report:
     layers: tuple[LayerReport, ...]
     warnings: tuple[Diagnostic, ...] = ()
     shapes: Shapes = field(default_factory=Shapes, repr=False, compare=False)
+    # node name -> receptive field of its output, and of its input (for `explain`)
+    fields: dict[str, Field] = field(default_factory=dict, repr=False, compare=False)
+    field_inputs: dict[str, Field] = field(default_factory=dict, repr=False, compare=False)
 
     def layer(self, name: str) -> LayerReport:
         for row in self.layers:
             if row.name == name:
                 return row
         raise KeyError(name)
+
+    def explain(self, layer: str | LayerReport) -> tuple[str, ...]:
+        """The arithmetic behind a row's figures (`analyze --explain`), one line each."""
+        row = self.layer(layer) if isinstance(layer, str) else layer
+        shape = self.shapes[row.name]
+        lines = _shape_explain(row.node, shape) + explain_cost(row.node, shape)
+        before, after = self.field_inputs.get(row.name), self.fields.get(row.name)
+        if after is not None and before is not None and before != after:
+            lines += (_rf_explain(before, after),)
+        return lines
 
     def to_json(self) -> dict:
         return {
@@ -97,13 +104,13 @@ def _num(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def _statement(network: ir.Network, node: ir.Node) -> str:
+def _statement(source: Source, span: Span) -> str:
     """The statement's text on its first line, without a trailing comment (`concat {`)."""
-    text = network.source.line_text(node.span.line)
-    if node.span.end_line == node.span.line and node.span.end_column > node.span.column:
-        text = text[node.span.column - 1 : node.span.end_column - 1]
+    text = source.line_text(span.line)
+    if span.end_line == span.line and span.end_column > span.column:
+        text = text[span.column - 1 : span.end_column - 1]
     else:
-        text = text[max(node.span.column - 1, 0):]
+        text = text[max(span.column - 1, 0):]
     return text.split("#", 1)[0].strip()
 
 
@@ -116,14 +123,6 @@ def _shape_explain(node: ir.Node, shape: LayerShape) -> tuple[str, ...]:
         lines.append(f"{axis}: {rounding}(({w.size} + {w.pad_begin} + {w.pad_end} - {w.kernel}) / {w.stride}) + 1 "
                      f"= {w.out}")
     return tuple(lines)
-
-
-def _explain_layer(node: ir.Node, shape: LayerShape, cost: Cost, before: Field | None, after: Field | None
-                   ) -> tuple[str, ...]:
-    lines = _shape_explain(node, shape) + cost.explain
-    if after is not None and before is not None and before != after:
-        lines += (_rf_explain(before, after),)
-    return lines
 
 
 def _rf_explain(before: Field, after: Field) -> str:
@@ -141,11 +140,19 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
     rows: list[LayerReport] = []
     params = trainable = buffers = macs = activations = 0
     depth_of = _depths(network.body)
+    statements: dict[Span, str] = {}  # a block's statements recur in every call of it
+    call_lines: dict[tuple[Span, ...], tuple[int, ...]] = {}
     for node in active(network.body, shapes):
         if isinstance(node, ir.Seq):
             continue
         shape = shapes.of(node)
-        cost: Cost = node_cost(node, shape) if isinstance(node, ir.LEAVES) else ZERO
+        cost = node_cost(node, shape) if isinstance(node, ir.LEAVES) else ZERO
+        statement = statements.get(node.span)
+        if statement is None:
+            statement = statements[node.span] = _statement(network.source, node.span)
+        lines = call_lines.get(node.calls)
+        if lines is None:
+            lines = call_lines[node.calls] = tuple(c.line for c in node.calls)
         params += cost.params
         trainable += cost.params
         buffers += cost.buffers
@@ -153,12 +160,9 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         activations += _numel(shape.output)
         f = fields.get(node.name)
         rows.append(LayerReport(
-            name=node.name, op=node.kind, line=node.span.line, column=node.span.column,
-            statement=_statement(network, node), depth=depth_of.get(node.name, 0), input=shape.input,
-            output=shape.output, params=cost.params, macs=cost.macs,
-            rf=f.size if f else (0, 0), jump=f.jump if f else (0, 0), offset=f.start if f else (0.0, 0.0),
-            call_lines=tuple(c.line for c in node.calls),
-            _explain=partial(_explain_layer, node, shape, cost, previous.get(node.name), f)))
+            node.name, node.kind, node.span.line, node.span.column, statement, depth_of.get(node.name, 0), shape.input,
+            shape.output, cost.params, cost.macs, f.size if f else (0, 0), f.jump if f else (0, 0),
+            f.start if f else (0.0, 0.0), lines, node))
     pre = network.preprocess
     if pre is not None:
         buffers += 1 + (2 * network.input_shape[0] if pre.standardize else 0)
@@ -170,7 +174,7 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         weight_bytes=(params + buffers) * BYTES_PER_VALUE, activation_bytes=activations * BYTES_PER_VALUE,
         rf=final.size if final else (0, 0), jump=final.jump if final else (0, 0),
         offset=final.start if final else (0.0, 0.0), layers=tuple(rows),
-        warnings=tuple(shapes.warnings.items), shapes=shapes)
+        warnings=tuple(shapes.warnings.items), shapes=shapes, fields=fields, field_inputs=previous)
     if check_expects:
         try:
             check_expectations(network, report)

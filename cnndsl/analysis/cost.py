@@ -30,7 +30,6 @@ class Cost(NamedTuple):
     params: int
     buffers: int
     macs: int
-    explain: tuple[str, ...] = ()
 
 
 ZERO = Cost(0, 0, 0)
@@ -78,32 +77,33 @@ def tensor_specs(network: ir.Network, shapes: Shapes) -> list[TensorSpec]:
 
 def node_cost(node: ir.Node, shape: LayerShape) -> Cost:
     if isinstance(node, ir.Conv):
-        kh, kw = node.kernel
-        per_group = shape.in_channels // shape.groups
-        fan_in = per_group * kh * kw
+        fan_in = shape.in_channels // shape.groups * node.kernel[0] * node.kernel[1]
         c_out, h, w = shape.output
-        params = (fan_in + node.bias) * c_out
-        macs = c_out * h * w * fan_in
-        fan = f"{shape.in_channels}/{shape.groups}" if shape.groups > 1 else f"{shape.in_channels}"
-        bias = " + 1" if node.bias else ""
-        return Cost(params, 0, macs, (
-            f"params: ({fan}*{kh}*{kw}{bias}) * {c_out} = {_n(params)}",
-            f"macs: {c_out}*{h}*{w} * ({fan}*{kh}*{kw}) = {_n(macs)}",
-        ))
+        return Cost((fan_in + node.bias) * c_out, 0, c_out * h * w * fan_in)
     if isinstance(node, ir.Linear):
         fan_in = math.prod(shape.input)
+        return Cost((fan_in + node.bias) * node.out_features, 0, fan_in * node.out_features)
+    if isinstance(node, ir.BatchNorm):
+        return Cost(2 * shape.input[0], 2 * shape.input[0], 0)
+    return ZERO
+
+
+def explain_cost(node: ir.Node, shape: LayerShape) -> tuple[str, ...]:
+    """`node_cost`'s figures with the arithmetic that gives them (`analyze --explain`)."""
+    cost = node_cost(node, shape)
+    bias = " + 1" if getattr(node, "bias", False) else ""
+    if isinstance(node, ir.Conv):
+        kh, kw = node.kernel
+        c_out, h, w = shape.output
+        fan = f"{shape.in_channels}/{shape.groups}" if shape.groups > 1 else f"{shape.in_channels}"
+        return (f"params: ({fan}*{kh}*{kw}{bias}) * {c_out} = {_n(cost.params)}",
+                f"macs: {c_out}*{h}*{w} * ({fan}*{kh}*{kw}) = {_n(cost.macs)}")
+    if isinstance(node, ir.Linear):
         shown = "*".join(map(str, shape.input))
-        params = (fan_in + node.bias) * node.out_features
-        macs = fan_in * node.out_features
-        bias = " + 1" if node.bias else ""
-        return Cost(params, 0, macs, (
-            f"params: ({shown}{bias}) * {node.out_features} = {_n(params)}",
-            f"macs: {shown} * {node.out_features} = {_n(macs)}",
-        ))
+        return (f"params: ({shown}{bias}) * {node.out_features} = {_n(cost.params)}",
+                f"macs: {shown} * {node.out_features} = {_n(cost.macs)}")
     if isinstance(node, ir.BatchNorm):
         channels = shape.input[0]
-        return Cost(2 * channels, 2 * channels, 0, (
-            f"params: 2 * {channels} = {_n(2 * channels)} (gamma, beta)",
-            f"buffers: 2 * {channels} = {_n(2 * channels)} (running mean and variance)",
-        ))
-    return ZERO
+        return (f"params: 2 * {channels} = {_n(cost.params)} (gamma, beta)",
+                f"buffers: 2 * {channels} = {_n(cost.buffers)} (running mean and variance)")
+    return ()

@@ -113,16 +113,22 @@ def infer_shapes(network: ir.Network, input_shape: Shape | None = None) -> Shape
     return shapes
 
 
-def active(node: ir.Node, shapes: Shapes):
+def active(node: ir.Node, shapes: Shapes) -> list[ir.Node]:
     """Nodes that take part in the computation, in order: a shortcut that does not project is skipped."""
-    yield node
+    nodes: list[ir.Node] = []
+    _collect_active(node, shapes, nodes)
+    return nodes
+
+
+def _collect_active(node: ir.Node, shapes: Shapes, nodes: list[ir.Node]) -> None:
+    nodes.append(node)
     if isinstance(node, ir.Residual):
-        yield from active(node.body, shapes)
+        _collect_active(node.body, shapes, nodes)
         if node.shortcut is not None and shapes.of(node).projects:
-            yield from active(node.shortcut, shapes)
+            _collect_active(node.shortcut, shapes, nodes)
         return
     for child in ir.children(node):
-        yield from active(child, shapes)
+        _collect_active(child, shapes, nodes)
 
 
 def _error(node: ir.Node, message: str, hint: str | None = None, notes=()) -> ShapeError:
