@@ -160,3 +160,11 @@ class Warnings:
 
     def warn(self, message: str, span: Span | None, hint: str | None = None, notes=(), calls=()) -> None:
         self.items.append(Diagnostic("warning", message, span, hint, tuple(notes), tuple(calls)))
+
+
+def closest(word: str, choices, cutoff: float = 0.6) -> str | None:
+    """The choice `word` was most likely meant to be, for a "did you mean" (None if none is close)."""
+    import difflib  # only mistakes need it: not imported at start-up
+
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return matches[0] if matches else None

@@ -8,14 +8,12 @@ work is done (`x 1000000000` fails at once, not after expanding).
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 
 from . import ir
 from . import syntax as S
-from .errors import BadValueError, CnnDslError, CnnSyntaxError, LimitError, Source, Span, UnknownNameError
+from .errors import BadValueError, CnnDslError, CnnSyntaxError, LimitError, Source, Span, UnknownNameError, closest
 from .parser import KEYWORDS, misplaced_keyword
 
 MAX_REPEAT = 10_000
@@ -31,17 +29,19 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle")
 @dataclass
 class _Scope:
     prefix: str
-    counts: Counter = field(default_factory=Counter)
+    counts: dict[str, int] = field(default_factory=dict)
     used: set = field(default_factory=set)
 
     def name(self, kind: str) -> str:
         # `relu6` and a block called `conv3` end in a digit: their first use is `relu6_1`, `conv3_1`,
         # never `relu61`/`conv31`, which the 61st relu or the 31st conv of the scope would also get.
         sep = "_" if kind[-1:].isdigit() else ""
+        count = self.counts.get(kind, 0)
         while True:
-            self.counts[kind] += 1
-            name = f"{self.prefix}{kind}{sep}{self.counts[kind]}"
+            count += 1
+            name = f"{self.prefix}{kind}{sep}{count}"
             if name not in self.used:  # a last guard, e.g. blocks `conv3` and `conv3_`
+                self.counts[kind] = count
                 self.used.add(name)
                 return name
 
@@ -68,11 +68,11 @@ class _Expander:
             if expr.name in frame.env:
                 return frame.env[expr.name]
             known = sorted(frame.env)
-            close = difflib.get_close_matches(expr.name, known, n=1)
+            close = closest(expr.name, known)
             if frame.block:
                 hint = f"the parameters of block {frame.block} are: {', '.join(known) or '(none)'}"
                 if close:
-                    hint = f"did you mean '{close[0]}'? " + hint
+                    hint = f"did you mean '{close}'? " + hint
             else:
                 hint = "names stand for block parameters; outside a block write a number"
             raise UnknownNameError(f"unknown name '{expr.name}'", expr.span, hint=hint, calls=frame.calls)
@@ -93,7 +93,7 @@ class _Expander:
         return left / right
 
     def integer(self, expr: S.Expr, frame: _Frame, what: str, minimum: int = 1) -> int:
-        value = self.eval(expr, frame)
+        value = expr.value if type(expr) is S.Num else self.eval(expr, frame)
         if isinstance(value, float):
             # 0.7*10 is 7.000000000000001 in floats: a whole number written with decimals is whole.
             if math.isfinite(value) and abs(value - round(value)) <= 1e-9 * max(1.0, abs(value)):
@@ -192,11 +192,11 @@ class _Expander:
             raise CnnSyntaxError(f"'{stmt.block}' cannot start a statement", stmt.span, calls=frame.calls, hint=where)
         if block is None:
             candidates = list(self.blocks) + list(KEYWORDS)
-            close = difflib.get_close_matches(stmt.block, candidates, n=1)
+            close = closest(stmt.block, candidates)
             defined = ", ".join(sorted(self.blocks)) or "none"
             raise UnknownNameError(
                 f"unknown block or layer '{stmt.block}'", stmt.span, calls=frame.calls,
-                hint=(f"did you mean '{close[0]}'? " if close else "") + f"(blocks defined: {defined})")
+                hint=(f"did you mean '{close}'? " if close else "") + f"(blocks defined: {defined})")
         if stmt.block in frame.blocks_on_stack:
             chain = " -> ".join(frame.blocks_on_stack + (stmt.block,))
             raise LimitError(f"block {stmt.block} calls itself ({chain}), which would never end", stmt.span,
@@ -222,10 +222,10 @@ class _Expander:
             env[param.name] = self.eval(arg, frame)
         for kw in stmt.kwargs:
             if kw.name not in names:
-                close = difflib.get_close_matches(kw.name, names, n=1)
+                close = closest(kw.name, names)
                 raise UnknownNameError(
                     f"block {block.name} has no parameter '{kw.name}'", kw.span, calls=frame.calls,
-                    hint=(f"did you mean '{close[0]}'? " if close else "") + f"the block is {signature}")
+                    hint=(f"did you mean '{close}'? " if close else "") + f"the block is {signature}")
             if kw.name in env:
                 raise UnknownNameError(f"parameter '{kw.name}' is given twice", kw.span, calls=frame.calls)
             env[kw.name] = self.eval(kw.value, frame)
@@ -425,9 +425,9 @@ def _require_known(word: str, choices: tuple[str, ...], what: str, span: Span) -
     """Raise "unknown <what>" with the closest choice and the full list, unless `word` is a choice."""
     if word in choices:
         return
-    close = difflib.get_close_matches(word, choices, n=1)
+    close = closest(word, choices)
     raise UnknownNameError(f"unknown {what} '{word}'", span,
-                           hint=(f"did you mean '{close[0]}'? " if close else "") + f"one of: {', '.join(choices)}")
+                           hint=(f"did you mean '{close}'? " if close else "") + f"one of: {', '.join(choices)}")
 
 
 def _expect(stmt: S.ExpectStmt) -> ir.Expect:
