@@ -7,7 +7,7 @@ shapes involved and a fix. Anything else escaping the package is a bug in cnndsl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
@@ -42,8 +42,7 @@ class Source:
         return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
 
 
-@dataclass(frozen=True)
-class Diagnostic:
+class Diagnostic(NamedTuple):
     """An error or warning about one place in the source."""
 
     severity: str  # "error" | "warning"
@@ -152,11 +151,11 @@ class WeightsError(CnnDslError):
     """A weights file whose tensor names or shapes do not match the network."""
 
 
-@dataclass
 class Warnings:
     """Collects warnings from the passes in order."""
 
-    items: list[Diagnostic] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.items: list[Diagnostic] = []
 
     def warn(self, message: str, span: Span | None, hint: str | None = None, notes=(), calls=()) -> None:
         self.items.append(Diagnostic("warning", message, span, hint, tuple(notes), tuple(calls)))
