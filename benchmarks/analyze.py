@@ -2,24 +2,32 @@
 
 Today: build the network in PyTorch by hand and summarise it, either by counting with forward
 hooks or with torchinfo. Each path runs as a fresh process (start-up included, as a user
-experiences it) and in-process (the work alone). Both must agree on parameters and MACs.
+experiences it) and in-process (the work alone). All must agree on parameters and MACs.
 
-    python benchmarks/analyze.py [--runs 5]
+cnndsl runs as a user installs it: `pip install` of this checkout (not editable) into a virtual
+environment of its own with only its declared dependencies (kept in benchmarks/.venv and
+refreshed every run). The development install is timed too, for comparison: an editable install
+adds setuptools' import hook to every start. The torch paths run in this interpreter, which has
+torch and torchinfo.
+
+    python benchmarks/analyze.py [--runs 21]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
 import time
+import venv
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 NET = HERE / "resnet152.cnn"
+VENV = HERE / ".venv"
 PARAMS = 60_192_808  # torchvision resnet152
 
 TORCH_SCRIPT = r'''
@@ -84,21 +92,32 @@ def wall(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
-def median_wall(cmd: list[str], runs: int) -> tuple[float, str]:
+def median_wall(cmd: list[str], runs: int) -> tuple[float, float, str]:
+    """Median and fastest wall time of `runs` fresh processes, and the last one's output."""
     results = [wall(cmd) for _ in range(runs)]
-    return statistics.median(r[0] for r in results), results[-1][1]
+    times = [r[0] for r in results]
+    return statistics.median(times), min(times), results[-1][1]
+
+
+def user_install() -> Path:
+    """This checkout, installed as a user installs it, into a venv of its own: its python."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        venv.create(VENV, with_pip=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run(pip + [str(ROOT)], check=True, capture_output=True)  # dependencies, once
+    subprocess.run(pip + ["--no-deps", "--force-reinstall", str(ROOT)], check=True, capture_output=True)
+    return python
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()
 
-    script = shutil.which("cnndsl") or sys.exit("cnndsl is not on PATH: run ./install.sh")
-    # Resolve a pyenv-style shim to the real console script, so the shim's own start-up is not counted.
-    real_script = Path(sys.executable).with_name("cnndsl")
-    if real_script.exists():
-        script = str(real_script)
+    python = user_install()
+    user_cli = [str(python), str(python.with_name("cnndsl"))]
+    dev_cli = [sys.executable, str(Path(sys.executable).with_name("cnndsl"))]
     # A regular install compiles bytecode; an editable one writes it on first import, unless
     # PYTHONDONTWRITEBYTECODE is set (as on this project's machines): compile it, as pip would.
     import compileall
@@ -106,34 +125,44 @@ def main() -> None:
     import cnndsl
 
     compileall.compile_dir(Path(cnndsl.__file__).parent, quiet=1)
-    wall(["cnndsl", "check", str(NET)])  # warm the lark table cache once
-    cli_seconds, cli_out = median_wall([script, "analyze", str(NET), "--json"], args.runs)
+    analyze = ["analyze", str(NET), "--json"]
+    wall(user_cli + analyze)  # first run writes nothing, but warms the disk cache
+    bare, _, _ = median_wall([str(python), "-c", "pass"], args.runs)
+    cli, cli_min, cli_out = median_wall(user_cli + analyze, args.runs)
+    dev, dev_min, _ = median_wall(dev_cli + analyze, args.runs)
     report = json.loads(cli_out)
     assert report["params"] == PARAMS, report["params"]
 
-    cnndsl.load(NET)  # the lexer's per-state scanners are built on first use: start-up, counted above
-    times = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        cnndsl.load(NET).analyze()
-        times.append(time.perf_counter() - start)
-    inproc_seconds = statistics.median(times)
+    work_script = ("import json, statistics, sys, time, cnndsl\n"
+                   "cnndsl.load(sys.argv[1])\n"
+                   "times = []\n"
+                   "for _ in range(int(sys.argv[2])):\n"
+                   "    start = time.perf_counter(); cnndsl.load(sys.argv[1]).analyze()\n"
+                   "    times.append(time.perf_counter() - start)\n"
+                   "print(statistics.median(times))\n")
+    work = float(subprocess.run([str(python), "-c", work_script, str(NET), str(args.runs)], capture_output=True,
+                                text=True, check=True, cwd=VENV).stdout)  # not the checkout
 
     torch_rows = []
     for mode in ("hooks", "torchinfo"):
-        seconds, out = median_wall([sys.executable, "-c", TORCH_SCRIPT, mode], max(args.runs // 2, 1))
+        seconds, _, out = median_wall([sys.executable, "-c", TORCH_SCRIPT, mode], max(args.runs // 4, 3))
         figures = json.loads(out)
         assert figures["params"] == PARAMS, (mode, figures["params"])
         assert abs(figures["macs"] - report["macs"]) / report["macs"] < 0.005, (mode, figures["macs"], report["macs"])
         torch_rows.append((f"torch + {mode}", seconds, figures["seconds"]))
 
+    ms = 1000
     print(f"ResNet-152, 3x224x224: {report['params']:,} parameters, {report['macs'] / 1e9:.3f} GMACs (all paths agree)")
-    print(f"{'path':22} {'process, end to end':>20} {'work only (no start-up)':>24}")
-    print(f"{'cnndsl analyze':22} {cli_seconds * 1000:18.0f}ms {inproc_seconds * 1000:22.1f}ms")
-    for name, seconds, work in torch_rows:
-        print(f"{name:22} {seconds * 1000:18.0f}ms {work * 1000:22.1f}ms")
-    for name, seconds, work in torch_rows:
-        print(f"ratio {name} / cnndsl: end to end {seconds / cli_seconds:.1f}x, work only {work / inproc_seconds:.1f}x")
+    print(f"{'path':34} {'process, end to end':>20} {'work only':>12}")
+    print(f"{'cnndsl analyze (pip install)':34} {cli * ms:16.0f} ms {work * ms:9.1f} ms"
+          f"   (fastest {cli_min * ms:.0f} ms)")
+    print(f"{'cnndsl analyze (editable, dev)':34} {dev * ms:16.0f} ms {'':>12}   (fastest {dev_min * ms:.0f} ms)")
+    print(f"{'  python -c pass (same venv)':34} {bare * ms:16.0f} ms")
+    for name, seconds, work_seconds in torch_rows:
+        print(f"{name:34} {seconds * ms:16.0f} ms {work_seconds * ms:9.1f} ms")
+    for name, seconds, work_seconds in torch_rows:
+        print(f"ratio {name} / cnndsl: end to end {seconds / cli:.1f}x, work only {work_seconds / work:.1f}x")
+
 
 if __name__ == "__main__":
     main()
