@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import ir
 from .analysis import Report, Shapes, TensorSpec, analyze, tensor_specs
@@ -13,6 +12,9 @@ from .errors import CnnDslError, Diagnostic, Source
 from .expand import expand
 from .parser import parse_program
 from .syntax import InputHeader
+
+if TYPE_CHECKING:
+    from pathlib import Path  # imported where a Path is made: `cnndsl analyze` does without pathlib
 
 TARGETS = ("torch", "numpy", "onnx")
 
@@ -104,7 +106,8 @@ def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None
 def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> Net:
     """Read and parse a .cnn file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise CnnDslError(f"cannot read {os.fspath(path)}: {reason}",
@@ -133,6 +136,8 @@ def generate(net: Net, target: str, weights=None, seed: int = 0) -> bytes:
 def compile(net: Net | str | os.PathLike, target: str = "torch", out: str | os.PathLike | None = None,
             weights: str | os.PathLike | None = None, force: bool = False, seed: int = 0) -> Path:
     """Compile `net` (a Net or a .cnn path) for `target` and write it atomically to `out`."""
+    from pathlib import Path
+
     from .outputs import default_output, write_output
 
     if not isinstance(net, Net):

@@ -62,7 +62,25 @@ def _print_warnings(net) -> None:
         click.echo(warning.render(net.source), err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group, with `train` imported only when it is asked for (click's lazy-loading
+    pattern): its options and module cost every other command's start-up."""
+
+    lazy = {"train": ("cnndsl.training.command", "train")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            import importlib
+
+            module, attribute = self.lazy[name]
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cnndsl")
 def main() -> None:
     """A language and compiler for convolutional networks."""
@@ -126,15 +144,6 @@ def compile_(file: str, target: str, out: str | None, weights: str | None, seed:
     _print_warnings(net)
     path = compile_net(net, target=target, out=out, weights=weights, force=force, seed=seed)
     click.echo(f"wrote {path}")
-
-
-def _register_train() -> None:
-    from .training.command import train  # lazy: the command imports torch only when it runs
-
-    main.add_command(train)
-
-
-_register_train()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ import click
 
 def _user_errors(command):
     """The CLI's error handling (a rendered message and exit 1 for mistakes), imported when run:
-    `cnndsl.cli` imports this module to register the command."""
+    `cnndsl.cli` imports this module when the command is asked for, so it must not import the CLI."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
