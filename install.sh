@@ -8,8 +8,8 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 mode=${1:-core}
 
-want_core='import cnndsl, lark, click, rich, numpy, safetensors'
-want_test="$want_core"'; import torch, onnx, onnxruntime, pytest, hypothesis, sklearn, PIL, torchinfo
+want_core='import cnndsl, click, rich, numpy, safetensors'
+want_test="$want_core"'; import lark, torch, onnx, onnxruntime, pytest, hypothesis, sklearn, PIL, torchinfo
 assert torch.__version__.startswith("2.13.0"), torch.__version__'
 
 installed() {  # is the editable install of *this* checkout present, with its extras?

@@ -6,8 +6,8 @@
     model = net.to_torch()                # an nn.Module (needs the `torch` extra)
     cnndsl.compile(net, target="onnx", out="net.onnx")
 
-Parsing, checking and analysis need only lark; torch, numpy and onnx are imported only by the
-backend that needs them.
+Parsing, checking and analysis import neither lark (the parser is lark's stand-alone module,
+generated from the grammar) nor torch, numpy or onnx: each backend imports what it needs.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ time. An alternation matches its first alternative that matches, so trying the t
 one in the same order gives the same tokens; each terminal's pattern is compiled once per process
 (`re` caches it) and shared by every state.
 
-Installed through lark's `_plugins` option (how lark-cython replaces lark's classes), which the
-LALR table cache accepts.
+Installed through lark's `_plugins` option (how lark-cython replaces lark's classes), into the
+stand-alone parser lark generates for cnndsl (`cnndsl.grammar.cnndsl_lalr`).
 """
 
 from __future__ import annotations
 
-from lark.lexer import BasicLexer, CallChain, ContextualLexer, PatternStr, TerminalDef, UnlessCallback
+from .grammar.cnndsl_lalr import BasicLexer, CallChain, ContextualLexer, PatternStr, TerminalDef, UnlessCallback
 
 
 class TerminalScanner:

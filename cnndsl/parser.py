@@ -1,23 +1,31 @@
 """Text -> `syntax.Program`, with lark (LALR, contextual lexer) and a Transformer.
 
-Lark's own exceptions never escape: they become `CnnSyntaxError`s that name the line, the
+The parser is the stand-alone module lark generates from `grammar/cnndsl.lark`
+(`cnndsl.grammar.cnndsl_lalr`, rebuilt by `python -m cnndsl.grammar`), so parsing needs no lark
+import at run time. Lark's own exceptions never escape: they become `CnnSyntaxError`s that name the line, the
 column, the offending text, what was expected in words, and a "did you mean" for misspelled
 keywords.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 from dataclasses import dataclass
-from decimal import Decimal
-from pathlib import Path
-
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
-from .errors import CnnDslError, CnnSyntaxError, LimitError, Source, Span
+from .errors import CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
+from .grammar.cnndsl_lalr import (
+    Lark,
+    Lark_StandAlone,
+    Token,
+    Transformer,
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+    v_args,
+)
 from .lexer import PLUGINS
 
 LAYER_KEYWORDS = (
@@ -49,14 +57,7 @@ _TERMINAL_WORDS = {
 
 @functools.cache
 def _parser() -> Lark:
-    # The grammar ships as package data of cnndsl.grammar; reading it beside the package's
-    # __init__ works for every non-zipped install and skips importlib.resources' start-up cost.
-    from . import grammar
-
-    text = Path(grammar.__file__).with_name("cnndsl.lark").read_text(encoding="utf-8")
-    # cache=True keeps the LALR tables in a temp file, so later runs skip building them.
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=False, cache=True,
-                _plugins=PLUGINS)
+    return Lark_StandAlone(propagate_positions=True, _plugins=PLUGINS)
 
 
 def _span(meta_or_token) -> Span:
@@ -75,6 +76,8 @@ def _number(text: str) -> int | float:
     if not scale:
         return float(text) if any(c in text for c in ".eE") else int(text)
     # Exact decimal arithmetic: in floats 2.01K would be 2009.9999999999998, not 2010.
+    from decimal import Decimal  # only sizes like 61.7K need it: not imported at start-up
+
     value = Decimal(text) * scale
     return int(value) if value == value.to_integral_value() else float(value)
 
@@ -431,8 +434,7 @@ def misplaced_keyword(word: str) -> str | None:
 
 
 def _suggest(word: str) -> str | None:
-    match = difflib.get_close_matches(word.lower(), KEYWORDS, n=1, cutoff=0.6)
-    return match[0] if match else None
+    return closest(word.lower(), KEYWORDS)
 
 
 def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
