@@ -13,6 +13,9 @@ stand-alone parser lark generates for cnndsl (`cnndsl.grammar.cnndsl_lalr`).
 
 from __future__ import annotations
 
+from copy import copy
+from functools import cached_property
+
 from .grammar.cnndsl_lalr import BasicLexer, CallChain, ContextualLexer, PatternStr, TerminalDef, UnlessCallback
 
 
@@ -73,8 +76,48 @@ class TerminalLexer(BasicLexer):
         return TerminalScanner(kept, self.g_regex_flags, self.re, self.use_bytes)
 
 
+class _LexersByState(dict):
+    """parser state -> its lexer, made the first time a parse reaches the state."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, state: int) -> TerminalLexer:
+        lexer = self[state] = self._make(state)
+        return lexer
+
+
 class TerminalContextualLexer(ContextualLexer):
+    """lark's ContextualLexer, making each state's lexer when first needed: lark makes one for each
+    of the grammar's ~370 states up front (a quarter of building the parser), a parse needs a few
+    dozen."""
+
     BasicLexer = TerminalLexer
+
+    def __init__(self, conf, states: dict[int, list[str]], always_accept=()) -> None:
+        self._conf = copy(conf)
+        self._conf.terminals = list(conf.terminals)
+        self._states = states
+        self._always = set(conf.ignore) | set(always_accept)
+        self._by_accepts: dict[frozenset[str], TerminalLexer] = {}  # states that accept the same share one
+        self.lexers = _LexersByState(self._lexer_for)
+
+    def _lexer_for(self, state: int) -> TerminalLexer:
+        accepts = frozenset(self._states[state])
+        lexer = self._by_accepts.get(accepts)
+        if lexer is None:
+            conf = copy(self._conf)
+            conf.terminals = [conf.terminals_by_name[n] for n in accepts | self._always if n in conf.terminals_by_name]
+            lexer = self._by_accepts[accepts] = self.BasicLexer(conf)
+        return lexer
+
+    @cached_property
+    def root_lexer(self) -> TerminalLexer:
+        """Every terminal: on an error, what the text would have been anywhere (lark's better message)."""
+        conf = copy(self._conf)
+        conf.skip_validation = True
+        return self.BasicLexer(conf)
 
 
 PLUGINS = {"ContextualLexer": TerminalContextualLexer}
