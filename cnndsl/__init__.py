@@ -12,8 +12,22 @@ generated from the grammar) nor torch, numpy or onnx: each backend imports what 
 
 from __future__ import annotations
 
-from .api import Net, compile, load, parse
+from typing import TYPE_CHECKING
+
 from .errors import CnnDslError, Diagnostic, Source, Span
+
+if TYPE_CHECKING:
+    from .api import Net, compile, load, parse
 
 __version__ = "0.1.0"
 __all__ = ["Net", "parse", "load", "compile", "CnnDslError", "Diagnostic", "Source", "Span", "__version__"]
+
+
+def __getattr__(name: str):
+    # The API is imported on first use (PEP 562), so the `cnndsl` command can set itself up before
+    # the parser, IR and analysis modules load.
+    if name in ("Net", "compile", "load", "parse"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cnndsl' has no attribute {name!r}")
