@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,6 +102,26 @@ def median_wall(cmd: list[str], runs: int) -> tuple[float, float, str]:
     return statistics.median(times), min(times), results[-1][1]
 
 
+def interleaved(commands: dict[str, list[str]], runs: int) -> dict[str, tuple[float, float, str]]:
+    """median_wall of several commands, taking turns, so a busy moment of the machine hits all alike."""
+    results: dict[str, list[tuple[float, str]]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            results[name].append(wall(cmd))
+    return {name: (statistics.median(t for t, _ in rs), min(t for t, _ in rs), rs[-1][1])
+            for name, rs in results.items()}
+
+
+def instructions(cmd: list[str]) -> int | None:
+    """CPU instructions of one run, counted by valgrind: the same however busy the machine is."""
+    if shutil.which("valgrind") is None:
+        return None
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    counted = re.search(r"Collected : (\d+)", done.stderr)
+    return int(counted.group(1)) if counted else None
+
+
 def user_install() -> Path:
     """This checkout, installed as a user installs it, into a venv of its own: its python."""
     python = VENV / "bin" / "python"
@@ -113,6 +136,7 @@ def user_install() -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--instructions", action="store_true", help="also count cnndsl's CPU instructions (valgrind)")
     args = parser.parse_args()
 
     python = user_install()
@@ -124,17 +148,16 @@ def main() -> None:
 
     import cnndsl.grammar
 
-    import cnndsl
-
     for package in (cnndsl, cnndsl.grammar):  # grammar/ is a folder of its own in the checkout
         compileall.compile_dir(Path(package.__file__).parent, quiet=1)
     analyze = ["analyze", str(NET), "--json"]
-    wall(user_cli + analyze)  # first run writes nothing, but warms the disk cache
-    bare, _, _ = median_wall([str(python), "-c", "pass"], args.runs)
-    cli, cli_min, cli_out = median_wall(user_cli + analyze, args.runs)
-    dev, dev_min, _ = median_wall(dev_cli + analyze, args.runs)
-    report = json.loads(cli_out)
+    wall(user_cli + analyze)  # warms the disk cache
+    timed = interleaved({"bare": [str(python), "-c", "pass"], "cli": user_cli + analyze, "dev": dev_cli + analyze},
+                        args.runs)
+    bare, cli, dev = timed["bare"][0], timed["cli"][0], timed["dev"][0]
+    report = json.loads(timed["cli"][2])
     assert report["params"] == PARAMS, report["params"]
+    counted = instructions(user_cli + analyze) if args.instructions else None
 
     work_script = ("import json, statistics, sys, time, cnndsl\n"
                    "cnndsl.load(sys.argv[1])\n"
@@ -158,13 +181,16 @@ def main() -> None:
     print(f"ResNet-152, 3x224x224: {report['params']:,} parameters, {report['macs'] / 1e9:.3f} GMACs (all paths agree)")
     print(f"{'path':34} {'process, end to end':>20} {'work only':>12}")
     print(f"{'cnndsl analyze (pip install)':34} {cli * ms:16.0f} ms {work * ms:9.1f} ms"
-          f"   (fastest {cli_min * ms:.0f} ms)")
-    print(f"{'cnndsl analyze (editable, dev)':34} {dev * ms:16.0f} ms {'':>12}   (fastest {dev_min * ms:.0f} ms)")
+          f"   (fastest {timed['cli'][1] * ms:.0f} ms)")
+    print(f"{'cnndsl analyze (editable, dev)':34} {dev * ms:16.0f} ms {'':>12}"
+          f"   (fastest {timed['dev'][1] * ms:.0f} ms)")
     print(f"{'  python -c pass (same venv)':34} {bare * ms:16.0f} ms")
     for name, seconds, work_seconds in torch_rows:
         print(f"{name:34} {seconds * ms:16.0f} ms {work_seconds * ms:9.1f} ms")
     for name, seconds, work_seconds in torch_rows:
         print(f"ratio {name} / cnndsl: end to end {seconds / cli:.1f}x, work only {work_seconds / work:.1f}x")
+    if counted:
+        print(f"cnndsl analyze (pip install): {counted / 1e6:.0f}M instructions (valgrind)")
 
 
 if __name__ == "__main__":
