@@ -40,6 +40,10 @@ class Node:
     def kind(self) -> str:
         return type(self).__name__.lower()
 
+    def children(self) -> tuple[Node, ...]:
+        """The nodes directly inside this one, in order (none for a layer)."""
+        return ()
+
     def _values(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))
 
@@ -169,6 +173,9 @@ class Seq(Node):
     block: str | None = None
     args: tuple[tuple[str, int | float], ...] = ()
 
+    def children(self) -> tuple[Node, ...]:
+        return self.items
+
 
 @node
 class Residual(Node):
@@ -179,6 +186,9 @@ class Residual(Node):
     shortcut: Seq | None
     always: bool = False
 
+    def children(self) -> tuple[Node, ...]:
+        return (self.body,) if self.shortcut is None else (self.body, self.shortcut)
+
 
 @node
 class Concat(Node):
@@ -186,12 +196,18 @@ class Concat(Node):
 
     branches: tuple[Seq, ...]
 
+    def children(self) -> tuple[Node, ...]:
+        return self.branches
+
 
 @node
 class Add(Node):
     """`add { branch {...} ... }`: the branches' outputs summed."""
 
     branches: tuple[Seq, ...]
+
+    def children(self) -> tuple[Node, ...]:
+        return self.branches
 
 
 LEAVES = (Conv, Pool, GlobalPool, Linear, Flatten, Dropout, BatchNorm, Activation)
@@ -273,16 +289,10 @@ class Network:
 
 
 def children(node: Node) -> tuple[Node, ...]:
-    if isinstance(node, Seq):
-        return node.items
-    if isinstance(node, Residual):
-        return (node.body,) + ((node.shortcut,) if node.shortcut is not None else ())
-    if isinstance(node, (Concat, Add)):
-        return node.branches
-    return ()
+    return node.children()
 
 
 def walk(node: Node) -> Iterator[Node]:
     yield node
-    for child in children(node):
+    for child in node.children():
         yield from walk(child)

@@ -195,7 +195,7 @@ def _depths(node: ir.Node, depth: int = 0, out: dict | None = None) -> dict[str,
     out = {} if out is None else out
     out[node.name] = depth
     passes_through = node.name == "" or (isinstance(node, ir.Seq) and node.name.endswith(".body"))
-    for child in ir.children(node):
+    for child in node.children():
         nested = isinstance(node, ir.Seq) and not passes_through
         _depths(child, depth + 1 if nested else depth, out)
     return out

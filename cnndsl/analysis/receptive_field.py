@@ -26,12 +26,11 @@ class Field(NamedTuple):
     start: tuple[float, float]
 
     def through(self, kernel: tuple[int, int], stride: tuple[int, int], pad_begin: tuple[int, int]) -> Field:
-        return Field(
-            tuple(r + (k - 1) * j for r, k, j in zip(self.size, kernel, self.jump, strict=True)),
-            tuple(j * s for j, s in zip(self.jump, stride, strict=True)),
-            tuple(st + ((k - 1) / 2 - p) * j
-                  for st, k, p, j in zip(self.start, kernel, pad_begin, self.jump, strict=True)),
-        )
+        (r_h, r_w), (j_h, j_w), (s_h, s_w) = self
+        (k_h, k_w), (p_h, p_w) = kernel, pad_begin
+        return Field((r_h + (k_h - 1) * j_h, r_w + (k_w - 1) * j_w),
+                     (j_h * stride[0], j_w * stride[1]),
+                     (s_h + ((k_h - 1) / 2 - p_h) * j_h, s_w + ((k_w - 1) / 2 - p_w) * j_w))
 
 
 INPUT_FIELD = Field((1, 1), (1, 1), (0.0, 0.0))
@@ -65,24 +64,40 @@ def _whole_input(field: Field, shape) -> Field:
 
 def _through(node: ir.Node, field: Field, shapes: Shapes, fields: dict[str, Field], inputs: dict[str, Field]
              ) -> Field:
-    if isinstance(node, ir.Seq):
-        for item in node.items:
-            field = _field(item, field, shapes, fields, inputs)
-        return field
-    if isinstance(node, (ir.Conv, ir.Pool)):
-        h, w = shapes.of(node).windows
-        return field.through((h.kernel, w.kernel), (h.stride, w.stride), (h.pad_begin, w.pad_begin))
-    if isinstance(node, (ir.GlobalPool, ir.Flatten, ir.Linear)):
-        return _whole_input(field, shapes.of(node).input)
-    if isinstance(node, ir.Residual):
-        paths = [_field(node.body, field, shapes, fields, inputs)]
-        if shapes.of(node).projects:
-            paths.append(_field(node.shortcut, field, shapes, fields, inputs))
-        else:
-            paths.append(field)
-        return _merge(node, paths)
-    if isinstance(node, (ir.Concat, ir.Add)):
-        return _merge(node, [_field(b, field, shapes, fields, inputs) for b in node.branches])
+    return _RULES.get(type(node), _pointwise)(node, field, shapes, fields, inputs)
+
+
+def _seq(node: ir.Seq, field: Field, shapes: Shapes, fields: dict[str, Field], inputs: dict[str, Field]) -> Field:
+    for item in node.items:
+        field = _field(item, field, shapes, fields, inputs)
+    return field
+
+
+def _window(node: ir.Conv | ir.Pool, field: Field, shapes: Shapes, fields, inputs) -> Field:
+    h, w = shapes.of(node).windows
+    return field.through((h.kernel, w.kernel), (h.stride, w.stride), (h.pad_begin, w.pad_begin))
+
+
+def _whole(node: ir.Node, field: Field, shapes: Shapes, fields, inputs) -> Field:
+    return _whole_input(field, shapes.of(node).input)
+
+
+def _residual(node: ir.Residual, field: Field, shapes: Shapes, fields: dict[str, Field], inputs: dict[str, Field]
+              ) -> Field:
+    paths = [_field(node.body, field, shapes, fields, inputs)]
+    if shapes.of(node).projects:
+        paths.append(_field(node.shortcut, field, shapes, fields, inputs))
+    else:
+        paths.append(field)
+    return _merge(node, paths)
+
+
+def _branches(node: ir.Concat | ir.Add, field: Field, shapes: Shapes, fields: dict[str, Field],
+              inputs: dict[str, Field]) -> Field:
+    return _merge(node, [_field(b, field, shapes, fields, inputs) for b in node.branches])
+
+
+def _pointwise(node: ir.Node, field: Field, shapes: Shapes, fields, inputs) -> Field:
     return field
 
 
@@ -98,3 +113,17 @@ def _merge(node: ir.Node, paths: list[Field]) -> Field:
                               "(pad (k-1)/2 for a kxk kernel)")
     size = tuple(max(p.size[axis] for p in paths) for axis in range(2))
     return Field(size, paths[0].jump, paths[0].start)
+
+
+# How each node kind changes the field; the rest (activations, batch norm, dropout) keep it.
+_RULES = {
+    ir.Seq: _seq,
+    ir.Conv: _window,
+    ir.Pool: _window,
+    ir.GlobalPool: _whole,
+    ir.Flatten: _whole,
+    ir.Linear: _whole,
+    ir.Residual: _residual,
+    ir.Concat: _branches,
+    ir.Add: _branches,
+}

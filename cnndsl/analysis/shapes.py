@@ -127,7 +127,7 @@ def _collect_active(node: ir.Node, shapes: Shapes, nodes: list[ir.Node]) -> None
         if node.shortcut is not None and shapes.of(node).projects:
             _collect_active(node.shortcut, shapes, nodes)
         return
-    for child in ir.children(node):
+    for child in node.children():
         _collect_active(child, shapes, nodes)
 
 
@@ -177,45 +177,39 @@ def _warn_dropped(node, windows, shape: Shape, shapes: Shapes) -> None:
 
 
 def _infer(node: ir.Node, shape: Shape, shapes: Shapes) -> Shape:
-    out = _infer_node(node, shape, shapes)
+    out = _RULES[type(node)](node, shape, shapes)
     if node.name not in shapes:
         shapes[node.name] = LayerShape(shape, out)
     return out
 
 
-def _infer_node(node: ir.Node, shape: Shape, shapes: Shapes) -> Shape:
-    if isinstance(node, ir.Seq):
-        for item in node.items:
-            shape = _infer(item, shape, shapes)
-        return shape
-    if isinstance(node, ir.Conv):
-        return _conv(node, shape, shapes)
-    if isinstance(node, ir.Pool):
-        _need_spatial(node, shape, "pool")
-        for axis, (k, p) in enumerate(zip(node.kernel, (node.padding.top, node.padding.left), strict=True)):
-            far = (node.padding.bottom, node.padding.right)[axis]
-            if not node.padding.same and max(p, far) > k // 2:
-                raise _error(node, f"pool padding {node.padding} is more than half the {fmt(node.kernel)} window",
-                             hint=f"use at most 'pad {k // 2}' (a window of only padding has no value)")
-        windows = _windows(node, shape, node.kernel, node.stride, node.padding, ceil=node.ceil)
-        _warn_dropped(node, windows, shape, shapes)
-        out = (shape[0], windows[0].out, windows[1].out)
-        shapes[node.name] = LayerShape(shape, out, windows, shape[0], shape[0])
-        return out
-    if isinstance(node, ir.GlobalPool):
-        _need_spatial(node, shape, "global pool")
-        return (shape[0], 1, 1)
-    if isinstance(node, ir.Linear):
-        return (node.out_features,)
-    if isinstance(node, ir.Flatten):
-        return (math.prod(shape),)
-    if isinstance(node, (ir.Dropout, ir.Activation, ir.BatchNorm)):
-        return shape
-    if isinstance(node, ir.Residual):
-        return _residual(node, shape, shapes)
-    if isinstance(node, (ir.Concat, ir.Add)):
-        return _branches(node, shape, shapes)
-    raise TypeError(f"no shape rule for {type(node).__name__}")
+def _seq(node: ir.Seq, shape: Shape, shapes: Shapes) -> Shape:
+    for item in node.items:
+        shape = _infer(item, shape, shapes)
+    return shape
+
+
+def _pool(node: ir.Pool, shape: Shape, shapes: Shapes) -> Shape:
+    _need_spatial(node, shape, "pool")
+    for axis, (k, p) in enumerate(zip(node.kernel, (node.padding.top, node.padding.left), strict=True)):
+        far = (node.padding.bottom, node.padding.right)[axis]
+        if not node.padding.same and max(p, far) > k // 2:
+            raise _error(node, f"pool padding {node.padding} is more than half the {fmt(node.kernel)} window",
+                         hint=f"use at most 'pad {k // 2}' (a window of only padding has no value)")
+    windows = _windows(node, shape, node.kernel, node.stride, node.padding, ceil=node.ceil)
+    _warn_dropped(node, windows, shape, shapes)
+    out = (shape[0], windows[0].out, windows[1].out)
+    shapes[node.name] = LayerShape(shape, out, windows, shape[0], shape[0])
+    return out
+
+
+def _global_pool(node: ir.GlobalPool, shape: Shape, shapes: Shapes) -> Shape:
+    _need_spatial(node, shape, "global pool")
+    return (shape[0], 1, 1)
+
+
+def _same_shape(node: ir.Node, shape: Shape, shapes: Shapes) -> Shape:
+    return shape
 
 
 def _conv(node: ir.Conv, shape: Shape, shapes: Shapes) -> Shape:
@@ -288,3 +282,20 @@ def _branches(node: ir.Concat | ir.Add, shape: Shape, shapes: Shapes) -> Shape:
         raise _error(node, "concat joins branches on channels, so their height x width must agree", notes=listing,
                      hint="give every branch the same strides and 'pad' so the sizes match")
     return (sum(o[0] for o in outs),) + outs[0][1:]
+
+
+# The shape rule of each node kind.
+_RULES = {
+    ir.Seq: _seq,
+    ir.Conv: _conv,
+    ir.Pool: _pool,
+    ir.GlobalPool: _global_pool,
+    ir.Linear: lambda node, shape, shapes: (node.out_features,),
+    ir.Flatten: lambda node, shape, shapes: (math.prod(shape),),
+    ir.Dropout: _same_shape,
+    ir.Activation: _same_shape,
+    ir.BatchNorm: _same_shape,
+    ir.Residual: _residual,
+    ir.Concat: _branches,
+    ir.Add: _branches,
+}
