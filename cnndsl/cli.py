@@ -153,5 +153,15 @@ def compile_(file: str, target: str, out: str | None, weights: str | None, seed:
     click.echo(f"wrote {path}")
 
 
+def run() -> None:
+    """The `cnndsl` console script: `main`, in a process that ends with it."""
+    try:
+        main()
+    finally:
+        # At exit the interpreter makes one last full collection over every object still alive (the
+        # modules, the IR, the report): 6% of an analyze, to find nothing. Frozen objects are skipped.
+        gc.freeze()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()
