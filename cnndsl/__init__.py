@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = ["Net", "parse", "load", "compile", "CnnDslError", "Diagnostic", "Source", "Span", "__version__"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # The API is imported on first use (PEP 562), so the `cnndsl` command can set itself up before
     # the parser, IR and analysis modules load.
     if name in ("Net", "compile", "load", "parse"):

@@ -135,8 +135,8 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
     """All figures for `network` (at `input_shape` if given). Raises CnnDslError on a shape error or a
     broken `expect` line."""
     shapes = infer_shapes(network, input_shape)
-    previous: dict[str, Field] = {}  # node name -> the field it starts from, for --explain
-    fields = receptive_fields(network, shapes, previous) if len(input_shape or network.input_shape) == 3 else {}
+    field_inputs: dict[str, Field] = {}  # node name -> the field it starts from (Report.explain)
+    fields = receptive_fields(network, shapes, field_inputs) if len(input_shape or network.input_shape) == 3 else {}
     rows: list[LayerReport] = []
     params = trainable = buffers = macs = activations = 0
     depth_of = _depths(network.body)
@@ -174,7 +174,7 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         weight_bytes=(params + buffers) * BYTES_PER_VALUE, activation_bytes=activations * BYTES_PER_VALUE,
         rf=final.size if final else (0, 0), jump=final.jump if final else (0, 0),
         offset=final.start if final else (0.0, 0.0), layers=tuple(rows),
-        warnings=tuple(shapes.warnings.items), shapes=shapes, fields=fields, field_inputs=previous)
+        warnings=tuple(shapes.warnings.items), shapes=shapes, fields=fields, field_inputs=field_inputs)
     if check_expects:
         try:
             check_expectations(network, report)
