@@ -95,15 +95,9 @@ def wall(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
-def median_wall(cmd: list[str], runs: int) -> tuple[float, float, str]:
-    """Median and fastest wall time of `runs` fresh processes, and the last one's output."""
-    results = [wall(cmd) for _ in range(runs)]
-    times = [r[0] for r in results]
-    return statistics.median(times), min(times), results[-1][1]
-
-
 def interleaved(commands: dict[str, list[str]], runs: int) -> dict[str, tuple[float, float, str]]:
-    """median_wall of several commands, taking turns, so a busy moment of the machine hits all alike."""
+    """Median and fastest wall time of `runs` fresh processes of each command, and the last one's
+    output; the commands take turns, so a busy moment of the machine hits all alike."""
     results: dict[str, list[tuple[float, str]]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, cmd in commands.items():
@@ -154,41 +148,48 @@ def main() -> None:
     wall(user_cli + analyze)  # warms the disk cache
     timed = interleaved({"bare": [str(python), "-c", "pass"], "cli": user_cli + analyze, "dev": dev_cli + analyze},
                         args.runs)
-    bare, cli, dev = timed["bare"][0], timed["cli"][0], timed["dev"][0]
     report = json.loads(timed["cli"][2])
     assert report["params"] == PARAMS, report["params"]
     counted = instructions(user_cli + analyze) if args.instructions else None
 
-    work_script = ("import json, statistics, sys, time, cnndsl\n"
+    work_script = ("import json, sys, time, cnndsl\n"
                    "cnndsl.load(sys.argv[1])\n"
                    "times = []\n"
                    "for _ in range(int(sys.argv[2])):\n"
                    "    start = time.perf_counter(); cnndsl.load(sys.argv[1]).analyze()\n"
                    "    times.append(time.perf_counter() - start)\n"
-                   "print(statistics.median(times))\n")
-    work = float(subprocess.run([str(python), "-c", work_script, str(NET), str(args.runs)], capture_output=True,
-                                text=True, check=True, cwd=VENV).stdout)  # not the checkout
+                   "print(json.dumps(times))\n")
+    # cwd: not the checkout, whose cnndsl/ would shadow the installed one
+    work_times = json.loads(subprocess.run([str(python), "-c", work_script, str(NET), str(args.runs)],
+                                           capture_output=True, text=True, check=True, cwd=VENV).stdout)
+    work = (statistics.median(work_times), min(work_times))
 
     torch_rows = []
     for mode in ("hooks", "torchinfo"):
-        seconds, _, out = median_wall([sys.executable, "-c", TORCH_SCRIPT, mode], max(args.runs // 4, 3))
-        figures = json.loads(out)
-        assert figures["params"] == PARAMS, (mode, figures["params"])
-        assert abs(figures["macs"] - report["macs"]) / report["macs"] < 0.005, (mode, figures["macs"], report["macs"])
-        torch_rows.append((f"torch + {mode}", seconds, figures["seconds"]))
+        runs = [wall([sys.executable, "-c", TORCH_SCRIPT, mode]) for _ in range(max(args.runs // 4, 3))]
+        figures = [json.loads(out) for _, out in runs]
+        for figure in figures:
+            assert figure["params"] == PARAMS, (mode, figure["params"])
+            assert abs(figure["macs"] - report["macs"]) / report["macs"] < 0.005, (mode, figure["macs"], report["macs"])
+        walls, works = [t for t, _ in runs], [f["seconds"] for f in figures]
+        torch_rows.append((f"torch + {mode}", (statistics.median(walls), min(walls)),
+                           (statistics.median(works), min(works))))
 
-    ms = 1000
+    def ms(pair: tuple[float, float], digits: int = 0) -> str:
+        return f"{pair[0] * 1000:.{digits}f} ({pair[1] * 1000:.{digits}f}) ms"
+
     print(f"ResNet-152, 3x224x224: {report['params']:,} parameters, {report['macs'] / 1e9:.3f} GMACs (all paths agree)")
-    print(f"{'path':34} {'process, end to end':>20} {'work only':>12}")
-    print(f"{'cnndsl analyze (pip install)':34} {cli * ms:16.0f} ms {work * ms:9.1f} ms"
-          f"   (fastest {timed['cli'][1] * ms:.0f} ms)")
-    print(f"{'cnndsl analyze (editable, dev)':34} {dev * ms:16.0f} ms {'':>12}"
-          f"   (fastest {timed['dev'][1] * ms:.0f} ms)")
-    print(f"{'  python -c pass (same venv)':34} {bare * ms:16.0f} ms")
-    for name, seconds, work_seconds in torch_rows:
-        print(f"{name:34} {seconds * ms:16.0f} ms {work_seconds * ms:9.1f} ms")
-    for name, seconds, work_seconds in torch_rows:
-        print(f"ratio {name} / cnndsl: end to end {seconds / cli:.1f}x, work only {work_seconds / work:.1f}x")
+    print("median (fastest) of each path's runs")
+    print(f"{'path':32} {'process, end to end':>22} {'work only':>22}")
+    print(f"{'cnndsl analyze (pip install)':32} {ms(timed['cli'][:2]):>22} {ms(work, 1):>22}")
+    print(f"{'cnndsl analyze (editable, dev)':32} {ms(timed['dev'][:2]):>22}")
+    print(f"{'  python -c pass (same venv)':32} {ms(timed['bare'][:2]):>22}")
+    for name, walls, works in torch_rows:
+        print(f"{name:32} {ms(walls):>22} {ms(works, 1):>22}")
+    cli = timed["cli"][:2]
+    for name, walls, works in torch_rows:
+        print(f"ratio {name} / cnndsl: end to end {walls[0] / cli[0]:.1f}x ({walls[1] / cli[1]:.1f}x fastest), "
+              f"work only {works[0] / work[0]:.1f}x ({works[1] / work[1]:.1f}x fastest)")
     if counted:
         print(f"cnndsl analyze (pip install): {counted / 1e6:.0f}M instructions (valgrind)")
 
