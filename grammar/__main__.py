@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -100,18 +98,6 @@ def generate(grammar: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: the module must stay readable by everyone
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _why_stale(committed: str, grammar: str, installed_lark: str) -> str:
     made_by = recorded_lark_version(committed)
     if made_by != installed_lark:
@@ -142,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{MODULE.name} is up to date with {GRAMMAR.name}")
         return 0
-    _write_atomically(MODULE, module)
+    from cnndsl.outputs import write_atomic
+
+    write_atomic(MODULE, module.encode("utf-8"))
     print(f"wrote {MODULE}")
     return 0
 
