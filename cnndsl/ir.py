@@ -288,10 +288,6 @@ class Network:
         return (n for n in self.walk() if isinstance(n, LEAVES))
 
 
-def children(node: Node) -> tuple[Node, ...]:
-    return node.children()
-
-
 def walk(node: Node) -> Iterator[Node]:
     yield node
     for child in node.children():
