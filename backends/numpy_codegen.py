@@ -17,50 +17,19 @@ from __future__ import annotations
 
 import keyword
 import linecache
+import os
 import re
 from typing import Any
 
 import numpy as np
 
 from ..errors import CnnDslError
-from ..ir import (
-    Activation,
-    Add,
-    BatchNorm,
-    Concat,
-    Conv,
-    Dropout,
-    Flatten,
-    GlobalPool,
-    Linear,
-    Node,
-    Pool,
-    Residual,
-    Seq,
-)
+from ..ir import Node, Residual
+from ..kinds import emitter
+from .common import class_name, printable, where
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _COMMENT_COLUMN = 52
-
-_ACTIVATIONS = {"relu": "ReLU", "relu6": "ReLU6", "leaky": "LeakyReLU", "elu": "ELU", "sigmoid": "Sigmoid",
-                "tanh": "Tanh", "gelu": "GELU", "silu": "SiLU", "hardswish": "Hardswish", "softmax": "Softmax"}
-
-
-def class_name(network_name: str) -> str:
-    """`lenet5` -> `Lenet5`, `my_net` -> `MyNet`; refuses anything that is not a plain identifier."""
-    if not _IDENT.fullmatch(network_name):
-        raise CnnDslError(f"network name {network_name!r} cannot name a Python class",
-                          hint="use letters, digits and '_', starting with a letter")
-    name = "".join(part[:1].upper() + part[1:] for part in network_name.split("_") if part)
-    if not name or not name[0].isalpha():
-        name = "Net" + name
-    return name
-
-
-def _comment(text: str) -> str:
-    """Source text made safe for a one-line comment (no line breaks or control characters survive)."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text).strip()
 
 
 def _literal(value: Any) -> str:
@@ -108,17 +77,11 @@ class _Emitter:
         return name
 
     def where(self, node: Node) -> str:
-        line = node.span.line if node.span else 0
-        # The statement without its own `#` comment (cnndsl has no strings, so `#` always starts one).
-        text = _comment(self.source.line_text(line).split("#")[0]) if line else ""
-        where = f"line {line}: {text}" if text else f"line {line}"
+        text = where(node)
         if node.calls:
-            call = node.calls[-1]
-            text = self.source.line_text(call.line)
-            if call.end_line == call.line and call.end_column > call.column:
-                text = text[call.column - 1 : call.end_column - 1]  # just this call on a line of several
-            where += f"  (in {_comment(text.split('#')[0])}, line {call.line})"
-        return where
+            call = self.net.source.statement(node.calls[-1])
+            text += f"  (in {printable(call)}, line {node.calls[-1].line})"
+        return text
 
     def fresh(self, stem: str) -> str:
         self.counter += 1
@@ -129,76 +92,85 @@ class _Emitter:
 
     # ------------------------------------------------------------ statements
 
-    def seq(self, seq: Seq, var: str) -> None:
+    def node(self, node: Node, var: str) -> None:
+        emitter(self, node, "numpy")(node, var)
+
+    def seq_numpy(self, seq, var: str) -> None:
         for item in seq.items:
             self.node(item, var)
 
-    def node(self, node: Node, var: str) -> None:
-        if isinstance(node, Seq):
-            self.seq(node, var)
-        elif isinstance(node, Residual):
-            self.residual(node, var)
-        elif isinstance(node, (Concat, Add)):
-            self.branches(node, var)
-        else:
-            self.leaf(node, var)
-
-    def leaf(self, node: Node, var: str) -> None:
+    def leaf(self, node: Node, var: str, constructor: str) -> None:
+        """A layer of the runtime: registered in `__init__`, called in `forward`, its backward in `backward`."""
         attr = self.attr(node)
-        self.inits.append(f"self.{attr} = self.add(rt.{self.constructor(node)})")
+        self.inits.append(f"self.{attr} = self.add(rt.{constructor})")
         self.registered.append(node.name)
         flag = ", input_grad" if self.prefix and var == "x" else ""
         self.pair(f"{var} = self.{attr}({var}, train)", f"d{var} = self.{attr}.backward(d{var}{flag})",
                   self.where(node))
-        if isinstance(node, (Conv, Linear, BatchNorm)):
+        if any(spec.trainable for spec in node.tensors(self.shapes.of(node))):
             self.prefix = False
 
-    def constructor(self, node: Node) -> str:
-        shape = self.shapes.of(node)
-        name = repr(node.name)
-        if isinstance(node, Conv):
-            return (f"Conv2d({name}, {shape.in_channels}, {shape.out_channels}, kernel={_literal(node.kernel)}, "
-                    f"stride={_literal(node.stride)}, pads={_literal(shape.pads)}, "
-                    f"dilation={_literal(node.dilation)}, groups={shape.groups}, bias={node.bias}, dtype=dtype)")
-        if isinstance(node, Pool):
-            cls = {"max": "MaxPool2d", "avg": "AvgPool2d"}[node.mode]
-            return (f"{cls}({name}, kernel={_literal(node.kernel)}, stride={_literal(node.stride)}, "
-                    f"pads={_literal(shape.pads)}, ceil={node.ceil})")
-        if isinstance(node, GlobalPool):
-            cls = {"max": "GlobalMaxPool", "avg": "GlobalAvgPool"}[node.mode]
-            return f"{cls}({name})"
-        if isinstance(node, Linear):
-            features = int(np.prod(shape.input))
-            return f"Linear({name}, {features}, {node.out_features}, bias={node.bias}, dtype=dtype)"
-        if isinstance(node, Flatten):
-            return f"Flatten({name})"
-        if isinstance(node, Dropout):
-            self.dropouts += 1
-            return f"Dropout({name}, p={_literal(float(node.p))}, seed={self.dropouts - 1})"
-        if isinstance(node, BatchNorm):
-            return (f"BatchNorm({name}, {shape.input[0]}, eps={_literal(float(node.eps))}, "
-                    f"momentum={_literal(float(node.momentum))}, dtype=dtype)")
-        if isinstance(node, Activation):
-            cls = _ACTIVATIONS[node.fn]
-            if node.fn in ("leaky", "elu") and node.alpha is not None:
-                return f"{cls}({name}, alpha={_literal(float(node.alpha))})"
-            return f"{cls}({name})"
-        raise NotImplementedError(f"numpy backend: no layer for {type(node).__name__} ({node.name})")
+    # ------------------------------------------------------------ one emitter per kind: `<key>_numpy`
 
-    def residual(self, node: Residual, var: str) -> None:
+    def conv_numpy(self, node, var: str) -> None:
+        shape = self.shapes.of(node)
+        self.leaf(node, var, f"Conv2d({node.name!r}, {shape.in_channels}, {shape.out_channels}, "
+                             f"kernel={_literal(node.kernel)}, stride={_literal(node.stride)}, "
+                             f"pads={_literal(shape.pads)}, dilation={_literal(node.dilation)}, groups={shape.groups}, "
+                             f"bias={node.bias}, dtype=dtype)")
+
+    def pool_numpy(self, node, var: str) -> None:
+        cls = {"max": "MaxPool2d", "avg": "AvgPool2d"}[node.mode]
+        self.leaf(node, var, f"{cls}({node.name!r}, kernel={_literal(node.kernel)}, stride={_literal(node.stride)}, "
+                             f"pads={_literal(self.shapes.of(node).pads)}, ceil={node.ceil})")
+
+    def global_pool_numpy(self, node, var: str) -> None:
+        cls = {"max": "GlobalMaxPool", "avg": "GlobalAvgPool"}[node.mode]
+        self.leaf(node, var, f"{cls}({node.name!r})")
+
+    def fc_numpy(self, node, var: str) -> None:
+        features = int(np.prod(self.shapes.of(node).input))
+        self.leaf(node, var, f"Linear({node.name!r}, {features}, {node.out_features}, bias={node.bias}, dtype=dtype)")
+
+    def flatten_numpy(self, node, var: str) -> None:
+        self.leaf(node, var, f"Flatten({node.name!r})")
+
+    def dropout_numpy(self, node, var: str) -> None:
+        self.dropouts += 1
+        self.leaf(node, var, f"Dropout({node.name!r}, p={_literal(float(node.p))}, seed={self.dropouts - 1})")
+
+    def bn_numpy(self, node, var: str) -> None:
+        self.leaf(node, var, f"BatchNorm({node.name!r}, {self.shapes.of(node).input[0]}, "
+                             f"eps={_literal(float(node.eps))}, momentum={_literal(float(node.momentum))}, "
+                             f"dtype=dtype)")
+
+    def activation_numpy(self, node, var: str) -> None:
+        fn = node.function
+        if node.alpha is not None and node.alpha != fn.default:
+            self.leaf(node, var, f"{fn.numpy}({node.name!r}, alpha={_literal(float(node.alpha))})")
+        else:
+            self.leaf(node, var, f"{fn.numpy}({node.name!r})")
+
+    def residual_numpy(self, node: Residual, var: str) -> None:
         self.prefix = False
         skip = self.fresh("skip")
         projects = self.shapes.of(node).projects
         what = "projected shortcut" if projects else "identity shortcut"
         # Fork: x feeds the body and the shortcut, so their gradients add up on the way back.
         self.pair(f"{skip} = {var}", f"d{var} = d{var} + d{skip}", f"{node.name}: {what}; {self.where(node)}")
-        self.seq(node.body, var)
+        self.node(node.body, var)
         if projects:
             assert node.shortcut is not None
-            self.seq(node.shortcut, skip)
+            self.node(node.shortcut, skip)
         self.pair(f"{var} = {var} + {skip}", f"d{skip} = d{var}", f"{node.name}: body + shortcut")
 
-    def branches(self, node: Concat | Add, var: str) -> None:
+    def concat_numpy(self, node, var: str) -> None:
+        self.branches(node, var)
+
+    def add_numpy(self, node, var: str) -> None:
+        self.branches(node, var)
+
+    def branches(self, node, var: str) -> None:
         self.prefix = False
         stem = self.fresh("branch")
         names = [f"{stem}_{i}" for i in range(1, len(node.branches) + 1)]
@@ -206,8 +178,8 @@ class _Emitter:
         self.pair(f"{' = '.join(names)} = {var}", f"d{var} = {' + '.join(grads)}",
                   f"{node.name}: every branch reads {var}; {self.where(node)}")
         for branch, name in zip(node.branches, names, strict=True):
-            self.seq(branch, name)
-        if isinstance(node, Concat):
+            self.node(branch, name)
+        if node.key == "concat":
             channels = tuple(self.shapes.of(branch).output[0] for branch in node.branches)
             self.pair(f"{var} = rt.concat([{', '.join(names)}])",
                       f"{', '.join(grads)}{',' if len(grads) == 1 else ''} = rt.split(d{var}, {_literal(channels)})",
@@ -245,16 +217,16 @@ def generate(net) -> str:
         line = pre.span.line if pre.span else 0
         em.pair("x = self.preprocess(x, train)", "dx = self.preprocess.backward(dx, input_grad)",
                 f"line {line}: preprocess" if line else "preprocess")
-    em.seq(net.ir.body, "x")
+    em.node(net.ir.body, "x")
     # Every tensor the model registers must be one tensor_specs names, in the same order.
     _check_registration(net, em)
 
-    path = _comment(net.source.path)
+    path = printable(os.path.basename(net.source.path))
     shape = _literal(tuple(net.ir.input_shape))
     output = _literal(tuple(net.shapes.of(net.ir.body).output))
     head = [
-        f"# Generated by cnndsl from {path}: network {_comment(net.name)}. Recompile instead of editing.",
-        f'"""NumPy model of network {net.name}: forward and backward, input (N, {shape[1:-1].rstrip(",")}).',
+        f"# Generated by cnndsl from {path}: network {printable(net.name)}. Recompile instead of editing.",
+        f'"""NumPy model of network {cls}: forward and backward, input (N, {shape[1:-1].rstrip(",")}).',
         "",
         "    model = build('weights.safetensors')       # or build() for cnndsl's seeded init; dtype=np.float64",
         "    y = model.forward(x, train=True)           # x: N x " + "x".join(map(str, net.ir.input_shape)),

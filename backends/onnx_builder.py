@@ -32,7 +32,6 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cnndsl import ir
+from cnndsl.kinds import emitter
 from cnndsl.weights import resolve_weights
 
 DEFAULT_OPSET = 17  # widely deployed (onnxruntime >= 1.13, TensorRT 8.6); gelu is the erf formula below 20
@@ -74,12 +74,34 @@ class _Names:
         return name
 
 
-def _statement(source, span) -> str:
-    """The source text of the statement at `span` (its first line for a multi-line statement)."""
-    text = source.line_text(span.line)
-    if span.end_line == span.line and span.end_column > span.column:
-        return text[span.column - 1:span.end_column - 1].strip()
-    return text[span.column - 1:].split("#", 1)[0].strip()
+class _Recipe:
+    """The small graph writer an activation's ONNX recipe is written against (`cnndsl.kinds.ACTIVATIONS`):
+    `g("Op", *inputs, **attributes)` appends a node of the shape of the activation's output and
+    returns its value; `g.const(v)` is a scalar constant; `g.opset` the target opset."""
+
+    def __init__(self, builder: _Builder, node: ir.Node, shape: tuple[int, ...]):
+        self.builder, self.node, self.shape, self.opset = builder, node, shape, builder.opset
+        self.last: onnx.NodeProto | None = None
+
+    def __call__(self, op_type: str, *inputs: str, **attrs: Any) -> str:
+        out = self.builder.op(self.node, op_type, list(inputs), self.shape, part=op_type.lower(), **attrs)
+        self.last = self.builder.nodes[-1]
+        return out
+
+    def const(self, value: float) -> str:
+        return self.builder.constant(value)
+
+    def result(self, value: str) -> str:
+        """The recipe's result takes the node's own names (`relu1`, `relu1@line4`), as every other
+        kind's single ONNX node does."""
+        if self.last is None or self.last.output[0] != value:
+            return value
+        builder, node = self.builder, self.node
+        renamed = builder.names.fresh(node.name)
+        self.last.output[0] = renamed
+        self.last.name = builder.names.fresh(f"{node.name}@line{node.span.line}")
+        builder.value_shapes[renamed] = builder.value_shapes.pop(value)
+        return renamed
 
 
 class _Builder:
@@ -92,20 +114,6 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.value_shapes: dict[str, tuple[int | str, ...]] = {}  # value -> its dims, BATCH first where batched
         self._constants: dict[tuple, str] = {}
-        self._emitters: dict[type, Callable[[Any, str], str]] = {
-            ir.Seq: self._seq,
-            ir.Conv: self._conv,
-            ir.Pool: self._pool,
-            ir.GlobalPool: self._global_pool,
-            ir.Linear: self._linear,
-            ir.Flatten: self._flatten,
-            ir.Dropout: self._dropout,
-            ir.BatchNorm: self._bn,
-            ir.Activation: self._activation,
-            ir.Residual: self._residual,
-            ir.Concat: self._concat,
-            ir.Add: self._add,
-        }
         for spec in net.tensor_specs():
             self.names.reserve(spec.name)
 
@@ -113,9 +121,9 @@ class _Builder:
 
     def _where(self, node: ir.Node) -> str:
         source = self.net.source
-        lines = [f"{source.path}:{node.span.line}: {_statement(source, node.span)}"]
+        lines = [f"{source.path}:{node.span.line}: {source.statement(node.span)}"]
         for call in reversed(node.calls):
-            lines.append(f"  in the block call at {source.path}:{call.line}: {_statement(source, call)}")
+            lines.append(f"  in the block call at {source.path}:{call.line}: {source.statement(call)}")
         return "\n".join(lines)
 
     def op(self, src: ir.Node | None, op_type: str, inputs: list[str], shape: tuple[int, ...], *,
@@ -148,9 +156,9 @@ class _Builder:
         return self._constants[key]
 
     def emit(self, node: ir.Node, x: str) -> str:
-        return self._emitters[type(node)](node, x)
+        return emitter(self, node, "onnx")(node, x)
 
-    # -- emitters, one per node kind ------------------------------------------------------------------
+    # -- emitters, one per node kind: `<key>_onnx` ------------------------------------------------------
 
     def preprocess(self, x: str) -> str:
         pre = self.net.ir.preprocess
@@ -168,12 +176,12 @@ class _Builder:
             x = self.op(None, "Div", [x, std], shape, part="div_std")
         return x
 
-    def _seq(self, node: ir.Seq, x: str) -> str:
+    def seq_onnx(self, node: ir.Seq, x: str) -> str:
         for item in node.items:
             x = self.emit(item, x)
         return x
 
-    def _conv(self, node: ir.Conv, x: str) -> str:
+    def conv_onnx(self, node: ir.Conv, x: str) -> str:
         shape = self.shapes.of(node)
         top, bottom, left, right = shape.pads
         inputs = [x, f"{node.name}.weight"] + ([f"{node.name}.bias"] if node.bias else [])
@@ -181,7 +189,7 @@ class _Builder:
                        strides=list(node.stride), pads=[top, left, bottom, right],
                        dilations=list(node.dilation), group=shape.groups)
 
-    def _pool(self, node: ir.Pool, x: str) -> str:
+    def pool_onnx(self, node: ir.Pool, x: str) -> str:
         shape = self.shapes.of(node)
         top, bottom, left, right = shape.pads
         extra = [w.overhang for w in shape.windows]  # > 0 only where ceil mode adds a window
@@ -198,76 +206,49 @@ class _Builder:
         return self.op(node, "AveragePool", [padded], shape.output, pads=[0, 0, extra[0], extra[1]],
                        count_include_pad=0, **attrs)
 
-    def _global_pool(self, node: ir.GlobalPool, x: str) -> str:
+    def global_pool_onnx(self, node: ir.GlobalPool, x: str) -> str:
         op_type = "GlobalMaxPool" if node.mode == "max" else "GlobalAveragePool"
         return self.op(node, op_type, [x], self.shapes.of(node).output)
 
-    def _linear(self, node: ir.Linear, x: str) -> str:
+    def fc_onnx(self, node: ir.Linear, x: str) -> str:
         shape = self.shapes.of(node)
         if len(shape.input) != 1:  # C x H x W: flatten in C, H, W order first
             x = self.op(node, "Flatten", [x], (math.prod(shape.input),), part="flatten", axis=1)
         inputs = [x, f"{node.name}.weight"] + ([f"{node.name}.bias"] if node.bias else [])
         return self.op(node, "Gemm", inputs, shape.output, transB=1)
 
-    def _flatten(self, node: ir.Flatten, x: str) -> str:
+    def flatten_onnx(self, node: ir.Flatten, x: str) -> str:
         shape = self.shapes.of(node)
         if len(shape.input) == 1:
             return x  # flatten of a vector is a no-op
         return self.op(node, "Flatten", [x], shape.output, axis=1)
 
-    def _dropout(self, node: ir.Dropout, x: str) -> str:
+    def dropout_onnx(self, node: ir.Dropout, x: str) -> str:
         return x  # identity at inference
 
-    def _bn(self, node: ir.BatchNorm, x: str) -> str:
+    def bn_onnx(self, node: ir.BatchNorm, x: str) -> str:
         n = node.name
         # ONNX's momentum weighs the running value (PyTorch's weighs the batch); unused at inference.
         return self.op(node, "BatchNormalization",
                        [x, f"{n}.weight", f"{n}.bias", f"{n}.running_mean", f"{n}.running_var"],
                        self.shapes.of(node).output, epsilon=float(node.eps), momentum=1.0 - float(node.momentum))
 
-    def _activation(self, node: ir.Activation, x: str) -> str:
-        shape = self.shapes.of(node).output
-        fn = node.fn
-        alpha = node.alpha if node.alpha is not None else ir.ACTIVATION_DEFAULT_ALPHA.get(fn)
-        simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
-        if fn in simple:
-            return self.op(node, simple[fn], [x], shape)
-        if fn == "relu6":
-            return self.op(node, "Clip", [x, self.constant(0.0), self.constant(6.0)], shape)
-        if fn == "leaky":
-            return self.op(node, "LeakyRelu", [x], shape, alpha=float(alpha))
-        if fn == "elu":
-            return self.op(node, "Elu", [x], shape, alpha=float(alpha))
-        if fn == "hardswish":  # ONNX HardSwish is x * max(0, min(1, x/6 + 1/2)) = x * relu6(x + 3) / 6
-            return self.op(node, "HardSwish", [x], shape)
-        if fn == "silu":
-            sig = self.op(node, "Sigmoid", [x], shape, part="sigmoid")
-            return self.op(node, "Mul", [x, sig], shape)
-        if fn == "softmax":
-            return self.op(node, "Softmax", [x], shape, axis=1)
-        if fn == "gelu":
-            if self.opset >= 20:
-                return self.op(node, "Gelu", [x], shape, approximate="none")
-            # exact gelu: x * 0.5 * (1 + erf(x / sqrt(2)))
-            scaled = self.op(node, "Div", [x, self.constant(math.sqrt(2.0))], shape, part="div_sqrt2")
-            erf = self.op(node, "Erf", [scaled], shape, part="erf")
-            one_plus = self.op(node, "Add", [erf, self.constant(1.0)], shape, part="add_one")
-            half_x = self.op(node, "Mul", [x, self.constant(0.5)], shape, part="half_x")
-            return self.op(node, "Mul", [half_x, one_plus], shape)
-        raise NotImplementedError(f"no ONNX emitter for activation {fn!r}")
+    def activation_onnx(self, node: ir.Activation, x: str) -> str:
+        graph = _Recipe(self, node, self.shapes.of(node).output)
+        return graph.result(node.function.onnx(graph, x, node.argument))
 
-    def _residual(self, node: ir.Residual, x: str) -> str:
+    def residual_onnx(self, node: ir.Residual, x: str) -> str:
         body = self.emit(node.body, x)
         shortcut = self.emit(node.shortcut, x) if self.shapes.of(node).projects else x
         return self.op(node, "Add", [body, shortcut], self.shapes.of(node).output)
 
-    def _concat(self, node: ir.Concat, x: str) -> str:
+    def concat_onnx(self, node: ir.Concat, x: str) -> str:
         outs = [self.emit(branch, x) for branch in node.branches]
         if len(outs) == 1:
             return outs[0]
         return self.op(node, "Concat", outs, self.shapes.of(node).output, axis=1)
 
-    def _add(self, node: ir.Add, x: str) -> str:
+    def add_onnx(self, node: ir.Add, x: str) -> str:
         outs = [self.emit(branch, x) for branch in node.branches]
         if len(outs) == 1:
             return outs[0]
@@ -340,7 +321,7 @@ def _check_opset(opset: int) -> None:
 
 def _model(net, weights, seed: int, opset: int, initializers: bool) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     _check_opset(opset)
-    net.analyze()  # shape errors and failed expectations surface as CnnDslError before any ONNX is built
+    net.report  # noqa: B018 - shape errors and failed expectations surface as CnnDslError before any ONNX is built
     tensors = resolve_weights(net, weights, seed)
     opsets = [helper.make_opsetid("", opset)]
     from cnndsl import __version__

@@ -38,7 +38,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnndsl import ir
-from cnndsl.analysis.shapes import LayerShape
+from cnndsl.analysis.shapes import LayerShape, window
+from cnndsl.kinds import emitter
+
+from .common import class_name, printable, where
 
 if TYPE_CHECKING:
     from torch import nn
@@ -57,12 +60,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # every nn.Module attribute (`training`, `forward`, `to`): only such names become plain attributes.
 _PLAIN_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*[0-9]\Z")
 
-ACTIVATION_MODULES = {
-    "relu": "nn.ReLU", "relu6": "nn.ReLU6", "leaky": "nn.LeakyReLU", "elu": "nn.ELU", "sigmoid": "nn.Sigmoid",
-    "tanh": "nn.Tanh", "gelu": "nn.GELU", "silu": "nn.SiLU", "hardswish": "nn.Hardswish", "softmax": "nn.Softmax",
-}
-# In-place variants whose backward needs only their own result: safe on a tensor nobody else holds.
-INPLACE_ACTIVATIONS = ("relu", "relu6")
 
 
 # ---------------------------------------------------------------- names
@@ -89,16 +86,6 @@ class _Namespace:
             suffix += 1
         self._used.add(name)
         return name
-
-
-def class_name(name: str, fallback: str = "Net") -> str:
-    """`resnet_18` -> `Resnet18`: CamelCase from the letters and digits only (leading underscores
-    would make Python mangle the name inside class bodies)."""
-    parts = [p for p in re.split(r"[^A-Za-z0-9]+", name) if p]
-    camel = "".join(p[:1].upper() + p[1:] for p in parts)
-    if not camel or camel[0].isdigit():
-        camel = fallback + camel
-    return camel
 
 
 def _plain_attribute(name: str) -> bool:
@@ -132,25 +119,6 @@ def _num(value: int | float) -> str:
 
 def _pair(values: tuple[int, int]) -> str:
     return _num(values[0]) if values[0] == values[1] else f"({_num(values[0])}, {_num(values[1])})"
-
-
-def _printable(text: str) -> str:
-    """Text safe inside a one-line comment: a carriage return or line separator from the source
-    would otherwise end the comment and start a line of code."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _statement_text(source, span, head: bool = False) -> str:
-    """The statement at `span`; with `head`, only up to the opening brace of its body."""
-    line = source.line_text(span.line)
-    if span.end_line == span.line and span.end_column > span.column:
-        text = line[span.column - 1:span.end_column - 1]
-    else:
-        text = line[span.column - 1:]
-    if head and "{" in text:
-        text = text[:text.index("{") + 1]
-    text = text.split("#", 1)[0]
-    return _printable(" ".join(text.split()))
 
 
 def _wrap_call(lhs: str, func: str, args: list[str], indent: str) -> list[str]:
@@ -247,9 +215,6 @@ class TorchGenerator:
         self.blocks: dict[tuple, _BlockClass] = {}
         self.block_order: list[_BlockClass] = []
         self.uses_functional = False
-        self.dispatch: dict[str, Callable[[_ClassBody, Any, str, str], str]] = {
-            name[:-len("_code")]: getattr(self, name) for name in dir(self) if name.endswith("_code")
-        }
 
     # ------------------------------------------------------------ driving
     def generate(self) -> str:
@@ -267,10 +232,7 @@ class TorchGenerator:
         return "\n\n\n".join(parts) + "\n"
 
     def emit(self, body: _ClassBody, node: ir.Node, src: str, dst: str) -> str:
-        emitter = self.dispatch.get(type(node).__name__.lower())
-        if emitter is None:
-            raise NotImplementedError(f"torch backend: no emitter for {type(node).__name__} ({node.name})")
-        return emitter(body, node, src, dst)
+        return emitter(self, node, "torch")(body, node, src, dst)
 
     def seq_items(self, body: _ClassBody, seq: ir.Seq, src: str, dst: str) -> str:
         """The statements of `seq` reading `src`; the first writes `dst`. Returns the output variable
@@ -284,10 +246,8 @@ class TorchGenerator:
     def shape(self, node: ir.Node) -> LayerShape:
         return self.shapes.of(node)
 
-    def comment(self, node: ir.Node, span=None, note: str | None = None) -> str:
-        span = span or node.span
-        text = note or _statement_text(self.source, span, head=isinstance(node, ir.Residual | ir.Concat | ir.Add))
-        return f"line {span.line}: {text or node.kind}"
+    def comment(self, node: ir.Node, note: str | None = None) -> str:
+        return f"line {node.span.line}: {printable(note)}" if note else where(node)
 
     def layer(self, body: _ClassBody, node: ir.Node, func: str, args: list[str], call: Callable[[str], str],
               dst: str, fresh: bool) -> str:
@@ -303,7 +263,7 @@ class TorchGenerator:
         return f"F.pad({src}, ({left}, {right}, {top}, {bottom}){fill})"
 
     # ------------------------------------------------------------ leaves
-    def conv_code(self, body: _ClassBody, node: ir.Conv, src: str, dst: str) -> str:
+    def conv_torch(self, body: _ClassBody, node: ir.Conv, src: str, dst: str) -> str:
         shape = self.shape(node)
         top, bottom, left, right = shape.pads
         symmetric = top == bottom and left == right
@@ -321,7 +281,7 @@ class TorchGenerator:
         x = src if symmetric else self.pad(src, shape.pads)
         return self.layer(body, node, "nn.Conv2d", args, lambda m: f"{m}({x})", dst, fresh=True)
 
-    def pool_code(self, body: _ClassBody, node: ir.Pool, src: str, dst: str) -> str:
+    def pool_torch(self, body: _ClassBody, node: ir.Pool, src: str, dst: str) -> str:
         shape = self.shape(node)
         top, bottom, left, right = shape.pads
         symmetric = top == bottom and left == right
@@ -340,7 +300,7 @@ class TorchGenerator:
                      for size, begin, end in zip(shape.input[1:], (top, left), (bottom, right), strict=True)]
         # PyTorch's ceil rule lets a window start in padding it was handed explicitly, which the
         # shape pass (windows may not start in trailing padding) does not: drop that extra window.
-        torch_out = [_torch_pool_out(size, k, s, pad, node.ceil)
+        torch_out = [window(size, k, s, pad, pad, ceil=node.ceil).out
                      for (size, pad, _), k, s in zip(sizes, node.kernel, node.stride, strict=True)]
         want = list(shape.output[1:])
         if any(t < w for t, w in zip(torch_out, want, strict=True)):
@@ -349,11 +309,11 @@ class TorchGenerator:
         func = "nn.MaxPool2d" if node.mode == "max" else "nn.AvgPool2d"
         return self.layer(body, node, func, args, lambda m: f"{m}({x}){crop}", dst, fresh=True)
 
-    def globalpool_code(self, body: _ClassBody, node: ir.GlobalPool, src: str, dst: str) -> str:
+    def global_pool_torch(self, body: _ClassBody, node: ir.GlobalPool, src: str, dst: str) -> str:
         func = "nn.AdaptiveMaxPool2d" if node.mode == "max" else "nn.AdaptiveAvgPool2d"
         return self.layer(body, node, func, ["1"], lambda m: f"{m}({src})", dst, fresh=True)
 
-    def linear_code(self, body: _ClassBody, node: ir.Linear, src: str, dst: str) -> str:
+    def fc_torch(self, body: _ClassBody, node: ir.Linear, src: str, dst: str) -> str:
         shape = self.shape(node)
         args = [str(math.prod(shape.input)), str(node.out_features)]
         if not node.bias:
@@ -362,14 +322,14 @@ class TorchGenerator:
         x = f"torch.flatten({src}, 1)" if len(shape.input) > 1 else src
         return self.layer(body, node, "nn.Linear", args, lambda m: f"{m}({x})", dst, fresh=True)
 
-    def flatten_code(self, body: _ClassBody, node: ir.Flatten, src: str, dst: str) -> str:
+    def flatten_torch(self, body: _ClassBody, node: ir.Flatten, src: str, dst: str) -> str:
         return self.layer(body, node, "nn.Flatten", [], lambda m: f"{m}({src})", dst, fresh=False)
 
-    def dropout_code(self, body: _ClassBody, node: ir.Dropout, src: str, dst: str) -> str:
+    def dropout_torch(self, body: _ClassBody, node: ir.Dropout, src: str, dst: str) -> str:
         # identity in evaluation, so its output may be its input: not fresh
         return self.layer(body, node, "nn.Dropout", [_num(node.p)], lambda m: f"{m}({src})", dst, fresh=False)
 
-    def batchnorm_code(self, body: _ClassBody, node: ir.BatchNorm, src: str, dst: str) -> str:
+    def bn_torch(self, body: _ClassBody, node: ir.BatchNorm, src: str, dst: str) -> str:
         shape = self.shape(node)
         func = "nn.BatchNorm2d" if len(shape.input) == 3 else "nn.BatchNorm1d"
         args = [str(shape.input[0])]
@@ -379,34 +339,29 @@ class TorchGenerator:
             args.append(f"momentum={_num(node.momentum)}")
         return self.layer(body, node, func, args, lambda m: f"{m}({src})", dst, fresh=True)
 
-    def activation_code(self, body: _ClassBody, node: ir.Activation, src: str, dst: str) -> str:
-        if node.fn not in ACTIVATION_MODULES:
-            raise NotImplementedError(f"torch backend: no activation {node.fn!r} ({node.name})")
-        args: list[str] = []
-        if node.fn in ir.ACTIVATION_DEFAULT_ALPHA:
-            alpha = node.alpha if node.alpha is not None else ir.ACTIVATION_DEFAULT_ALPHA[node.fn]
-            args.append(_num(alpha))
-        if node.fn == "softmax":
+    def activation_torch(self, body: _ClassBody, node: ir.Activation, src: str, dst: str) -> str:
+        fn = node.function
+        args = [_num(node.argument)] if fn.default is not None else []
+        if fn.name == "softmax":
             args.append("dim=1")
         # In place (as torchvision does) only on a tensor this forward just made and nobody else
         # holds; the saving matters for speed parity with hand-written modules.
-        if node.fn in INPLACE_ACTIVATIONS and body.fresh:
+        if fn.inplace and body.fresh:
             args.append("inplace=True")
-        return self.layer(body, node, ACTIVATION_MODULES[node.fn], args, lambda m: f"{m}({src})", dst,
-                          fresh=False)
+        return self.layer(body, node, fn.torch, args, lambda m: f"{m}({src})", dst, fresh=False)
 
     # ------------------------------------------------------------ structure
-    def seq_code(self, body: _ClassBody, node: ir.Seq, src: str, dst: str) -> str:
+    def seq_torch(self, body: _ClassBody, node: ir.Seq, src: str, dst: str) -> str:
         if node.block is None:
             return self.seq_items(body, node, src, dst)
         cls = self.block_class(node)
         ref = body.register(node, cls, [])
         call = node.calls[-1] if node.calls else node.span
-        body.line(f"{dst} = {ref}({src})", self.comment(node, call))
+        body.line(f"{dst} = {ref}({src})", f"line {call.line}: {printable(self.source.statement(call))}")
         body.fresh = False
         return dst
 
-    def residual_code(self, body: _ClassBody, node: ir.Residual, src: str, dst: str) -> str:
+    def residual_torch(self, body: _ClassBody, node: ir.Residual, src: str, dst: str) -> str:
         shape = self.shape(node)
         keep = src
         if src == dst:  # the body overwrites the flowing variable: keep the input for the shortcut
@@ -430,14 +385,14 @@ class TorchGenerator:
         body.fresh = True
         return dst
 
-    def concat_code(self, body: _ClassBody, node: ir.Concat, src: str, dst: str) -> str:
+    def concat_torch(self, body: _ClassBody, node: ir.Concat, src: str, dst: str) -> str:
         outs = self.branches(body, node, src)
         self.join(body, node, dst, "torch.cat(", f"[{', '.join(outs)}], 1)", outs)
         self.release(body, outs, src)
         body.fresh = True
         return dst
 
-    def add_code(self, body: _ClassBody, node: ir.Add, src: str, dst: str) -> str:
+    def add_torch(self, body: _ClassBody, node: ir.Add, src: str, dst: str) -> str:
         outs = self.branches(body, node, src)
         self.join(body, node, dst, "", " + ".join(outs), outs)
         self.release(body, outs, src)
@@ -513,8 +468,8 @@ class TorchGenerator:
         digest = hashlib.sha256(self.source.text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         shape = "x".join(map(str, self.network.input_shape))
         lines = [
-            f"# Generated by cnndsl {__version__} from {_printable(path)[:60]} (sha256 {digest}):",
-            f"# network {_printable(self.network.name)[:60]}, input {shape}.",
+            f"# Generated by cnndsl {__version__} from {printable(path)[:60]} (sha256 {digest}):",
+            f"# network {printable(self.network.name)[:60]}, input {shape}.",
             "# Do not edit: change the .cnn file and compile again (cnndsl compile FILE --target torch).",
             "# Parameter and buffer names are the .cnn layer names (docs/backends.md), so weights load by name:",
             '#     model = build()  # or build("weights.safetensors"), loaded with safetensors.torch',
@@ -547,7 +502,7 @@ class TorchGenerator:
         return doc if len(doc) + 7 <= LINE_LIMIT else f"Block {block.block} (line {block.line})."
 
     def network_doc(self) -> str:
-        report = self.net.analyze()
+        report = self.net.report
         return (f"Network {self.network.name}: input {'x'.join(map(str, self.network.input_shape))} -> output "
                 f"{'x'.join(map(str, report.output))}, {report.params:,} parameters.")
 
@@ -566,17 +521,6 @@ class TorchGenerator:
                 f"{INDENT * 2}from safetensors.torch import load_file\n\n"
                 f"{INDENT * 2}model.load_state_dict(load_file(weights))\n"
                 f"{INDENT}return model")
-
-
-def _torch_pool_out(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
-    """PyTorch's pooling output size (its own ceil rule: the last window starts inside input + begin pad)."""
-    room = size + 2 * pad - kernel
-    if not ceil:
-        return room // stride + 1
-    out = -(-room // stride) + 1
-    if (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
 
 
 # ---------------------------------------------------------------- public API

@@ -63,8 +63,12 @@ class Net:
         return self.report.shapes
 
     def tensor_specs(self) -> list[TensorSpec]:
-        """Names, shapes and roles of every tensor, the same in every backend."""
-        return tensor_specs(self.ir, self.shapes)
+        """Names, shapes, roles and initialisation of every tensor, the same in every backend."""
+        return list(self._tensor_specs)
+
+    @cached_property
+    def _tensor_specs(self) -> tuple[TensorSpec, ...]:
+        return tuple(tensor_specs(self.ir, self.shapes))
 
     def init_weights(self, seed: int = 0) -> dict[str, Any]:
         """Fresh numpy weights (PyTorch's default initialisation), keyed by tensor name."""

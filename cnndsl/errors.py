@@ -41,6 +41,16 @@ class Source:
         lines = self.lines
         return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
 
+    def statement(self, span: Span) -> str:
+        """The statement at `span` as written, on its first line, without a trailing comment
+        (`concat {` for a statement with a body)."""
+        text = self.line_text(span.line)
+        if span.end_line == span.line and span.end_column > span.column:
+            text = text[span.column - 1 : span.end_column - 1]
+        else:
+            text = text[max(span.column - 1, 0):]
+        return text.split("#", 1)[0].strip()
+
 
 class Diagnostic(NamedTuple):
     """An error or warning about one place in the source."""

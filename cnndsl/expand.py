@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from . import ir
 from . import syntax as S
 from .errors import BadValueError, CnnDslError, CnnSyntaxError, LimitError, Source, Span, UnknownNameError, closest
+from .kinds import STATEMENTS
 from .parser import KEYWORDS, misplaced_keyword
+
+_MISSING = object()  # no default: the option must be there
 
 MAX_REPEAT = 10_000
 MAX_CALL_DEPTH = 64
@@ -254,86 +257,57 @@ class _Expander:
                 raise BadValueError(f"'{option.key}' is given twice", option.span, calls=frame.calls,
                                     hint="keep one of them")
             options[option.key] = option
-        common = dict(span=stmt.span, calls=frame.calls)
-        builder = getattr(self, f"_{stmt.op}")
-        return builder(stmt, options, scope, frame, common)
+        return STATEMENTS[stmt.op].build(Options(self, stmt, options, scope, frame))
 
-    def _padding(self, option: S.Option | None, frame: _Frame) -> ir.Padding:
+
+class Options:
+    """A layer statement's options, as its kind's `build` reads them: evaluated and checked here,
+    so every kind reports a bad value the same way (at the option, with the block calls)."""
+
+    def __init__(self, expander: _Expander, stmt: S.Layer, options: dict[str, S.Option], scope: _Scope,
+                 frame: _Frame):
+        self._expander, self._stmt, self._options, self._scope, self._frame = expander, stmt, options, scope, frame
+        self.common = dict(span=stmt.span, calls=frame.calls)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._options
+
+    def name(self, stem: str) -> str:
+        """The node's unique dotted name in its scope (`conv3`, `basic2.relu1`)."""
+        return self._scope.name(stem)
+
+    def word(self, key: str) -> str:
+        """A keyword option's value as written (`max`, `relu`)."""
+        return self._options[key].value
+
+    def integer(self, key: str, what: str, default=_MISSING, minimum: int = 1):
+        if key not in self._options and default is not _MISSING:
+            return default
+        return self._expander.integer(self._options[key].value, self._frame, what, minimum)
+
+    def number(self, key: str, what: str, low: float, high: float, default=_MISSING):
+        if key not in self._options and default is not _MISSING:
+            return default
+        return self._expander.number(self._options[key].value, self._frame, what, low, high)
+
+    def pair(self, key: str, what: str, default=_MISSING, minimum: int = 1):
+        if key not in self._options and default is not _MISSING:
+            return default
+        return self._expander.pair(self._options[key].value, self._frame, what, minimum)
+
+    def padding(self, key: str = "pad") -> ir.Padding:
+        option = self._options.get(key)
         if option is None or option.value == "valid":
             return ir.Padding()
         if option.value == "same":
             return ir.Padding(same=True)
-        ph, pw = self.pair(option.value, frame, "padding", minimum=0)
+        ph, pw = self._expander.pair(option.value, self._frame, "padding", minimum=0)
         return ir.Padding(top=ph, bottom=ph, left=pw, right=pw)
 
-    def _conv(self, stmt, options, scope, frame, common) -> ir.Conv:
-        kernel = self.pair(options["kernel"].value, frame, "a kernel size")
-        stride = self.pair(options["stride"].value, frame, "a stride") if "stride" in options else (1, 1)
-        dilation = self.pair(options["dil"].value, frame, "a dilation") if "dil" in options else (1, 1)
-        depthwise = "depthwise" in options
-        out = self.integer(options["out"].value, frame, "an output channel count") if "out" in options else None
-        multiplier = 1
-        if "mult" in options:
-            if not depthwise:
-                raise BadValueError("a channel multiplier ('-> 2x') only applies to a depthwise conv",
-                                    options["mult"].span, calls=frame.calls,
-                                    hint="add 'depthwise', or give a channel count: '-> 64'")
-            if out is not None:
-                raise BadValueError("give either '-> N' or '-> Nx', not both", options["mult"].span,
-                                    calls=frame.calls)
-            multiplier = self.integer(options["mult"].value, frame, "a channel multiplier")
-        if out is None and not depthwise:
-            raise BadValueError("conv needs an output channel count", stmt.span, calls=frame.calls,
-                                hint="add '-> C', e.g. 'conv 3x3 pad1 -> 64', or 'depthwise'")
-        groups = 1
-        if "groups" in options:
-            if depthwise:
-                raise BadValueError("'groups' and 'depthwise' do not go together: depthwise sets the groups",
-                                    options["groups"].span, calls=frame.calls, hint="keep one of them")
-            groups = self.integer(options["groups"].value, frame, "groups")
-        return ir.Conv(name=scope.name("conv"), out_channels=out, kernel=kernel, stride=stride,
-                       padding=self._padding(options.get("pad"), frame), dilation=dilation, groups=groups,
-                       depthwise=depthwise, multiplier=multiplier, bias="nobias" not in options, **common)
-
-    def _pool(self, stmt, options, scope, frame, common) -> ir.Node:
-        mode = options["mode"].value
-        if "global" in options:
-            for key in ("pad", "ceil"):
-                if key in options:
-                    raise BadValueError(f"a global pool takes no '{key}'", options[key].span, calls=frame.calls,
-                                        hint=f"remove '{key}'")
-            return ir.GlobalPool(name=scope.name("pool"), mode=mode, **common)
-        kernel = self.pair(options["kernel"].value, frame, "a pool size")
-        stride = self.pair(options["stride"].value, frame, "a stride") if "stride" in options else kernel
-        return ir.Pool(name=scope.name("pool"), mode=mode, kernel=kernel, stride=stride,
-                       padding=self._padding(options.get("pad"), frame), ceil="ceil" in options, **common)
-
-    def _fc(self, stmt, options, scope, frame, common) -> ir.Linear:
-        out = self.integer(options["out"].value, frame, "an output size")
-        return ir.Linear(name=scope.name("fc"), out_features=out, bias="nobias" not in options, **common)
-
-    def _flatten(self, stmt, options, scope, frame, common) -> ir.Flatten:
-        return ir.Flatten(name=scope.name("flatten"), **common)
-
-    def _dropout(self, stmt, options, scope, frame, common) -> ir.Dropout:
-        p = self.number(options["p"].value, frame, "a dropout probability", 0.0, 0.999) if "p" in options else 0.5
-        return ir.Dropout(name=scope.name("dropout"), p=p, **common)
-
-    def _bn(self, stmt, options, scope, frame, common) -> ir.BatchNorm:
-        eps = self.number(options["eps"].value, frame, "eps", 1e-12, 1.0) if "eps" in options else 1e-5
-        momentum = (self.number(options["momentum"].value, frame, "momentum", 0.0, 1.0)
-                    if "momentum" in options else 0.1)
-        return ir.BatchNorm(name=scope.name("bn"), eps=eps, momentum=momentum, **common)
-
-    def _act(self, stmt, options, scope, frame, common) -> ir.Activation:
-        fn = options["kind"].value
-        alpha = ir.ACTIVATION_DEFAULT_ALPHA.get(fn)
-        if "alpha" in options:
-            if fn not in ir.ACTIVATION_DEFAULT_ALPHA:
-                raise BadValueError(f"{fn} takes no parameter", options["alpha"].span, calls=frame.calls,
-                                    hint=f"write '{fn}' alone; 'leaky' and 'elu' take a slope/alpha")
-            alpha = self.number(options["alpha"].value, frame, f"the {fn} parameter", 0.0, 100.0)
-        return ir.Activation(name=scope.name(fn), fn=fn, alpha=alpha, **common)
+    def error(self, message: str, key: str | None = None, hint: str | None = None) -> BadValueError:
+        """A mistake in the statement, shown at option `key` (or at the statement)."""
+        span = self._options[key].span if key is not None else self._stmt.span
+        return BadValueError(message, span, calls=self._frame.calls, hint=hint)
 
 
 # ---------------------------------------------------------------- the program

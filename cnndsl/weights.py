@@ -6,44 +6,32 @@ the NumPy model and the ONNX initializers all use them, so one .safetensors file
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import numpy as np
 
 from .errors import WeightsError
+from .kinds.base import Init, Uniform
+
+
+def initial_value(init: Init, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """One tensor's starting value (float64): a uniform draw from `rng`, values from the file, or a
+    constant fill. Every backend starts from these numbers: `init_weights` and the NumPy runtime's
+    `Model.init_weights` both draw through here, in tensor order, from one Generator."""
+    if isinstance(init, Uniform):
+        return rng.uniform(-init.bound, init.bound, shape)
+    if isinstance(init, tuple):
+        return np.array(init, dtype=np.float64).reshape(shape)
+    return np.full(shape, float(init))
 
 
 def init_weights(net, seed: int = 0) -> dict[str, np.ndarray]:
-    """PyTorch's default initialisation, drawn with numpy: conv/fc weights and biases uniform in
-    +-1/sqrt(fan_in) (kaiming_uniform with a=sqrt(5)); BN gamma 1, beta 0, running stats 0 and 1."""
+    """PyTorch's default initialisation, drawn with numpy, as each kind's tensor specs say: conv/fc
+    weights and biases uniform in +-1/sqrt(fan_in) (kaiming_uniform with a=sqrt(5)); BN gamma 1,
+    beta 0, running stats 0 and 1; preprocessing constants from the .cnn file."""
     rng = np.random.default_rng(seed)
-    pre = net.ir.preprocess
-    out: dict[str, np.ndarray] = {}
-    weights_fan_in: dict[str, int] = {}
-    for spec in net.tensor_specs():
-        shape = spec.shape
-        if spec.role == "weight" and len(shape) >= 2:
-            fan_in = math.prod(shape[1:])
-            weights_fan_in[spec.node] = fan_in
-            bound = 1.0 / math.sqrt(fan_in)
-            value = rng.uniform(-bound, bound, shape)
-        elif spec.role == "bias" and spec.node in weights_fan_in:
-            bound = 1.0 / math.sqrt(weights_fan_in[spec.node])
-            value = rng.uniform(-bound, bound, shape)
-        elif spec.role in ("weight", "running_var", "std"):
-            value = np.ones(shape)
-        elif spec.role == "scale":
-            value = np.array(pre.scale if pre and pre.scale is not None else 1.0)
-        elif spec.role == "mean" and pre and pre.mean is not None:
-            value = np.array(pre.mean)
-        else:  # bias of BN, running_mean, num_batches_tracked, a mean still to be measured
-            value = np.zeros(shape)
-        if spec.role == "std" and pre and pre.std is not None:
-            value = np.array(pre.std)
-        out[spec.name] = value.astype(spec.dtype)
-    return out
+    return {spec.name: initial_value(spec.init, spec.shape, rng).astype(spec.dtype) for spec in net.tensor_specs()}
 
 
 def as_array(value: Any) -> np.ndarray:

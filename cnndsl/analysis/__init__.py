@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .. import ir
-from ..errors import CnnDslError, Diagnostic, ExpectationError, Source, Span
-from .cost import ZERO, TensorSpec, explain_cost, node_cost, tensor_specs
+from ..errors import CnnDslError, Diagnostic, ExpectationError, Span
+from .cost import TensorSpec, tensor_specs
 from .receptive_field import Field, receptive_fields
 from .shapes import LayerShape, Shapes, active, fmt, infer_shapes, same_padding, window
 
@@ -82,7 +82,7 @@ class Report:
         """The arithmetic behind a row's figures (`analyze --explain`), one line each."""
         row = self.layer(layer) if isinstance(layer, str) else layer
         shape = self.shapes[row.name]
-        lines = _shape_explain(row.node, shape) + explain_cost(row.node, shape)
+        lines = row.node.explain(shape)
         before, after = self.field_inputs.get(row.name), self.fields.get(row.name)
         if after is not None and before is not None and before != after:
             lines += (_rf_explain(before, after),)
@@ -102,27 +102,6 @@ class Report:
 
 def _num(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
-
-
-def _statement(source: Source, span: Span) -> str:
-    """The statement's text on its first line, without a trailing comment (`concat {`)."""
-    text = source.line_text(span.line)
-    if span.end_line == span.line and span.end_column > span.column:
-        text = text[span.column - 1 : span.end_column - 1]
-    else:
-        text = text[max(span.column - 1, 0):]
-    return text.split("#", 1)[0].strip()
-
-
-def _shape_explain(node: ir.Node, shape: LayerShape) -> tuple[str, ...]:
-    if shape.windows is None:
-        return ()
-    lines = []
-    for axis, w in zip(("height", "width"), shape.windows, strict=True):
-        rounding = "ceil" if getattr(node, "ceil", False) else "floor"
-        lines.append(f"{axis}: {rounding}(({w.size} + {w.pad_begin} + {w.pad_end} - {w.kernel}) / {w.stride}) + 1 "
-                     f"= {w.out}")
-    return tuple(lines)
 
 
 def _rf_explain(before: Field, after: Field) -> str:
@@ -146,10 +125,10 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         if isinstance(node, ir.Seq):
             continue
         shape = shapes.of(node)
-        cost = node_cost(node, shape) if isinstance(node, ir.LEAVES) else ZERO
+        cost = node.cost(shape)
         statement = statements.get(node.span)
         if statement is None:
-            statement = statements[node.span] = _statement(network.source, node.span)
+            statement = statements[node.span] = network.source.statement(node.span)
         lines = call_lines.get(node.calls)
         if lines is None:
             lines = call_lines[node.calls] = tuple(c.line for c in node.calls)

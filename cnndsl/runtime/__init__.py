@@ -3,14 +3,16 @@
 `kernels` holds the functions (`conv2d_forward`, `conv2d_backward`, ...); `layers` wraps them in
 layers that own their tensors, and `Model` is the base class of the code `cnndsl compile
 --target numpy` writes. Only numpy is needed (scipy, when installed, supplies erf for gelu).
+The activation layers (`ReLU`, `LeakyReLU`, ...) are made from `cnndsl.kinds.ACTIVATIONS`, one
+per row, under the row's `numpy` name.
 """
 
 from . import kernels
 from .kernels import concat_backward as split
 from .kernels import concat_forward as concat
 from .layers import (
-    ELU,
-    GELU,
+    ACTIVATION_LAYERS,
+    Activation,
     AvgPool2d,
     BatchNorm,
     Conv2d,
@@ -18,21 +20,15 @@ from .layers import (
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
-    Hardswish,
     Layer,
-    LeakyReLU,
     Linear,
     MaxPool2d,
     Model,
     Preprocess,
-    ReLU,
-    ReLU6,
-    Sigmoid,
-    SiLU,
-    Softmax,
-    Tanh,
 )
 
+globals().update(ACTIVATION_LAYERS)
+
 __all__ = ["kernels", "concat", "split", "Layer", "Model", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",
-           "GlobalMaxPool", "Linear", "Flatten", "Dropout", "BatchNorm", "Preprocess", "ReLU", "ReLU6", "LeakyReLU",
-           "ELU", "Sigmoid", "Tanh", "GELU", "SiLU", "Hardswish", "Softmax"]
+           "GlobalMaxPool", "Linear", "Flatten", "Dropout", "BatchNorm", "Preprocess", "Activation",
+           *ACTIVATION_LAYERS]

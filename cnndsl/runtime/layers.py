@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..weights import as_array
+from ..kinds.activation import ACTIVATIONS, ActivationFn
+from ..kinds.base import Init, Uniform
+from ..weights import as_array, initial_value, save_weights
 from . import kernels as K
 
 Pair = tuple[int, int]
@@ -33,12 +35,21 @@ class Layer:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
+        self.inits: dict[str, Init] = {}  # role -> how the tensor starts (`Model.init_weights`)
         self.cache: K.Cache | None = None
 
-    def param(self, role: str, shape: tuple[int, ...]) -> np.ndarray:
+    def param(self, role: str, shape: tuple[int, ...], init: Init) -> np.ndarray:
         self.params[role] = np.zeros(shape, dtype=self.dtype)
         self.grads[role] = np.zeros(shape, dtype=self.dtype)
+        self.inits[role] = init
         return self.params[role]
+
+    def buffer(self, role: str, value: Any, dtype: Any = None) -> np.ndarray:
+        """A tensor that is not trained, starting at (and reset to) `value`."""
+        array = np.array(value, dtype=dtype or self.dtype)
+        self.buffers[role] = array
+        self.inits[role] = float(value) if array.ndim == 0 else tuple(array.astype(float).ravel())
+        return array
 
     def __call__(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         y, self.cache = self.forward(x, train)
@@ -77,9 +88,10 @@ class Conv2d(Layer):
                  dtype: Any = np.float32):
         super().__init__(name, dtype)
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
-        self.param("weight", (out_channels, in_channels // groups, *kernel))
+        bound = Uniform(1.0 / np.sqrt(in_channels // groups * kernel[0] * kernel[1]))
+        self.param("weight", (out_channels, in_channels // groups, *kernel), bound)
         if bias:
-            self.param("bias", (out_channels,))
+            self.param("bias", (out_channels,), bound)
 
     def forward(self, x, train):
         # Inference keeps no column matrix; a backward after it rebuilds the columns.
@@ -132,9 +144,10 @@ class GlobalMaxPool(Layer):
 class Linear(Layer):
     def __init__(self, name: str, in_features: int, out_features: int, bias: bool = True, dtype: Any = np.float32):
         super().__init__(name, dtype)
-        self.param("weight", (out_features, in_features))
+        bound = Uniform(1.0 / np.sqrt(in_features))
+        self.param("weight", (out_features, in_features), bound)
         if bias:
-            self.param("bias", (out_features,))
+            self.param("bias", (out_features,), bound)
 
     def forward(self, x, train):
         return K.linear_forward(x, self.params["weight"], self.params.get("bias"))
@@ -173,11 +186,11 @@ class BatchNorm(Layer):
     def __init__(self, name: str, channels: int, eps: float = 1e-5, momentum: float = 0.1, dtype: Any = np.float32):
         super().__init__(name, dtype)
         self.eps, self.momentum = eps, momentum
-        self.param("weight", (channels,))[...] = 1
-        self.param("bias", (channels,))
-        self.buffers["running_mean"] = np.zeros(channels, dtype=self.dtype)
-        self.buffers["running_var"] = np.ones(channels, dtype=self.dtype)
-        self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+        self.param("weight", (channels,), 1.0)[...] = 1
+        self.param("bias", (channels,), 0.0)
+        self.buffer("running_mean", np.zeros(channels))
+        self.buffer("running_var", np.ones(channels))
+        self.buffer("num_batches_tracked", 0, np.int64)
 
     def forward(self, x, train):
         b = self.buffers
@@ -192,56 +205,31 @@ class BatchNorm(Layer):
 
 
 class Activation(Layer):
-    """An elementwise (or, for softmax, per-position) function with no tensors."""
+    """An elementwise (or, for softmax, per-position) function with no tensors: a row of
+    `cnndsl.kinds.ACTIVATIONS`, computed by its kernels `<kernel>_forward` / `<kernel>_backward`."""
 
-    forward_fn = staticmethod(K.relu_forward)
-    backward_fn = staticmethod(K.relu_backward)
+    function: ActivationFn
+
+    def __init__(self, name: str, alpha: float | None = None):
+        super().__init__(name)
+        self.alpha = alpha if alpha is not None else self.function.default
 
     def forward(self, x, train):
-        return self.forward_fn(x)
+        forward = getattr(K, f"{self.function.kernel}_forward")
+        return forward(x) if self.alpha is None else forward(x, self.alpha)
 
     def grad(self, dy, cache, input_grad=True):
-        return self.backward_fn(dy, cache)
+        return getattr(K, f"{self.function.kernel}_backward")(dy, cache)
 
 
-def _activation(name: str, forward, backward, doc: str) -> type[Activation]:
-    cls = type(name, (Activation,), {"forward_fn": staticmethod(forward), "backward_fn": staticmethod(backward),
-                                     "__doc__": doc})
-    cls.__module__ = __name__
+def _activation_class(function: ActivationFn) -> type[Activation]:
+    cls = type(function.numpy, (Activation,), {"function": function, "__doc__": function.formula,
+                                                "__module__": __name__})
     return cls
 
 
-ReLU = _activation("ReLU", K.relu_forward, K.relu_backward, "max(x, 0)")
-ReLU6 = _activation("ReLU6", K.relu6_forward, K.relu6_backward, "clip(x, 0, 6)")
-Sigmoid = _activation("Sigmoid", K.sigmoid_forward, K.sigmoid_backward, "1 / (1 + exp(-x))")
-Tanh = _activation("Tanh", K.tanh_forward, K.tanh_backward, "tanh(x)")
-GELU = _activation("GELU", K.gelu_forward, K.gelu_backward, "x * Phi(x), exact (erf)")
-SiLU = _activation("SiLU", K.silu_forward, K.silu_backward, "x * sigmoid(x)")
-Hardswish = _activation("Hardswish", K.hardswish_forward, K.hardswish_backward, "x * relu6(x + 3) / 6")
-Softmax = _activation("Softmax", K.softmax_forward, K.softmax_backward, "softmax over dim 1")
-
-
-class LeakyReLU(Activation):
-    def __init__(self, name: str, alpha: float = 0.01):
-        super().__init__(name)
-        self.alpha = alpha
-
-    def forward(self, x, train):
-        return K.leaky_relu_forward(x, self.alpha)
-
-    def grad(self, dy, cache, input_grad=True):
-        return K.leaky_relu_backward(dy, cache)
-
-
-class ELU(LeakyReLU):
-    def __init__(self, name: str, alpha: float = 1.0):
-        super().__init__(name, alpha)
-
-    def forward(self, x, train):
-        return K.elu_forward(x, self.alpha)
-
-    def grad(self, dy, cache, input_grad=True):
-        return K.elu_backward(dy, cache)
+ACTIVATION_LAYERS: dict[str, type[Activation]] = {fn.numpy: _activation_class(fn) for fn in ACTIVATIONS.values()}
+globals().update(ACTIVATION_LAYERS)  # rt.ReLU, rt.LeakyReLU, ...: the names generated models use
 
 
 class Preprocess(Layer):
@@ -253,12 +241,10 @@ class Preprocess(Layer):
                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
                  dtype: Any = np.float32):
         super().__init__(name, dtype)
-        self.defaults = {"scale": np.array(scale, dtype=np.float32)}
+        self.buffer("scale", np.float32(scale))
         if standardize:
-            self.defaults["mean"] = np.array(mean if mean is not None else np.zeros(channels), dtype=np.float32)
-            self.defaults["std"] = np.array(std if std is not None else np.ones(channels), dtype=np.float32)
-        for role, value in self.defaults.items():
-            self.buffers[role] = value.astype(self.dtype)
+            self.buffer("mean", np.array(mean if mean is not None else np.zeros(channels), dtype=np.float32))
+            self.buffer("std", np.array(std if std is not None else np.ones(channels), dtype=np.float32))
 
     def forward(self, x, train):
         b = self.buffers
@@ -315,23 +301,12 @@ class Model:
 
     def init_weights(self, seed: int = 0) -> None:
         """cnndsl's seeded initialisation, the numbers `cnndsl.weights.init_weights(net, seed)` gives
-        every backend: conv/fc weights and biases uniform in +-1/sqrt(fan_in) drawn in tensor order
-        from one float64 Generator and rounded to float32; BN gamma 1, beta 0, running stats 0 and 1,
-        no batches tracked; preprocessing constants from the .cnn file."""
+        every backend: each tensor from its layer's `inits`, drawn in tensor order from one Generator
+        (`cnndsl.weights.initial_value`) and rounded to float32."""
         rng = np.random.default_rng(seed)
         for layer in self.layers:
-            fan_in = None
-            for role, array in layer.params.items():
-                if role == "weight" and array.ndim >= 2:
-                    fan_in = int(np.prod(array.shape[1:]))
-                if fan_in is not None:  # conv/fc weight, and its bias with the weight's fan-in
-                    bound = 1.0 / np.sqrt(fan_in)
-                    array[...] = rng.uniform(-bound, bound, array.shape).astype(np.float32)
-                else:  # BN gamma, beta
-                    array[...] = 1 if role == "weight" else 0
-            for role, array in layer.buffers.items():
-                default = getattr(layer, "defaults", {}).get(role)
-                array[...] = default if default is not None else (1 if role == "running_var" else 0)
+            for role, array in (*layer.params.items(), *layer.buffers.items()):
+                array[...] = initial_value(layer.inits[role], array.shape, rng).astype(np.float32)
 
     def zero_grad(self) -> None:
         for g in self.grads.values():
@@ -375,16 +350,9 @@ class Model:
         self.load_state_dict(load_file(os.fspath(path)))
 
     def save_safetensors(self, path: str | os.PathLike) -> None:
-        from safetensors.numpy import save
-
-        from ..outputs import write_atomic
-
         # float32 (int64 counters) whatever the model computes in, as every backend expects.
-        # copy(order="C") rather than cnndsl.weights.save_weights: its np.ascontiguousarray turns the
-        # 0-d tensors (preprocess.scale, num_batches_tracked) into shape (1,), which loading refuses.
-        tensors = {name: (a if a.dtype == np.int64 else a.astype(np.float32)).copy(order="C")
-                   for name, a in self.state_dict().items()}
-        write_atomic(os.fspath(path), save(tensors, metadata={"format": "cnndsl", "network": type(self).__name__}))
+        tensors = {name: a if a.dtype == np.int64 else a.astype(np.float32) for name, a in self.state_dict().items()}
+        save_weights(tensors, path, metadata={"format": "cnndsl", "network": type(self).__name__})
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__}("] + [f"  {layer!r}," for layer in self.layers] + [")"]

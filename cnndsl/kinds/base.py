@@ -1,0 +1,321 @@
+"""What every layer kind is made of: the IR node base class, the figures its rules return, and the
+one place where window arithmetic lives (`window`, `same_padding`).
+
+A kind is one `Node` subclass (see `cnndsl.kinds`). Its fields are the evaluated statement; its
+methods are its rules, each a pure function of the node and what the passes hand it:
+
+    infer(shape, shapes)    -> LayerShape   the shape rule (`shapes.infer(child, shape)` recurses)
+    field(before, fields)   -> Field        the receptive-field rule (`fields.field(child, f)` recurses)
+    cost(shape)             -> Cost         parameters, buffers, MACs
+    tensors(shape)          -> TensorSpec.. the tensors it owns, in PyTorch's registration order,
+                                            each with its initialisation
+    explain(shape)          -> lines        the arithmetic `analyze --explain` shows
+    text()                  -> str          the evaluated statement, as a person would write it
+    build(options)          -> Node         (classmethod) the node from a statement's options
+
+Backends find their emitter for a node by one convention, `<key>_<backend>` (`conv_torch`,
+`conv_onnx`, `conv_numpy`), through `emitter()`; `tests/test_kinds.py` checks every kind has all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from ..errors import ShapeError, Span
+
+if TYPE_CHECKING:
+    from ..analysis.receptive_field import FieldPass
+    from ..analysis.shapes import Shapes
+    from ..expand import Options
+
+Shape = tuple[int, ...]
+
+# Node classes get their __init__ and frozenness from dataclasses, and one __eq__, __hash__ and
+# __repr__ from Node: dataclasses compiles every method it writes, per class, at import time,
+# which for the node classes was a tenth of `cnndsl analyze`'s start-up.
+node = dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+
+
+def fmt(shape: Shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def number_text(value: int | float) -> str:
+    """A number as a person writes it in a .cnn file: `2`, `0.5`, `1e-5`."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    if isinstance(value, int):
+        return str(value)
+    text = f"{value:g}"
+    return text.replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+
+
+def pair_text(values: tuple[int, int], square: str = "x") -> str:
+    """`3` for (3, 3) when `square` is "", else `3x3`; `1x7` for (1, 7)."""
+    if values[0] == values[1] and not square:
+        return number_text(values[0])
+    return f"{number_text(values[0])}x{number_text(values[1])}"
+
+
+# ---------------------------------------------------------------- window arithmetic
+
+
+class Window(NamedTuple):
+    """One axis of a sliding window, resolved."""
+
+    size: int  # input size on this axis
+    kernel: int  # effective kernel: dilation * (k - 1) + 1
+    stride: int
+    pad_begin: int
+    pad_end: int
+    out: int
+    dropped: int  # real input rows/columns at the end that no window sees
+
+    @property
+    def overhang(self) -> int:
+        """Rows past input + padding that the last window reaches: > 0 only where ceil mode adds a
+        window. Padding the end by this much lets a floor-mode window give the same count."""
+        return max((self.out - 1) * self.stride + self.kernel - (self.size + self.pad_begin + self.pad_end), 0)
+
+
+def effective_kernel(kernel: int, dilation: int = 1) -> int:
+    return dilation * (kernel - 1) + 1
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's SAME: out = ceil(size / stride); the odd row/column of padding goes last."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + effective_kernel(kernel, dilation) - size, 0)
+    return total // 2, total - total // 2
+
+
+def window(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int = 1,
+           ceil: bool = False) -> Window | None:
+    """The output size of one axis, or None when the kernel is larger than the padded input."""
+    k = effective_kernel(kernel, dilation)
+    room = size + pad_begin + pad_end - k
+    if room < 0:
+        return None
+    if ceil:
+        out = -(-room // stride) + 1
+        # As PyTorch and ONNX do: the last window must start inside the input or its leading padding.
+        if (out - 1) * stride >= size + pad_begin:
+            out -= 1
+    else:
+        out = room // stride + 1
+    covered = (out - 1) * stride + k  # rows of the padded input the windows reach
+    unseen_padded = size + pad_begin + pad_end - covered
+    # A kernel smaller than its stride skips rows everywhere by design (ResNet's 1x1/2 projection);
+    # only windows that tile the input leave a real, one-sided remainder worth a warning.
+    dropped = max(unseen_padded - pad_end, 0) if not ceil and k >= stride else 0
+    return Window(size, k, stride, pad_begin, pad_end, out, dropped)
+
+
+class Padding(NamedTuple):
+    """`pad same` (resolved per input size by the shape pass) or explicit amounts."""
+
+    same: bool = False
+    top: int = 0
+    bottom: int = 0
+    left: int = 0
+    right: int = 0
+
+    def __str__(self) -> str:
+        if self.same:
+            return "same"
+        if self.top == self.bottom == self.left == self.right:
+            return str(self.top)
+        return f"{self.top},{self.bottom},{self.left},{self.right}"
+
+    def text(self) -> str:
+        """The option as written: `pad1`, `pad 1x2`, `pad same`; "" for no padding."""
+        if self.same:
+            return "pad same"
+        if not (self.top or self.bottom or self.left or self.right):
+            return ""
+        if self.top == self.left:
+            return f"pad{self.top}"
+        return f"pad {self.top}x{self.left}"
+
+
+# ---------------------------------------------------------------- what the rules return
+
+
+class LayerShape(NamedTuple):
+    """What the shape pass knows of one node at the network's input size."""
+
+    input: Shape
+    output: Shape
+    windows: tuple[Window, Window] | None = None  # conv / pool: height and width axes
+    in_channels: int = 0
+    out_channels: int = 0
+    groups: int = 1
+    projects: bool = False  # residual: the shortcut branch is used
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right), as F.pad's reversed order and ONNX's begin/end order need."""
+        if self.windows is None:
+            return (0, 0, 0, 0)
+        h, w = self.windows
+        return (h.pad_begin, h.pad_end, w.pad_begin, w.pad_end)
+
+
+class Field(NamedTuple):
+    """Receptive field size, jump (effective stride) and the input coordinate of the centre of the
+    first output, per axis (height, width)."""
+
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    start: tuple[float, float]
+
+    def through(self, kernel: tuple[int, int], stride: tuple[int, int], pad_begin: tuple[int, int]) -> Field:
+        """Distill's forward recursion through a window of effective size k, stride s, leading pad p:
+        r += (k - 1) * j, start += ((k - 1) / 2 - p) * j, j *= s."""
+        (r_h, r_w), (j_h, j_w), (s_h, s_w) = self
+        (k_h, k_w), (p_h, p_w) = kernel, pad_begin
+        return Field((r_h + (k_h - 1) * j_h, r_w + (k_w - 1) * j_w),
+                     (j_h * stride[0], j_w * stride[1]),
+                     (s_h + ((k_h - 1) / 2 - p_h) * j_h, s_w + ((k_w - 1) / 2 - p_w) * j_w))
+
+    def whole(self, shape: Shape) -> Field:
+        """The field of a unit that sees its whole HxW input (flatten, global pool, fc)."""
+        if len(shape) != 3:
+            return self
+        return self.through((shape[1], shape[2]), (1, 1), (0, 0))
+
+
+INPUT_FIELD = Field((1, 1), (1, 1), (0.0, 0.0))
+
+
+class Cost(NamedTuple):
+    params: int
+    buffers: int
+    macs: int
+
+
+ZERO = Cost(0, 0, 0)
+
+
+class Uniform(NamedTuple):
+    """Drawn uniformly in [-bound, bound] (PyTorch's default for conv and fc: bound 1/sqrt(fan_in))."""
+
+    bound: float
+
+
+# How a tensor starts: a constant fill, values given in the file, or a uniform draw.
+Init = float | tuple[float, ...] | Uniform
+
+
+class TensorSpec(NamedTuple):
+    name: str  # "<node name>.<role>", e.g. "basic3.shortcut1.conv1.weight"
+    shape: tuple[int, ...]
+    role: str  # weight | bias | running_mean | running_var | num_batches_tracked | scale | mean | std
+    node: str
+    trainable: bool
+    dtype: str = "float32"
+    init: Init = 0.0
+
+
+def n(value: int) -> str:
+    """A figure in an explanation: `1,234`."""
+    return f"{value:,}"
+
+
+# ---------------------------------------------------------------- the node base class
+
+
+@node
+class Node:
+    """A statement of the network, after expansion: every number in it is concrete.
+
+    Subclasses set `key` (the name backends find emitters by) and, for a statement a user writes,
+    `statement` (its keyword, which registers the kind with the expander)."""
+
+    key: ClassVar[str] = ""
+    statement: ClassVar[str | None] = None
+
+    name: str
+    span: Span
+    calls: tuple[Span, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """What the analysis table calls it (`conv`, `pool`, `relu`, ...)."""
+        return self.key
+
+    def children(self) -> tuple[Node, ...]:
+        """The nodes directly inside this one, in order (none for a layer)."""
+        return ()
+
+    # -- rules (every kind defines them or inherits a family's) ----------------------------------
+    @classmethod
+    def build(cls, options: Options) -> Node:
+        raise NotImplementedError(f"{cls.__name__} has no build rule")
+
+    def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
+        raise NotImplementedError(f"{type(self).__name__} has no shape rule")
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        raise NotImplementedError(f"{type(self).__name__} has no receptive-field rule")
+
+    def cost(self, shape: LayerShape) -> Cost:
+        return ZERO
+
+    def tensors(self, shape: LayerShape) -> tuple[TensorSpec, ...]:
+        return ()
+
+    def explain(self, shape: LayerShape) -> tuple[str, ...]:
+        return ()
+
+    def text(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} has no printer")
+
+    # -- helpers for the rules --------------------------------------------------------------------
+    def error(self, message: str, hint: str | None = None, notes=()) -> ShapeError:
+        return ShapeError(message, self.span, hint=hint, notes=notes, calls=self.calls)
+
+    def need_spatial(self, shape: Shape, what: str) -> None:
+        if len(shape) != 3:
+            raise self.error(f"{what} needs a CxHxW input, but its input is the vector {fmt(shape)}",
+                             hint=f"move the {what} before 'flatten'/'fc', or remove the flatten")
+
+    def spec(self, role: str, dims: tuple[int, ...], init: Init, trainable: bool = True,
+             dtype: str = "float32") -> TensorSpec:
+        return TensorSpec(f"{self.name}.{role}", tuple(dims), role, self.name, trainable, dtype, init)
+
+    # -- one __eq__/__hash__/__repr__ for every node class ----------------------------------------
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields(self))})"
+
+
+@node
+class Pointwise(Node):
+    """A kind that keeps its input's shape and receptive field (activations, norms, dropout)."""
+
+    def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
+        return LayerShape(shape, shape)
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        return before
+
+
+def emitter(backend: Any, node: Node, suffix: str):
+    """The backend's method for `node`: `<key>_<suffix>`, like sqlglot's `<key>_sql`."""
+    method = getattr(backend, f"{node.key}_{suffix}", None)
+    if method is None:
+        raise NotImplementedError(f"the {suffix} backend has no emitter for {type(node).__name__} "
+                                  f"(a method `{node.key}_{suffix}`)")
+    return method

@@ -1,0 +1,167 @@
+"""Structure kinds: a sequence of statements (`Seq`: the network's body, a block call, a branch),
+`residual`, and the joins `concat` and `add`. Their rules recurse through the passes they are
+handed (`shapes.infer`, `fields.field`)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from .base import Field, LayerShape, Node, Shape, fmt, node, number_text
+
+if TYPE_CHECKING:
+    from ..analysis.receptive_field import FieldPass
+    from ..analysis.shapes import Shapes
+
+
+@node
+class Seq(Node):
+    """Statements in order. A block call (`block` set) or a branch body; the top-level body."""
+
+    key = "seq"
+
+    items: tuple[Node, ...]
+    block: str | None = None
+    args: tuple[tuple[str, int | float], ...] = ()
+
+    def children(self) -> tuple[Node, ...]:
+        return self.items
+
+    def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
+        out = shape
+        for item in self.items:
+            out = shapes.infer(item, out)
+        return LayerShape(shape, out)
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        for item in self.items:
+            before = fields.field(item, before)
+        return before
+
+    def text(self) -> str:
+        """`basic(128, s=2)` for a block call, as the call binds its parameters; else what the
+        sequence is (`branch`, `shortcut`, `body`, `network`)."""
+        if self.block is not None:
+            return f"{self.block}({', '.join(f'{k}={number_text(v)}' for k, v in self.args)})"
+        return re.sub(r"\d+$", "", self.name.rsplit(".", 1)[-1]) or "network"
+
+
+def _merge(node: Node, paths: list[Field]) -> Field:
+    """Branches that join must see the same places: the same jump and first centre per axis."""
+    jumps = {p.jump for p in paths}
+    starts = {p.start for p in paths}
+    if len(jumps) > 1 or len(starts) > 1:
+        listing = [f"branch {i}: jump {p.jump[0]}x{p.jump[1]}, first output centred at "
+                   f"({p.start[0]:g}, {p.start[1]:g})" for i, p in enumerate(paths, 1)]
+        raise node.error(f"the branches of this {node.kind} are misaligned: their outputs are centred on "
+                         f"different input pixels", notes=listing,
+                         hint="give every branch the same total stride and symmetric padding "
+                              "(pad (k-1)/2 for a kxk kernel)")
+    size = tuple(max(p.size[axis] for p in paths) for axis in range(2))
+    return Field(size, paths[0].jump, paths[0].start)
+
+
+def _shortcut_hint(shape: Shape, body: Shape) -> str:
+    if len(body) != 3 or len(shape) != 3:
+        return f"make the shortcut end in {fmt(body)}, e.g. 'fc {body[0]}'" if len(body) == 1 else \
+            f"make the shortcut end in {fmt(body)}"
+    stride = max(shape[1] // body[1], 1)
+    return f"make the shortcut end in {fmt(body)}, e.g. 'conv 1x1{f'/{stride}' if stride > 1 else ''} -> {body[0]}'"
+
+
+@node
+class Residual(Node):
+    """body(x) + shortcut(x); the shortcut is the identity unless the body changes the shape
+    (or `always`). Whether it projects is the shape pass's answer (`LayerShape.projects`)."""
+
+    key = "residual"
+
+    body: Seq
+    shortcut: Seq | None
+    always: bool = False
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.body,) if self.shortcut is None else (self.body, self.shortcut)
+
+    def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
+        body = shapes.infer(self.body, shape)
+        projects = self.always or body != shape
+        if projects and self.shortcut is None:
+            stride = ""
+            if len(shape) == 3 and len(body) == 3 and body[1] and shape[1] != body[1]:
+                stride = f"/{max(shape[1] // body[1], 1)}"
+            suggestion = (f"shortcut {{ conv 1x1{stride} -> {body[0]} nobias; bn }}" if len(body) == 3
+                          else f"shortcut {{ fc {body[0]} }}")
+            raise self.error(f"the residual body changes the shape from {fmt(shape)} to {fmt(body)}, "
+                             f"so it cannot be added to its input",
+                             hint=f"add a projection after the closing brace: '}} {suggestion}'")
+        if projects:
+            short = shapes.infer(self.shortcut, shape)
+            if short != body:
+                raise self.error(f"the shortcut gives {fmt(short)} but the residual body gives {fmt(body)}",
+                                 notes=[f"input {fmt(shape)}"], hint=_shortcut_hint(shape, body))
+        return LayerShape(shape, body, projects=projects)
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        paths = [fields.field(self.body, before)]
+        paths.append(fields.field(self.shortcut, before) if fields.shapes.of(self).projects else before)
+        return _merge(self, paths)
+
+    def text(self) -> str:
+        return "residual"
+
+
+@node
+class Concat(Node):
+    """`concat { branch {...} ... }`: the branches' outputs joined on channels."""
+
+    key = "concat"
+
+    branches: tuple[Seq, ...]
+
+    def children(self) -> tuple[Node, ...]:
+        return self.branches
+
+    def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
+        outs = [shapes.infer(branch, shape) for branch in self.branches]
+        ranks = {len(o) for o in outs}
+        if len(ranks) > 1 or (ranks == {3} and len({o[1:] for o in outs}) > 1):
+            raise self.error("concat joins branches on channels, so their height x width must agree",
+                             notes=_listing(outs),
+                             hint="give every branch the same strides and 'pad' so the sizes match")
+        return LayerShape(shape, (sum(o[0] for o in outs),) + outs[0][1:])
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        return _merge(self, [fields.field(branch, before) for branch in self.branches])
+
+    def text(self) -> str:
+        return "concat"
+
+
+@node
+class Add(Node):
+    """`add { branch {...} ... }`: the branches' outputs summed."""
+
+    key = "add"
+
+    branches: tuple[Seq, ...]
+
+    def children(self) -> tuple[Node, ...]:
+        return self.branches
+
+    def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
+        outs = [shapes.infer(branch, shape) for branch in self.branches]
+        if len(set(outs)) > 1:
+            raise self.error("add needs every branch to give the same shape", notes=_listing(outs),
+                             hint="make the branches end in the same channels and size (a 1x1 conv can project)")
+        return LayerShape(shape, outs[0])
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        return _merge(self, [fields.field(branch, before) for branch in self.branches])
+
+    def text(self) -> str:
+        return "add"
+
+
+def _listing(outs: list[Shape]) -> list[str]:
+    return [f"branch {i} gives {fmt(o)}" for i, o in enumerate(outs, 1)]
