@@ -2,35 +2,98 @@
 
 These nodes still hold unevaluated expressions and block calls; `cnndsl.expand` turns them into
 the flat IR (`cnndsl.ir`) that every pass and backend reads. They live only between the parser and
-the expander, so they are NamedTuples: a tenth of a dataclass's creation cost, which every
-`cnndsl analyze` pays at start-up.
+the expander, so they are tuples, as cheap to make as NamedTuples, through one small base class
+instead of `typing.NamedTuple`: that compiles code for every class it makes (16M instructions for
+this module's twenty, on every `cnndsl analyze`), and its instances compare as plain tuples, so a
+`Var('x', span)` was equal to a `NetworkHeader('x', span)`. A node equals only a node of its own
+kind with equal fields.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from operator import itemgetter
+from typing import Any, ClassVar
 
 from .errors import Span
 
 
-class Num(NamedTuple):
+class _NodeType(type):
+    """Makes each field named in the class body's annotations a read-only property of the tuple."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any]):
+        inherited = tuple(f for base in bases for f in getattr(base, "_fields", ()))
+        own = tuple(f for f in namespace.get("__annotations__", {}) if not f.startswith("_"))
+        namespace["__slots__"] = ()  # no __dict__: nodes stay immutable
+        namespace["_fields"] = namespace["__match_args__"] = inherited + own
+        for index, field in enumerate(own, len(inherited)):
+            namespace[field] = property(itemgetter(index), doc=f"field {index} of the tuple")
+        return super().__new__(mcs, name, bases, namespace)
+
+
+class Node(tuple, metaclass=_NodeType):
+    """A syntax-tree node: the tuple of its fields, in the order the class annotates them."""
+
+    _fields: ClassVar[tuple[str, ...]]
+
+    def __new__(cls, *values: Any, **named: Any):
+        if named:
+            values = cls._bind(values, named)
+        if len(values) != len(cls._fields):
+            raise TypeError(f"{cls.__name__}() takes {len(cls._fields)} fields ({', '.join(cls._fields)}), "
+                            f"{len(values)} given")
+        return tuple.__new__(cls, values)
+
+    @classmethod
+    def _bind(cls, values: tuple, named: dict[str, Any]) -> tuple:
+        unknown = set(named) - set(cls._fields[len(values):])
+        if unknown:
+            raise TypeError(f"{cls.__name__}() got unexpected or repeated fields {sorted(unknown)}")
+        return values + tuple(named.pop(f) for f in cls._fields[len(values):] if f in named)
+
+    def __eq__(self, other: object) -> bool:
+        if self.__class__ is other.__class__:
+            return tuple.__eq__(self, other)
+        return False if isinstance(other, tuple) else NotImplemented  # a plain tuple is no node either
+
+    def __ne__(self, other: object) -> bool:
+        if self.__class__ is other.__class__:
+            return tuple.__ne__(self, other)
+        return True if isinstance(other, tuple) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.__class__, tuple.__hash__(self)))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({', '.join(f'{f}={v!r}' for f, v in zip(self._fields, self, strict=True))})"
+
+    def __getnewargs__(self) -> tuple:  # copy and pickle call __new__ with the fields, not one tuple
+        return tuple(self)
+
+    def _replace(self, **changes: Any) -> Node:
+        values = tuple(changes.pop(f, v) for f, v in zip(self._fields, self, strict=True))
+        if changes:
+            raise TypeError(f"{self.__class__.__name__} has no fields {sorted(changes)}")
+        return self.__class__(*values)
+
+
+class Num(Node):
     value: int | float
     span: Span
 
 
-class Var(NamedTuple):
+class Var(Node):
     name: str
     span: Span
 
 
-class BinOp(NamedTuple):
+class BinOp(Node):
     op: str  # + - * /
     left: Expr
     right: Expr
     span: Span
 
 
-class Neg(NamedTuple):
+class Neg(Node):
     operand: Expr
     span: Span
 
@@ -38,7 +101,7 @@ class Neg(NamedTuple):
 Expr = Num | Var | BinOp | Neg
 
 
-class Option(NamedTuple):
+class Option(Node):
     """One option of a layer statement: `pad 1`, `/2`, `-> 64`, `nobias`.
 
     `value` is an Expr, a tuple of Exprs (a `HxW` pair), a word (`same`), or True for a flag.
@@ -49,39 +112,39 @@ class Option(NamedTuple):
     span: Span
 
 
-class Layer(NamedTuple):
+class Layer(Node):
     op: str  # conv pool fc flatten dropout bn act
     options: tuple[Option, ...]
     span: Span
 
 
-class KeywordArg(NamedTuple):
+class KeywordArg(Node):
     name: str
     value: Expr
     span: Span
 
 
-class Call(NamedTuple):
+class Call(Node):
     block: str
     args: tuple[Expr, ...]
     kwargs: tuple[KeywordArg, ...]
     span: Span
 
 
-class Repeat(NamedTuple):
+class Repeat(Node):
     stmt: Statement
     count: Expr
     span: Span
 
 
-class Residual(NamedTuple):
+class Residual(Node):
     body: tuple[Statement, ...]
     shortcut: tuple[Statement, ...] | None
     always: bool
     span: Span
 
 
-class Branches(NamedTuple):
+class Branches(Node):
     kind: str  # concat | add
     branches: tuple[tuple[Statement, ...], ...]
     branch_spans: tuple[Span, ...]
@@ -91,20 +154,20 @@ class Branches(NamedTuple):
 Statement = Layer | Call | Repeat | Residual | Branches
 
 
-class Param(NamedTuple):
+class Param(Node):
     name: str
     default: Expr | None
     span: Span
 
 
-class BlockDef(NamedTuple):
+class BlockDef(Node):
     name: str
     params: tuple[Param, ...]
     body: tuple[Statement, ...]
     span: Span
 
 
-class ExpectStmt(NamedTuple):
+class ExpectStmt(Node):
     what: str
     comparison: str  # < <= > >= ==
     value: tuple[int | float, ...]  # one number, or a shape
@@ -112,7 +175,7 @@ class ExpectStmt(NamedTuple):
     what_span: Span
 
 
-class Setting(NamedTuple):
+class Setting(Node):
     """One line of a preprocess / augment / train section."""
 
     key: str
@@ -121,21 +184,21 @@ class Setting(NamedTuple):
     span: Span
 
 
-class Section(NamedTuple):
+class Section(Node):
     kind: str  # preprocess | augment | train
     settings: tuple[Setting, ...]
     span: Span
 
 
-class Program(NamedTuple):
+class Program(Node):
     items: tuple[object, ...]  # network/input headers, BlockDefs, statements, ExpectStmts, Sections
 
 
-class NetworkHeader(NamedTuple):
+class NetworkHeader(Node):
     name: str
     span: Span
 
 
-class InputHeader(NamedTuple):
+class InputHeader(Node):
     shape: tuple[int, ...]
     span: Span
