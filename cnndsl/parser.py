@@ -1,20 +1,25 @@
 """Text -> `syntax.Program`, with lark (LALR, contextual lexer) and a Transformer.
 
 The parser is the stand-alone module lark generates from `grammar/cnndsl.lark`
-(`cnndsl.grammar.cnndsl_lalr`, rebuilt by `python -m cnndsl.grammar`), so parsing needs no lark
-import at run time. Lark's own exceptions never escape: they become `CnnSyntaxError`s that name the line, the
-column, the offending text, what was expected in words, and a "did you mean" for misspelled
-keywords.
+(`cnndsl.grammar.cnndsl_lalr`, rebuilt by `python -m cnndsl.grammar`), used as lark made it (no
+plugins), so parsing needs no lark import at run time. The module also records the grammar's
+keywords, which the messages here list and suggest. Lark's own exceptions never escape: they become
+`CnnSyntaxError`s that name the line, the column, the offending text, what was expected in words,
+and a "did you mean" for misspelled keywords.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 from . import syntax as S
 from .errors import CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
 from .grammar.cnndsl_lalr import (
+    LAYER_KEYWORDS,
+    OPTION_KEYWORDS,
+    SECTION_KEYWORDS,
+    TERMINAL_WORDS,
+    TOP_KEYWORDS,
     Lark,
     Lark_StandAlone,
     Token,
@@ -26,18 +31,16 @@ from .grammar.cnndsl_lalr import (
     VisitError,
     v_args,
 )
-from .lexer import PLUGINS
 
-LAYER_KEYWORDS = (
-    "conv", "pool", "fc", "flatten", "dropout", "bn", "relu", "relu6", "leaky", "elu", "sigmoid",
-    "tanh", "gelu", "silu", "hardswish", "softmax", "residual", "concat", "add",
-)
-TOP_KEYWORDS = ("network", "input", "block", "expect", "preprocess", "augment", "train")
-OPTION_KEYWORDS = (
-    "pad", "dil", "groups", "depthwise", "nobias", "same", "valid", "ceil", "global", "max", "avg",
-    "eps", "momentum", "shortcut", "always", "branch",
-)
-KEYWORDS = LAYER_KEYWORDS + TOP_KEYWORDS + OPTION_KEYWORDS
+__all__ = ["KEYWORDS", "LAYER_KEYWORDS", "OPTION_KEYWORDS", "SECTION_KEYWORDS", "TOP_KEYWORDS", "WORDS",
+           "misplaced_keyword", "parse_program"]
+
+# The keyword lists come from the grammar, through the generated module.
+KEYWORDS = tuple(w for w in TOP_KEYWORDS + LAYER_KEYWORDS + OPTION_KEYWORDS if w != "x")
+"""Words a block may not be named: those of statements and top-level items. The repeat's `x`, a
+keyword only right after a statement, stays free for block names."""
+WORDS = tuple(dict.fromkeys(TOP_KEYWORDS + LAYER_KEYWORDS + OPTION_KEYWORDS + SECTION_KEYWORDS))
+"""Every word the grammar reads as a keyword somewhere: the candidates of "did you mean"."""
 
 # What a terminal means to a user, for "expected ..." lists.
 _TERMINAL_WORDS = {
@@ -49,15 +52,15 @@ _TERMINAL_WORDS = {
     "DIMS": "a size like 3x3",
     "MULT": "a channel multiplier like 2x",
     "ACTIVATION": "an activation (relu, tanh, ...)",
-    "POOL_MODE": "'max' or 'avg'",
-    "FLIP_AXIS": "'horizontal' or 'vertical'",
-    "SETTING": "a setting (batch, epochs, lr, weight_decay, seed)",
+    "POOL_MODE": " or ".join(f"'{w}'" for w in TERMINAL_WORDS["POOL_MODE"]),
+    "FLIP_AXIS": " or ".join(f"'{w}'" for w in TERMINAL_WORDS["FLIP_AXIS"]),
+    "SETTING": f"a setting ({', '.join(TERMINAL_WORDS['SETTING'])})",
 }
 
 
 @functools.cache
 def _parser() -> Lark:
-    return Lark_StandAlone(propagate_positions=True, _plugins=PLUGINS)
+    return Lark_StandAlone(propagate_positions=True)
 
 
 def _span(meta_or_token) -> Span:
@@ -87,8 +90,7 @@ def _dims(token: Token) -> tuple[S.Num, ...]:
     return tuple(S.Num(int(part), span) for part in token.split("x"))
 
 
-@dataclass(frozen=True)
-class _LooseShortcut:
+class _LooseShortcut(S.Node):
     """`shortcut { ... }` written as its own statement; it belongs to the residual before it."""
 
     body: tuple
@@ -434,7 +436,7 @@ def misplaced_keyword(word: str) -> str | None:
 
 
 def _suggest(word: str) -> str | None:
-    return closest(word.lower(), KEYWORDS)
+    return closest(word.lower(), WORDS)
 
 
 def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:

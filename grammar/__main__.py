@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import pprint
 import re
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -20,6 +22,7 @@ GRAMMAR = HERE / "cnndsl.lark"
 MODULE = HERE / "cnndsl_lalr.py"
 _DIGEST = re.compile(r'^GRAMMAR_SHA256 = "([0-9a-f]{64})"$', re.MULTILINE)
 _LARK_VERSION = re.compile(r'^__version__ = "([^"]+)"$', re.MULTILINE)  # a line lark's tool writes
+_WORDS = re.compile(r"\(([a-z_][a-z0-9_]*(?:\|[a-z_][a-z0-9_]*)*)\)\(\?!\\w\)")  # (relu6|relu|...)(?!\w)
 
 
 def grammar_digest(text: str) -> str:
@@ -77,6 +80,61 @@ def _canonical(table):
                          {start: number[s] for start, s in sorted(table.end_states.items())})
 
 
+def terminal_words(parser) -> dict[str, tuple[str, ...]]:
+    """terminal name -> the words it matches, for every terminal that matches words: a keyword
+    (`"conv"`) or an alternation of words (`/(max|avg)(?!\\w)/`)."""
+    words: dict[str, tuple[str, ...]] = {}
+    for terminal in parser.terminals:
+        pattern = terminal.pattern
+        if pattern.type == "str" and pattern.value.isidentifier():
+            words[terminal.name] = (pattern.value,)
+        elif pattern.type == "re" and (match := _WORDS.fullmatch(pattern.value)):
+            words[terminal.name] = tuple(match.group(1).split("|"))
+    return words
+
+
+def keywords(parser) -> dict[str, tuple[str, ...]]:
+    """The grammar's keywords by where they appear, each list sorted:
+
+    TOP: the first word of each top-level item other than a statement (`network`, `train`);
+    LAYER: the first word of each statement (`conv`, every activation, `residual`);
+    OPTION: every other word within statements (`pad`, `nobias`, the repeat's `x`);
+    SECTION: every other word within top-level items that hold no statements (`scale`, `epochs`).
+    """
+    words = terminal_words(parser)
+    rules: dict[str, list[list[str]]] = defaultdict(list)
+    for rule in parser.rules:
+        rules[rule.origin.name].append([symbol.name for symbol in rule.expansion])
+
+    def reachable(*roots: str) -> set[str]:
+        seen, todo = set(), list(roots)
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += [s for expansion in rules.get(name, ()) for s in expansion if s in rules]
+        return seen
+
+    def first_words(names) -> set[str]:
+        return {w for n in names for expansion in rules[n] if expansion for w in words.get(expansion[0], ())}
+
+    def all_words(names) -> set[str]:
+        return {w for n in names for expansion in rules[n] for s in expansion for w in words.get(s, ())}
+
+    items = [e[0] for e in rules["_top"] if e != ["_stmt"]]
+    statements = reachable("_stmt")
+    top = first_words(items)
+    layer = first_words(e[0] for e in rules["_simple_stmt"])
+    option = all_words(statements) - layer
+    section = set().union(*(all_words(reachable(i)) for i in items if "_stmt" not in reachable(i))) - top
+    return {"TOP": tuple(sorted(top)), "LAYER": tuple(sorted(layer)), "OPTION": tuple(sorted(option)),
+            "SECTION": tuple(sorted(section))}
+
+
+def _literal(value) -> str:
+    return pprint.pformat(value, width=100, compact=True, sort_dicts=False)
+
+
 def generate(grammar: str) -> str:
     """The stand-alone parser module for `grammar`, with the options cnndsl parses with."""
     import lark
@@ -93,8 +151,14 @@ def generate(grammar: str) -> str:
         "# ruff: noqa",
         f'GRAMMAR_SHA256 = "{grammar_digest(grammar)}"',
         "",
+        "# The grammar's keywords (`keywords` in grammar/__main__.py), and the words that each terminal",
+        "# matching one of several words matches: what cnndsl's messages list and suggest.",
+        *(f"{place}_KEYWORDS = {_literal(words)}" for place, words in keywords(parser).items()),
+        "TERMINAL_WORDS = " + _literal({name: words for name, words in terminal_words(parser).items()
+                                        if len(words) > 1}),
+        "",
     ]
-    gen_standalone(parser, output=lambda *parts: lines.append(" ".join(map(str, parts))), compress=True)
+    gen_standalone(parser, output=lambda *parts: lines.append(" ".join(map(str, parts))), compress=False)
     return "\n".join(lines) + "\n"
 
 
