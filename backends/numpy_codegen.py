@@ -30,6 +30,8 @@ from .common import class_name, printable, where
 
 _NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _COMMENT_COLUMN = 52
+LINE_LIMIT = 120  # the project's ruff line length: generated files pass `ruff check`
+INDENT = "    "
 
 
 def _literal(value: Any) -> str:
@@ -99,10 +101,10 @@ class _Emitter:
         for item in seq.items:
             self.node(item, var)
 
-    def leaf(self, node: Node, var: str, constructor: str) -> None:
+    def leaf(self, node: Node, var: str, layer: str, *args: str) -> None:
         """A layer of the runtime: registered in `__init__`, called in `forward`, its backward in `backward`."""
         attr = self.attr(node)
-        self.inits.append(f"self.{attr} = self.add(rt.{constructor})")
+        self.inits.extend(_call(f"self.{attr} = self.add(rt.{layer}(", [repr(node.name), *args], "))"))
         self.registered.append(node.name)
         flag = ", input_grad" if self.prefix and var == "x" else ""
         self.pair(f"{var} = self.{attr}({var}, train)", f"d{var} = self.{attr}.backward(d{var}{flag})",
@@ -114,42 +116,43 @@ class _Emitter:
 
     def conv_numpy(self, node, var: str) -> None:
         shape = self.shapes.of(node)
-        self.leaf(node, var, f"Conv2d({node.name!r}, {shape.in_channels}, {shape.out_channels}, "
-                             f"kernel={_literal(node.kernel)}, stride={_literal(node.stride)}, "
-                             f"pads={_literal(shape.pads)}, dilation={_literal(node.dilation)}, groups={shape.groups}, "
-                             f"bias={node.bias}, dtype=dtype)")
+        options = {"stride": (node.stride, (1, 1)), "pads": (shape.pads, (0, 0, 0, 0)),
+                   "dilation": (node.dilation, (1, 1)), "groups": (shape.groups, 1), "bias": (node.bias, True)}
+        self.leaf(node, var, "Conv2d", str(shape.in_channels), str(shape.out_channels),
+                  f"kernel={_literal(node.kernel)}",
+                  *(f"{key}={_literal(value)}" for key, (value, default) in options.items() if value != default),
+                  "dtype=dtype")
 
     def pool_numpy(self, node, var: str) -> None:
         cls = {"max": "MaxPool2d", "avg": "AvgPool2d"}[node.mode]
-        self.leaf(node, var, f"{cls}({node.name!r}, kernel={_literal(node.kernel)}, stride={_literal(node.stride)}, "
-                             f"pads={_literal(self.shapes.of(node).pads)}, ceil={node.ceil})")
+        self.leaf(node, var, cls, f"kernel={_literal(node.kernel)}", f"stride={_literal(node.stride)}",
+                  f"pads={_literal(self.shapes.of(node).pads)}", f"ceil={node.ceil}")
 
     def global_pool_numpy(self, node, var: str) -> None:
         cls = {"max": "GlobalMaxPool", "avg": "GlobalAvgPool"}[node.mode]
-        self.leaf(node, var, f"{cls}({node.name!r})")
+        self.leaf(node, var, cls)
 
     def fc_numpy(self, node, var: str) -> None:
         features = int(np.prod(self.shapes.of(node).input))
-        self.leaf(node, var, f"Linear({node.name!r}, {features}, {node.out_features}, bias={node.bias}, dtype=dtype)")
+        self.leaf(node, var, "Linear", str(features), str(node.out_features), f"bias={node.bias}", "dtype=dtype")
 
     def flatten_numpy(self, node, var: str) -> None:
-        self.leaf(node, var, f"Flatten({node.name!r})")
+        self.leaf(node, var, "Flatten")
 
     def dropout_numpy(self, node, var: str) -> None:
         self.dropouts += 1
-        self.leaf(node, var, f"Dropout({node.name!r}, p={_literal(float(node.p))}, seed={self.dropouts - 1})")
+        self.leaf(node, var, "Dropout", f"p={_literal(float(node.p))}", f"seed={self.dropouts - 1}")
 
     def bn_numpy(self, node, var: str) -> None:
-        self.leaf(node, var, f"BatchNorm({node.name!r}, {self.shapes.of(node).input[0]}, "
-                             f"eps={_literal(float(node.eps))}, momentum={_literal(float(node.momentum))}, "
-                             f"dtype=dtype)")
+        self.leaf(node, var, "BatchNorm", str(self.shapes.of(node).input[0]), f"eps={_literal(float(node.eps))}",
+                  f"momentum={_literal(float(node.momentum))}", "dtype=dtype")
 
     def activation_numpy(self, node, var: str) -> None:
         fn = node.function
         if node.alpha is not None and node.alpha != fn.default:
-            self.leaf(node, var, f"{fn.numpy}({node.name!r}, alpha={_literal(float(node.alpha))})")
+            self.leaf(node, var, fn.numpy, f"alpha={_literal(float(node.alpha))}")
         else:
-            self.leaf(node, var, f"{fn.numpy}({node.name!r})")
+            self.leaf(node, var, fn.numpy)
 
     def residual_numpy(self, node: Residual, var: str) -> None:
         self.prefix = False
@@ -192,11 +195,33 @@ _RESERVED = {"add", "forward", "backward", "params", "grads", "buffers", "layers
              "zero_grad", "state_dict", "load_state_dict", "load_safetensors", "save_safetensors", "input_shape"}
 
 
+def _call(head: str, args: list[str], tail: str, indent: str = INDENT * 2) -> list[str]:
+    """`head` + the arguments + `tail` on one line, or the arguments packed on continuation lines
+    when that is longer than the project's line length."""
+    one = f"{indent}{head}{', '.join(args)}{tail}"
+    if len(one) <= LINE_LIMIT:
+        return [one]
+    lines, line = [f"{indent}{head}"], indent + INDENT
+    for i, arg in enumerate(args):
+        piece = arg + (", " if i < len(args) - 1 else tail)
+        if len(line) + len(piece.rstrip()) > LINE_LIMIT and line.strip():
+            lines.append(line.rstrip())
+            line = indent + INDENT
+        line += piece
+    return [*lines, line]
+
+
 def _lines(pairs, side: int) -> list[str]:
+    """Statement lines with their comments at one column; a comment that would pass the line length
+    goes on its own line above the statement."""
     out = []
     for pair in pairs:
         code, comment = pair[side], pair[2]
-        out.append(f"        {code:<{_COMMENT_COLUMN}}  # {comment}" if comment else f"        {code}")
+        line = f"{INDENT * 2}{code:<{_COMMENT_COLUMN}}  # {comment}" if comment else f"{INDENT * 2}{code}"
+        if len(line) > LINE_LIMIT:
+            out.append(f"{INDENT * 2}# {comment}"[:LINE_LIMIT])
+            line = f"{INDENT * 2}{code}"
+        out.append(line)
     return out
 
 
@@ -207,13 +232,13 @@ def generate(net) -> str:
     pre = net.ir.preprocess
     if pre is not None:
         channels = net.ir.input_shape[0]
-        constants = f"scale={_literal(float(pre.scale if pre.scale is not None else 1.0))}"
+        args = ["'preprocess'", str(channels), f"standardize={pre.standardize}",
+                f"scale={_literal(float(pre.scale if pre.scale is not None else 1.0))}"]
         if pre.standardize and pre.mean is not None:
-            constants += f", mean={_literal(tuple(map(float, pre.mean)))}"
+            args.append(f"mean={_literal(tuple(map(float, pre.mean)))}")
         if pre.standardize and pre.std is not None:
-            constants += f", std={_literal(tuple(map(float, pre.std)))}"
-        em.inits.append(f"self.preprocess = self.add(rt.Preprocess('preprocess', {channels}, "
-                        f"standardize={pre.standardize}, {constants}, dtype=dtype))")
+            args.append(f"std={_literal(tuple(map(float, pre.std)))}")
+        em.inits.extend(_call("self.preprocess = self.add(rt.Preprocess(", [*args, "dtype=dtype"], "))"))
         line = pre.span.line if pre.span else 0
         em.pair("x = self.preprocess(x, train)", "dx = self.preprocess.backward(dx, input_grad)",
                 f"line {line}: preprocess" if line else "preprocess")
@@ -245,7 +270,7 @@ def generate(net) -> str:
         "",
         "    def __init__(self, dtype=np.float32):",
         "        super().__init__(dtype)",
-        *[f"        {line}" for line in em.inits],
+        *em.inits,
         "",
         "    def forward(self, x, train=False):",
         "        x = self.input(x)",
