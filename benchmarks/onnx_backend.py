@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
     import onnxruntime as ort
     import torch
-    from cnndsl.backends import onnx_builder
 
     import cnndsl
+    from cnndsl.backends import onnx_builder
 
     torch.set_num_threads(args.threads)
     repeat = 2 if args.quick else args.repeat

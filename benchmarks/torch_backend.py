@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from cnndsl.backends import torch_codegen
 from torch import nn
 
 import cnndsl
+from cnndsl.backends import torch_codegen
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -7,11 +7,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from cnndsl.backends import numpy_codegen, onnx_builder, torch_codegen
 
 import cnndsl
 from cnndsl import ir
 from cnndsl.analysis.shapes import active
+from cnndsl.backends import numpy_codegen, onnx_builder, torch_codegen
 from cnndsl.kinds import ACTIVATIONS, STATEMENTS, Node
 from cnndsl.runtime import kernels, layers
 
