@@ -8,7 +8,7 @@ The generated file has one `nn.Module` class per network and one helper class pe
 body (two calls of a block whose expansions are identical share a class). Every layer is an
 attribute named after its IR node, so the module hierarchy spells the dotted IR names and
 `state_dict()` keys are exactly `net.tensor_specs()`, in the same order. Branches and projecting
-shortcuts are plain `nn.Module()` containers: their layers run in the `forward` of the enclosing
+shortcuts are containers (`Branch`, `Shortcut`, ...): their layers run in the `forward` of the enclosing
 class, one line per statement, each with its `.cnn` source line in a comment.
 
 `build()` does not have a second code path: it executes the generated text (registered with
@@ -88,6 +88,16 @@ class _Namespace:
         return name
 
 
+# What each container holds; its layers run in the forward of the module that holds the container.
+_CONTAINER_DOCS = {
+    "branch": "A branch of a concat or add: its layers, run by the forward of the module that holds it.",
+    "shortcut": "The projection of a residual: its layers, run by the forward of the module that holds it.",
+    "concat": "A concat: its branches, run by the forward of the module that holds it.",
+    "add": "An add: its branches, run by the forward of the module that holds it.",
+    "": "Layers run by the forward of the module that holds them.",
+}
+
+
 def _plain_attribute(name: str) -> bool:
     return bool(_PLAIN_MODULE_NAME.match(name)) and not keyword.iskeyword(name) and not name.startswith("__")
 
@@ -145,6 +155,7 @@ class _ClassBody:
     locals: _Namespace = field(default_factory=_Namespace)
     containers: set[str] = field(default_factory=set)
     fresh: bool = False  # the flowing tensor was just made by an op that keeps no reference to it
+    container_class: Callable[[str], str] = lambda part: "nn.Module"  # noqa: E731 - the module class of a container
 
     def relative(self, node: ir.Node) -> list[str]:
         if not node.name.startswith(self.prefix) or len(node.name) == len(self.prefix):
@@ -162,7 +173,7 @@ class _ClassBody:
             path = ".".join(parts[:depth])
             if path not in self.containers:
                 self.containers.add(path)
-                self.init.extend(self._assign(base, part, "nn.Module", []))
+                self.init.extend(self._assign(base, part, self.container_class(part), []))
             base = _attr(base, part)
         self.init.extend(self._assign(base, parts[-1], func, args))
         return _attr(base, parts[-1])
@@ -215,16 +226,19 @@ class TorchGenerator:
         self.blocks: dict[tuple, _BlockClass] = {}
         self.block_order: list[_BlockClass] = []
         self.uses_functional = False
+        self.containers: dict[str, str] = {}  # role (`branch`, `shortcut`, ...) -> its container class
 
     # ------------------------------------------------------------ driving
     def generate(self) -> str:
         network_class = self.globals.create(class_name(self.network.name))  # the network's name first
-        top = _ClassBody(prefix="")
+        top = _ClassBody(prefix="", container_class=self.container_class)
         if self.network.preprocess is not None:
             self.preprocess(top)
         out = self.seq_items(top, self.network.body, "x", "x")
         top.forward.append(f"{INDENT * 2}return {out}")
         parts = [self.header()]
+        for role, name in self.containers.items():
+            parts.append(f'class {name}(nn.Module):\n{INDENT}"""{_CONTAINER_DOCS[role]}"""')
         for block in self.block_order:
             parts.append(self.class_text(block.name, self.block_doc(block), block.body))
         parts.append(self.class_text(network_class, self.network_doc(), top, self.network_attrs()))
@@ -427,7 +441,7 @@ class TorchGenerator:
 
     def block_class(self, seq: ir.Seq) -> str:
         """The helper class for one block call; calls whose expansions are identical share it."""
-        inner = _ClassBody(prefix=f"{seq.name}.")
+        inner = _ClassBody(prefix=f"{seq.name}.", container_class=self.container_class)
         out = self.seq_items(inner, seq, "x", "x")
         inner.forward.append(f"{INDENT * 2}return {out}")
         key = (seq.block, tuple(inner.init), tuple(inner.forward))
@@ -440,6 +454,15 @@ class TorchGenerator:
         if seq.args not in found.calls:
             found.calls.append(seq.args)
         return found.name
+
+    def container_class(self, part: str) -> str:
+        """The class of the module that holds a branch's or a shortcut's layers (`branch2` -> `Branch`),
+        written once at the top of the file."""
+        role = re.sub(r"\d+$", "", part)
+        role = role if role in _CONTAINER_DOCS else ""
+        if role not in self.containers:
+            self.containers[role] = self.globals.create(class_name(role or "container"))
+        return self.containers[role]
 
     def preprocess(self, top: _ClassBody) -> None:
         pre = self.network.preprocess
@@ -473,8 +496,8 @@ class TorchGenerator:
             "# Do not edit: change the .cnn file and compile again (cnndsl compile FILE --target torch).",
             "# Parameter and buffer names are the .cnn layer names (docs/backends.md), so weights load by name:",
             '#     model = build()  # or build("weights.safetensors"), loaded with safetensors.torch',
-            "# Branches and projecting shortcuts are nn.Module() containers that keep those names; their",
-            "# layers run in the forward of the class that holds them.",
+            "# Branches and projecting shortcuts are containers (Branch, Shortcut, ...) that keep those names;",
+            "# their layers run in the forward of the class that holds them.",
         ]
         imports = ["import torch"]
         if self.uses_functional:
@@ -513,9 +536,12 @@ class TorchGenerator:
         # `cnndsl compile --weights W` makes W the default, so `build()` gives the trained model.
         default = repr(self.weights_path) if self.weights_path is not None else "None"
         return (f"def build(weights: str | None = {default}) -> {cls}:\n"
-                f'{INDENT}"""A fresh {cls}: PyTorch\'s default initialisation or, with `weights`, a .safetensors\n'
-                f"{INDENT}file loaded by tensor name (strictly: a missing, extra or mis-shaped tensor is an "
-                f"error).\"\"\"\n"
+                f'{INDENT}"""A fresh {cls}. Without `weights`: PyTorch\'s default initialisation (conv and linear\n'
+                f"{INDENT}weights kaiming-uniform, biases uniform in +-1/sqrt(fan_in), batch norm weight 1, bias 0),\n"
+                f"{INDENT}drawn from torch's global generator (`torch.manual_seed` fixes it); cnndsl's seeded\n"
+                f"{INDENT}initialisation, the same numbers in every backend, is `net.to_torch()` or `cnndsl compile\n"
+                f"{INDENT}--weights`. With `weights`, a .safetensors file loaded by tensor name (strictly: a missing,\n"
+                f"{INDENT}extra or mis-shaped tensor is an error).\"\"\"\n"
                 f"{INDENT}model = {cls}()\n"
                 f"{INDENT}if weights is not None:\n"
                 f"{INDENT * 2}from safetensors.torch import load_file\n\n"

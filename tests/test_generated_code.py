@@ -48,3 +48,18 @@ def test_comments_carry_the_evaluated_statement(generated, target):
     # `conv 3x3/s pad1 -> c nobias` in the block, as the third call of `basic` evaluates it
     assert "line 4: conv 3x3/2 pad1 -> 128 nobias" in text
     assert text.count("conv 7x7/2 pad3 -> 64 nobias; bn; relu") == 0  # one statement per comment
+
+
+def test_containers_are_named_modules(generated):
+    inception = generated[("inception", "torch")].read_text()
+    assert "self.concat1 = Concat()" in inception and "self.concat1.branch2 = Branch()" in inception
+    resnet = generated[("resnet18", "torch")].read_text()
+    assert "self.shortcut1 = Shortcut()" in resnet
+    for file in generated.values():
+        assert "nn.Module()" not in file.read_text(), file.name
+
+
+def test_build_documents_its_initialisation(generated):
+    text = generated[("lenet5", "torch")].read_text()
+    build = text[text.index("def build("):]
+    assert "PyTorch's default initialisation" in build and "net.to_torch()" in build
