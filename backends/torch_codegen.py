@@ -94,6 +94,7 @@ _CONTAINER_DOCS = {
     "shortcut": "The projection of a residual: its layers, run by the forward of the module that holds it.",
     "concat": "A concat: its branches, run by the forward of the module that holds it.",
     "add": "An add: its branches, run by the forward of the module that holds it.",
+    "preprocess": "The preprocessing constants (buffers): scale, and with standardize mean and std.",
     "": "Layers run by the forward of the module that holds them.",
 }
 
@@ -469,7 +470,7 @@ class TorchGenerator:
         assert pre is not None
         channels = self.network.input_shape[0]
         scale = pre.scale if pre.scale is not None else 1.0
-        top.init.append(f"{INDENT * 2}self.preprocess = nn.Module()")
+        top.init.append(f"{INDENT * 2}self.preprocess = {self.container_class('preprocess')}()")
         top.init.extend(_wrap_call("", "self.preprocess.register_buffer",
                                    ['"scale"', f"torch.tensor({_num(float(scale))})"], INDENT * 2))
         line = pre.span.line if pre.span is not None else 0
