@@ -112,15 +112,26 @@ class Residual(Node):
 
 
 @node
-class Concat(Node):
-    """`concat { branch {...} ... }`: the branches' outputs joined on channels."""
-
-    key = "concat"
+class Join(Node):
+    """Branches that all read the node's input and whose outputs are joined (`concat`, `add`)."""
 
     branches: tuple[Seq, ...]
 
     def children(self) -> tuple[Node, ...]:
         return self.branches
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        return _merge(self, [fields.field(branch, before) for branch in self.branches])
+
+    def text(self) -> str:
+        return self.key
+
+
+@node
+class Concat(Join):
+    """`concat { branch {...} ... }`: the branches' outputs joined on channels."""
+
+    key = "concat"
 
     def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
         outs = [shapes.infer(branch, shape) for branch in self.branches]
@@ -131,23 +142,12 @@ class Concat(Node):
                              hint="give every branch the same strides and 'pad' so the sizes match")
         return LayerShape(shape, (sum(o[0] for o in outs),) + outs[0][1:])
 
-    def field(self, before: Field, fields: FieldPass) -> Field:
-        return _merge(self, [fields.field(branch, before) for branch in self.branches])
-
-    def text(self) -> str:
-        return "concat"
-
 
 @node
-class Add(Node):
+class Add(Join):
     """`add { branch {...} ... }`: the branches' outputs summed."""
 
     key = "add"
-
-    branches: tuple[Seq, ...]
-
-    def children(self) -> tuple[Node, ...]:
-        return self.branches
 
     def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
         outs = [shapes.infer(branch, shape) for branch in self.branches]
@@ -155,12 +155,6 @@ class Add(Node):
             raise self.error("add needs every branch to give the same shape", notes=_listing(outs),
                              hint="make the branches end in the same channels and size (a 1x1 conv can project)")
         return LayerShape(shape, outs[0])
-
-    def field(self, before: Field, fields: FieldPass) -> Field:
-        return _merge(self, [fields.field(branch, before) for branch in self.branches])
-
-    def text(self) -> str:
-        return "add"
 
 
 def _listing(outs: list[Shape]) -> list[str]:

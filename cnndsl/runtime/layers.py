@@ -78,6 +78,12 @@ class Layer:
         if value is not None:
             self.grads[role] += value
 
+    def accumulate_weights(self, dx: np.ndarray | None, dw: np.ndarray, db: np.ndarray | None) -> np.ndarray | None:
+        """Add a weighted layer's (conv, fc) gradients; pass its input gradient on."""
+        self.accumulate("weight", dw)
+        self.accumulate("bias", db)
+        return dx
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -99,10 +105,7 @@ class Conv2d(Layer):
                                 self.dilation, self.groups, keep=train)
 
     def grad(self, dy, cache, input_grad=True):
-        dx, dw, db = K.conv2d_backward(dy, cache, input_grad)
-        self.accumulate("weight", dw)
-        self.accumulate("bias", db)
-        return dx
+        return self.accumulate_weights(*K.conv2d_backward(dy, cache, input_grad))
 
 
 class MaxPool2d(Layer):
@@ -153,10 +156,7 @@ class Linear(Layer):
         return K.linear_forward(x, self.params["weight"], self.params.get("bias"))
 
     def grad(self, dy, cache, input_grad=True):
-        dx, dw, db = K.linear_backward(dy, cache, input_grad)
-        self.accumulate("weight", dw)
-        self.accumulate("bias", db)
-        return dx
+        return self.accumulate_weights(*K.linear_backward(dy, cache, input_grad))
 
 
 class Flatten(Layer):
