@@ -13,7 +13,6 @@ from pathlib import Path
 
 import lark
 import pytest
-from cnndsl.grammar import __main__ as regenerate
 from test_errors import CASES
 from test_fuzz import EXAMPLES, TEXTS
 
@@ -21,6 +20,7 @@ import cnndsl
 from cnndsl import grammar
 from cnndsl import syntax as S
 from cnndsl.errors import CnnSyntaxError, Span
+from cnndsl.grammar import __main__ as regenerate
 from cnndsl.parser import _TERMINAL_WORDS, KEYWORDS, WORDS, _parser, parse_program
 
 GRAMMAR = Path(grammar.__file__).with_name("cnndsl.lark").read_text(encoding="utf-8")
@@ -112,6 +112,16 @@ def test_regenerating_gives_a_parser_that_parses_like_lark(tmp_path):
 def test_committed_parser_parses_like_lark():
     for text in [*TEXTS.values(), *(case.text for case in CASES), "conv 3x3 pad1 -> 64 x2", "pool max 3x3/2 ceil"]:
         assert _outcome(_parser(), text) == _outcome(STOCK, text)
+
+
+def test_every_rule_of_the_tree_has_a_method():
+    from cnndsl.parser import _ToSyntax
+
+    # The names a tree node can have: not inlined (`_rule`), not collapsed (`?rule`), aliases instead.
+    in_tree = {str(rule.alias or rule.origin.name) for rule in STOCK.rules if not rule.options.expand1}
+    in_tree = {name for name in in_tree if not name.startswith("_")}
+    assert {"conv", "start", "keyword_arg", "binop_add"} <= in_tree
+    assert {name for name in in_tree if not callable(getattr(_ToSyntax, name, None))} == set()
 
 
 def test_analyze_imports_no_lark_and_writes_nothing_to_the_temp_dir(tmp_path):
