@@ -1,8 +1,8 @@
 """The NumPy backend: generated source, the model interface, and parity with PyTorch.
 
 Parity is micrograd's test: the same network and weights run in NumPy and in PyTorch autograd
-(a reference written here from the IR with plain torch.nn.functional, and the torch backend
-when it exists) must give the same outputs, input gradients and parameter gradients.
+(the shared reference, tests/reference.py, and the torch backend) must give the same outputs,
+input gradients and parameter gradients. Only those tests need torch.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cnndsl.backends import numpy_codegen
+import reference
+from extras import needs, require
 
 import cnndsl
-from cnndsl import ir
+from cnndsl.backends import numpy_codegen
 from cnndsl.errors import CnnDslError, Source
-
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.cnn"))
@@ -33,13 +31,17 @@ SMALL = 64
 SLOW = {"alexnet", "vgg16", "resnet101", "resnet50", "resnet34", "inception"}
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Single-threaded BLAS and torch: on a shared 2-core machine, spinning BLAS threads make
     small matmuls ten times slower, and parity does not depend on threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    try:
+        import torch
+    except ImportError:  # the torch-free tests still run
+        torch = None
+    threads = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
@@ -47,7 +49,8 @@ def one_thread():
     else:
         with threadpool_limits(1):
             yield
-    torch.set_num_threads(threads)
+    if torch:
+        torch.set_num_threads(threads)
 
 
 def load_resized(path: Path, size: int | None) -> cnndsl.Net:
@@ -67,90 +70,6 @@ def example(stem: str) -> cnndsl.Net:
 
 def example_params():
     return [pytest.param(p.stem, marks=pytest.mark.slow) if p.stem in SLOW else p.stem for p in EXAMPLE_FILES]
-
-
-# ---------------------------------------------------------------- a PyTorch reference from the IR
-
-
-def torch_reference(net: cnndsl.Net, tensors: dict[str, torch.Tensor], x: torch.Tensor, train: bool,
-                    masks: dict[str, np.ndarray], pieces: dict[str, np.ndarray] | None = None) -> torch.Tensor:
-    """The network in torch.nn.functional, straight from the IR and the shape pass (not from the
-    numpy backend), so the two implementations share only the contract in docs/backends.md.
-
-    `pieces` optionally fixes the branch every kink takes (which relu inputs are positive, which
-    cell wins each max-pool window) to given choices; see `pieces_of`."""
-    shapes = net.shapes
-    pieces = pieces or {}
-
-    def t(node, role):
-        return tensors.get(f"{node.name}.{role}")
-
-    def pool(node, x):
-        top, bottom, left, right = shapes.of(node).pads
-        if top == bottom and left == right:
-            padding = (top, left)
-        else:
-            x = F.pad(x, (left, right, top, bottom), value=-np.inf if node.mode == "max" else 0.0)
-            padding = (0, 0)
-        if node.mode == "max":
-            return F.max_pool2d(x, node.kernel, node.stride, padding, ceil_mode=node.ceil)
-        return F.avg_pool2d(x, node.kernel, node.stride, padding, ceil_mode=node.ceil, count_include_pad=True)
-
-    def run(node, x):
-        if node.name in pieces and isinstance(node, ir.Activation):
-            return x * torch.from_numpy(pieces[node.name]).to(x.dtype)
-        if node.name in pieces and isinstance(node, ir.Pool):
-            index, (top, bottom, left, right) = pieces[node.name]
-            flat = F.pad(x, (left, right, top, bottom), value=-np.inf).flatten(2)
-            index = torch.from_numpy(index)
-            return torch.gather(flat, 2, index.flatten(2)).view(index.shape)
-        if isinstance(node, ir.Seq):
-            for item in node.items:
-                x = run(item, x)
-            return x
-        if isinstance(node, ir.Residual):
-            out = run(node.body, x)
-            return out + (run(node.shortcut, x) if shapes.of(node).projects else x)
-        if isinstance(node, ir.Concat):
-            return torch.cat([run(b, x) for b in node.branches], dim=1)
-        if isinstance(node, ir.Add):
-            return sum(run(b, x) for b in node.branches)
-        if isinstance(node, ir.Conv):
-            top, bottom, left, right = shapes.of(node).pads
-            x = F.pad(x, (left, right, top, bottom))
-            return F.conv2d(x, t(node, "weight"), t(node, "bias"), node.stride, 0, node.dilation,
-                            shapes.of(node).groups)
-        if isinstance(node, ir.Pool):
-            return pool(node, x)
-        if isinstance(node, ir.GlobalPool):
-            if node.mode == "avg":
-                return x.mean(dim=(2, 3), keepdim=True)
-            return F.max_pool2d(x, x.shape[2:])
-        if isinstance(node, ir.Linear):
-            return F.linear(x.flatten(1), t(node, "weight"), t(node, "bias"))
-        if isinstance(node, ir.Flatten):
-            return x.flatten(1)
-        if isinstance(node, ir.Dropout):
-            return x * torch.from_numpy(masks[node.name]) if train and masks.get(node.name) is not None else x
-        if isinstance(node, ir.BatchNorm):
-            return F.batch_norm(x, t(node, "running_mean"), t(node, "running_var"), t(node, "weight"),
-                                t(node, "bias"), training=train, momentum=node.momentum, eps=node.eps)
-        if isinstance(node, ir.Activation):
-            alpha = node.alpha if node.alpha is not None else ir.ACTIVATION_DEFAULT_ALPHA.get(node.fn)
-            return {
-                "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu,
-                "silu": F.silu, "hardswish": F.hardswish, "softmax": lambda v: F.softmax(v, dim=1),
-                "leaky": lambda v: F.leaky_relu(v, alpha), "elu": lambda v: F.elu(v, alpha),
-            }[node.fn](x)
-        raise NotImplementedError(node.kind)
-
-    pre = net.ir.preprocess
-    if pre is not None:
-        x = x * tensors["preprocess.scale"]
-        if pre.standardize:
-            view = (1, -1) + (1,) * (x.dim() - 2)
-            x = (x - tensors["preprocess.mean"].view(view)) / tensors["preprocess.std"].view(view)
-    return run(net.ir.body, x)
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -190,12 +109,13 @@ def run_numpy(net, weights, x, dy, train, dtype):
 
 
 def run_torch(net, weights, x, dy, train, masks, dtype, pieces=None):
+    torch = require("torch")
     specs = {s.name: s for s in net.tensor_specs()}
     tensors = {name: torch.tensor(value if specs[name].dtype == "int64" else value.astype(dtype),
                                   requires_grad=specs[name].trainable) for name, value in weights.items()}
     masks = {name: m.astype(dtype) for name, m in masks.items() if m is not None}
     tx = torch.tensor(x.astype(dtype), requires_grad=True)
-    ty = torch_reference(net, tensors, tx, train, masks, pieces)
+    ty = reference.forward(net, tensors, tx, train=train, masks=masks, pieces=pieces)
     ty.backward(torch.from_numpy(dy.astype(dtype)))
     return {"y": ty.detach().numpy(), "dx": tx.grad.numpy(),
             "grads": {name: t.grad.numpy() for name, t in tensors.items() if t.requires_grad},
@@ -251,11 +171,13 @@ def compare_with_torch(net: cnndsl.Net, batch: int = 2, train: bool = True, seed
             assert rel(g, exact_ref["grads"][name]) < 1e-7, name
 
 
+@needs("torch")
 @pytest.mark.parametrize("stem", example_params())
 def test_example_matches_torch_autograd_in_training(stem):
     compare_with_torch(example(stem), train=True, exact=stem not in SLOW)
 
 
+@needs("torch")
 @pytest.mark.parametrize("stem", ["lenet5", "resnet18", "mobilenet_v1", "cifar_tiny"])
 def test_example_matches_torch_autograd_in_evaluation(stem):
     compare_with_torch(example(stem), train=False, seed=3)
@@ -302,20 +224,20 @@ fc 5; softmax
 """
 
 
+@needs("torch")
 @pytest.mark.parametrize("text", [ALL_OPS, VECTOR], ids=["images", "vectors"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_every_op_matches_torch_autograd(text, train):
     compare_with_torch(cnndsl.parse(text), batch=5, train=train)
 
 
-# ---------------------------------------------------------------- the torch backend, once it exists
-
-HAVE_TORCH_BACKEND = importlib.util.find_spec("cnndsl.backends.torch_codegen") is not None
+# ---------------------------------------------------------------- the torch backend
 
 
-@pytest.mark.skipif(not HAVE_TORCH_BACKEND, reason="backends/torch_codegen.py not written yet")
+@needs("torch")
 @pytest.mark.parametrize("stem", example_params())
 def test_forward_equals_torch_backend_eval(stem):
+    torch = require("torch")
     net = example(stem)
     weights = net.init_weights(seed=0)
     x = np.random.default_rng(1).standard_normal((2, *net.ir.input_shape)).astype(np.float32)
@@ -325,12 +247,13 @@ def test_forward_equals_torch_backend_eval(stem):
     np.testing.assert_allclose(net.to_numpy(weights).forward(x), expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(not HAVE_TORCH_BACKEND, reason="backends/torch_codegen.py not written yet")
+@needs("torch")
 @pytest.mark.parametrize("stem", [p for p in example_params() if isinstance(p, str)])
 def test_training_step_equals_torch_backend_autograd(stem):
     """One training-mode step in float64 through the torch backend's module: outputs, input and
     parameter gradients and BN buffers agree to 1e-7 (dropout off on both sides: its masks are
     drawn by different generators, and the kernel is tested on its own)."""
+    torch = require("torch")
     net = example(stem)
     weights = net.init_weights(seed=0)
     rng = np.random.default_rng(1)

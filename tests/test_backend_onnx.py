@@ -1,14 +1,14 @@
 """The ONNX backend: built from the IR, checked by ONNX, and numerically the same network.
 
-Three independent judges of the numbers: a reference written here with
-torch.nn.functional straight from the contract in docs/backends.md (no generated code involved),
-onnx.reference.ReferenceEvaluator, and the PyTorch backend (`net.to_torch`) where it exists.
+Three independent judges of the numbers: the shared reference (tests/reference.py, plain PyTorch
+straight from the contract in docs/backends.md, no generated code involved),
+onnx.reference.ReferenceEvaluator, and the PyTorch backend (`net.to_torch`). Only the tests that
+use the reference or the torch backend need torch; every test here needs onnx and onnxruntime.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import subprocess
 import sys
 import textwrap
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extras import require
+from reference import evaluate
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
-from cnndsl.backends import onnx_builder  # noqa: E402
+onnx = require("onnx")
+ort = require("onnxruntime")
 
 import cnndsl  # noqa: E402
-from cnndsl import ir  # noqa: E402
+from cnndsl.backends import onnx_builder  # noqa: E402
 from cnndsl.errors import CnnDslError, WeightsError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,72 +51,6 @@ def inputs(net, batch: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, *net.ir.input_shape)).astype(np.float32)
 
 
-def reference(net, weights: dict[str, np.ndarray], x: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """The network evaluated with torch.nn.functional (in float64 unless told), following docs/backends.md."""
-    torch = pytest.importorskip("torch")
-    F = torch.nn.functional
-    w = {name: torch.from_numpy(np.asarray(v, dtype=dtype)) for name, v in weights.items()}
-    shapes = net.shapes
-
-    def run(node, t):
-        if isinstance(node, ir.Seq):
-            for item in node.items:
-                t = run(item, t)
-            return t
-        if isinstance(node, ir.Conv):
-            s = shapes.of(node)
-            top, bottom, left, right = s.pads
-            t = F.pad(t, (left, right, top, bottom))
-            return F.conv2d(t, w[f"{node.name}.weight"], w.get(f"{node.name}.bias"), node.stride, 0,
-                            node.dilation, s.groups)
-        if isinstance(node, ir.Pool):
-            s = shapes.of(node)
-            top, bottom, left, right = s.pads
-            fill = -math.inf if node.mode == "max" else 0.0
-            t = F.pad(t, (left, right, top, bottom), value=fill)
-            pool = F.max_pool2d if node.mode == "max" else F.avg_pool2d
-            t = pool(t, node.kernel, node.stride, 0, ceil_mode=node.ceil)
-            # PyTorch's ceil rule on the padded tensor may add a window starting in the trailing padding
-            return t[:, :, :s.output[1], :s.output[2]]
-        if isinstance(node, ir.GlobalPool):
-            return t.mean((2, 3), keepdim=True) if node.mode == "avg" else t.amax((2, 3), keepdim=True)
-        if isinstance(node, ir.Linear):
-            return F.linear(t.flatten(1), w[f"{node.name}.weight"], w.get(f"{node.name}.bias"))
-        if isinstance(node, ir.Flatten):
-            return t.flatten(1)
-        if isinstance(node, ir.Dropout):
-            return t
-        if isinstance(node, ir.BatchNorm):
-            n = node.name
-            return F.batch_norm(t, w[f"{n}.running_mean"], w[f"{n}.running_var"], w[f"{n}.weight"],
-                                w[f"{n}.bias"], False, 0.0, node.eps)
-        if isinstance(node, ir.Activation):
-            alpha = node.alpha if node.alpha is not None else ir.ACTIVATION_DEFAULT_ALPHA.get(node.fn)
-            return {
-                "relu": F.relu, "relu6": lambda v: v.clamp(0, 6), "leaky": lambda v: F.leaky_relu(v, alpha),
-                "elu": lambda v: F.elu(v, alpha), "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-                "gelu": F.gelu, "silu": lambda v: v * torch.sigmoid(v),
-                "hardswish": lambda v: v * (v + 3).clamp(0, 6) / 6, "softmax": lambda v: torch.softmax(v, 1),
-            }[node.fn](t)
-        if isinstance(node, ir.Residual):
-            short = run(node.shortcut, t) if shapes.of(node).projects else t
-            return run(node.body, t) + short
-        if isinstance(node, ir.Concat):
-            return torch.cat([run(b, t) for b in node.branches], 1)
-        if isinstance(node, ir.Add):
-            return sum(run(b, t) for b in node.branches)
-        raise AssertionError(f"reference has no rule for {node}")
-
-    t = torch.from_numpy(x.astype(dtype))
-    pre = net.ir.preprocess
-    if pre is not None:
-        t = t * w["preprocess.scale"]
-        if pre.standardize:
-            extra = (1, 1) if t.dim() == 4 else ()
-            t = (t - w["preprocess.mean"].reshape(-1, *extra)) / w["preprocess.std"].reshape(-1, *extra)
-    return run(net.ir.body, t).numpy()
-
-
 def assert_close(actual, expected, atol=ATOL, rtol=RTOL):
     np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol)
 
@@ -126,7 +60,7 @@ def check_against_reference(net, seed: int = 0, batches=(1, 4), weights=None):
     model = onnx_builder.build(net, weights)
     for batch in batches:
         x = inputs(net, batch)
-        assert_close(run_ort(model, x), reference(net, weights, x))
+        assert_close(run_ort(model, x), evaluate(net, weights, x))
     return model
 
 
@@ -182,28 +116,18 @@ def ops(model) -> list[str]:
     return [n.op_type for n in model.graph.node]
 
 
-def torch_backend():
-    try:
-        from cnndsl.backends import torch_codegen
-    except ImportError:
-        pytest.skip("the torch backend (backends/torch_codegen.py) is not available")
-    pytest.importorskip("torch")
-    return torch_codegen
-
-
 # -- every example ------------------------------------------------------------------------------------
 
 
 def test_example_matches_reference(example):
     for batch in (1, 4):
         x = inputs(example.net, batch)
-        expected = reference(example.net, example.weights, x, dtype=np.float32)  # float64 convs are slow
+        expected = evaluate(example.net, example.weights, x, dtype=np.float32)  # float64 convs are slow
         assert_close(example.session.run(None, {"input": x})[0], expected)
 
 
 def test_example_matches_torch_backend(example):
-    torch_backend()
-    import torch
+    torch = require("torch")
 
     module = example.net.to_torch(example.weights).eval()
     for batch in (1, 4):
@@ -245,7 +169,7 @@ def test_reference_evaluator_agrees(name):
     weights = net.init_weights(3)
     model = onnx_builder.build(net, weights)
     x = inputs(net, 2)
-    expected = reference(net, weights, x)
+    expected = evaluate(net, weights, x)
     assert_close(ReferenceEvaluator(model).run(None, {"input": x})[0], expected)
     assert_close(run_ort(model, x), expected)
 
@@ -318,7 +242,7 @@ def test_weights_from_dict_and_safetensors(tmp_path):
     from_file = run_ort(onnx_builder.build(net, path), x)
     from_dict = run_ort(onnx_builder.build(net, weights), x)
     np.testing.assert_array_equal(from_file, from_dict)
-    assert_close(from_dict, reference(net, weights, x))
+    assert_close(from_dict, evaluate(net, weights, x))
     seeded = run_ort(onnx_builder.build(net, seed=11), x)  # the default is init_weights(net, seed)
     np.testing.assert_array_equal(seeded, from_dict)
     assert not np.allclose(seeded, run_ort(onnx_builder.build(net, seed=12), x))
@@ -363,7 +287,7 @@ def test_conv_pad_same_with_stride(size, kernel, stride):
 
 def test_conv_pad_same_matches_tensorflow_on_an_even_input():
     # stride 2 on an even size: no padding at the top/left, one row/column at the bottom/right
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     net = prog("conv 3x3/2 pad same -> 2 nobias", "1x6x6")
     weights = net.init_weights(0)
     x = inputs(net, 1)
@@ -397,7 +321,7 @@ def test_depthwise_multiplier_uses_groups_of_the_input_channels():
     (7, 3, 2, 1), (8, 3, 3, 1), (5, 2, 2, 0), (9, 3, 2, 0), (10, 4, 3, 2),
 ])
 def test_ceil_pools_match_pytorch(mode, size, kernel, stride, pad):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     net = prog(f"pool {mode} {kernel}x{kernel}/{stride} pad{pad} ceil", f"2x{size}x{size}")
     x = inputs(net, 2)
     t = torch.from_numpy(x)
@@ -416,7 +340,7 @@ def test_ceil_pools_match_pytorch(mode, size, kernel, stride, pad):
 @pytest.mark.parametrize("mode", ["max", "avg"])
 @pytest.mark.parametrize("size", [7, 8])
 def test_pools_floor_and_pad_same(mode, size):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     net = prog(f"pool {mode} 3x3/2 pad1; pool {mode} 2x2/2 pad same; pool {mode} 3x3 pad same ceil",
                f"3x{size}x{size}")
     check_against_reference(net)
@@ -483,10 +407,10 @@ def test_activations(act, opset):
     model = onnx_builder.build(net, weights, opset=opset, check=True)
     assert model.opset_import[0].version == opset
     x = inputs(net, 2)
-    assert_close(run_ort(model, x), reference(net, weights, x))
+    assert_close(run_ort(model, x), evaluate(net, weights, x))
     from onnx.reference import ReferenceEvaluator
 
-    assert_close(ReferenceEvaluator(model).run(None, {"input": x})[0], reference(net, weights, x))
+    assert_close(ReferenceEvaluator(model).run(None, {"input": x})[0], evaluate(net, weights, x))
     if act == "gelu":
         assert ("Gelu" in ops(model)) == (opset >= 20) and ("Erf" in ops(model)) == (opset < 20)
 
@@ -614,7 +538,7 @@ def test_compile_to_onnx_never_imports_torch(tmp_path):
     model = onnx.load(str(out))
     onnx.checker.check_model(model, full_check=True)
     x = inputs(net, 2)
-    assert_close(run_ort(model, x), reference(net, net.init_weights(3), x))
+    assert_close(run_ort(model, x), evaluate(net, net.init_weights(3), x))
 
 
 def test_save_goes_external_past_the_size_limit(tmp_path, monkeypatch):
@@ -638,7 +562,7 @@ def test_every_construct_at_every_opset(opset):
     weights = net.init_weights(4)
     model = onnx_builder.build(net, weights, opset=opset, check=True)
     x = inputs(net, 3)
-    assert_close(run_ort(model, x), reference(net, weights, x))
+    assert_close(run_ort(model, x), evaluate(net, weights, x))
 
 
 def _layer(draw, st):
@@ -658,8 +582,8 @@ def _layer(draw, st):
 
 
 def test_random_window_layers_match_the_reference():
-    hypothesis = pytest.importorskip("hypothesis")
-    st = pytest.importorskip("hypothesis.strategies")
+    hypothesis = require("hypothesis")
+    st = require("hypothesis.strategies")
 
     @st.composite
     def programs(draw):
@@ -728,7 +652,7 @@ def test_compile_with_weights_from_the_command_line(tmp_path):
     done = compile_(good, tmp_path / "good.onnx")
     assert done.returncode == 0, done.stderr
     x = inputs(net, 2)
-    assert_close(run_ort(onnx.load(str(tmp_path / "good.onnx")), x), reference(net, weights, x))
+    assert_close(run_ort(onnx.load(str(tmp_path / "good.onnx")), x), evaluate(net, weights, x))
     failed = compile_(bad, tmp_path / "bad.onnx")
     assert failed.returncode == 1
     assert "error:" in failed.stderr and "conv2.bias" in failed.stderr and "Traceback" not in failed.stderr

@@ -1,5 +1,5 @@
-"""The PyTorch backend: generated source, module structure, numerics against an independent
-reference, `pad same`, hostile names, weights and the CLI."""
+"""The PyTorch backend: generated source, module structure, numerics against the independent
+reference (tests/reference.py), `pad same`, hostile names, weights and the CLI."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from cnndsl.backends import torch_codegen
+import reference
+from extras import require
 
-import cnndsl
-from cnndsl import ir
-from cnndsl.errors import CnnDslError, WeightsError
-from cnndsl.weights import save_weights
+torch = require("torch")  # every test here needs it
+F = torch.nn.functional
+
+import cnndsl  # noqa: E402
+from cnndsl import ir  # noqa: E402
+from cnndsl.backends import torch_codegen  # noqa: E402
+from cnndsl.errors import CnnDslError, WeightsError  # noqa: E402
+from cnndsl.weights import save_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.cnn"))
@@ -49,99 +52,6 @@ def random_weights(net, seed: int = 1) -> dict[str, np.ndarray]:
             scale = 1 / math.sqrt(math.prod(spec.shape[1:])) if len(spec.shape) > 1 else 0.5
             out[spec.name] = rng.normal(0, scale, spec.shape).astype(np.float32)
     return out
-
-
-# ---------------------------------------------------------------- an independent reference
-#
-# Written from docs/backends.md, not from the backend: convolutions on explicitly padded input,
-# pools as loops over windows, activations from their formulas.
-
-
-def ref_pool(x: torch.Tensor, mode: str, kernel, stride, pads, out_hw) -> torch.Tensor:
-    top, bottom, left, right = pads
-    height, width = x.shape[2:]
-    rows = []
-    for i in range(out_hw[0]):
-        h0 = i * stride[0] - top
-        h1 = min(h0 + kernel[0], height + bottom)  # a window past input + padding keeps the part inside
-        cols = []
-        for j in range(out_hw[1]):
-            w0 = j * stride[1] - left
-            w1 = min(w0 + kernel[1], width + right)
-            window = x[:, :, max(h0, 0):min(h1, height), max(w0, 0):min(w1, width)]
-            if mode == "max":
-                cols.append(window.amax(dim=(2, 3)))
-            else:  # padding zeros count in the divisor
-                cols.append(window.sum(dim=(2, 3)) / ((h1 - h0) * (w1 - w0)))
-        rows.append(torch.stack(cols, -1))
-    return torch.stack(rows, -2)
-
-
-def ref_activation(node: ir.Activation, x: torch.Tensor) -> torch.Tensor:
-    alpha = node.alpha if node.alpha is not None else ir.ACTIVATION_DEFAULT_ALPHA.get(node.fn)
-    return {
-        "relu": lambda: torch.clamp(x, min=0),
-        "relu6": lambda: torch.clamp(x, 0, 6),
-        "leaky": lambda: torch.where(x > 0, x, alpha * x),
-        "elu": lambda: torch.where(x > 0, x, alpha * (torch.exp(x) - 1)),
-        "sigmoid": lambda: 1 / (1 + torch.exp(-x)),
-        "tanh": lambda: torch.tanh(x),
-        "gelu": lambda: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
-        "silu": lambda: x / (1 + torch.exp(-x)),
-        "hardswish": lambda: x * torch.clamp(x + 3, 0, 6) / 6,
-        "softmax": lambda: torch.exp(x) / torch.exp(x).sum(1, keepdim=True),
-    }[node.fn]()
-
-
-def ref_forward(net, weights: dict[str, np.ndarray], x: torch.Tensor) -> torch.Tensor:
-    """Evaluation-mode forward of `net`, straight from the IR and the documented semantics."""
-    w = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
-    shapes = net.shapes
-
-    def run(node, x):
-        if isinstance(node, ir.Seq):
-            for item in node.items:
-                x = run(item, x)
-            return x
-        shape = shapes.of(node)
-        if isinstance(node, ir.Conv):
-            top, bottom, left, right = shape.pads
-            return F.conv2d(F.pad(x, (left, right, top, bottom)), w[f"{node.name}.weight"],
-                            w.get(f"{node.name}.bias"), node.stride, 0, node.dilation, shape.groups)
-        if isinstance(node, ir.Pool):
-            return ref_pool(x, node.mode, node.kernel, node.stride, shape.pads, shape.output[1:])
-        if isinstance(node, ir.GlobalPool):
-            return x.mean((2, 3), keepdim=True) if node.mode == "avg" else x.amax((2, 3), keepdim=True)
-        if isinstance(node, ir.Linear):
-            y = x.reshape(x.shape[0], -1) @ w[f"{node.name}.weight"].T
-            return y + w[f"{node.name}.bias"] if node.bias else y
-        if isinstance(node, ir.Flatten):
-            return x.reshape(x.shape[0], -1)
-        if isinstance(node, ir.Dropout):
-            return x
-        if isinstance(node, ir.BatchNorm):
-            view = (1, -1) + (1,) * (x.dim() - 2)
-            mean, var = w[f"{node.name}.running_mean"].view(view), w[f"{node.name}.running_var"].view(view)
-            gamma, beta = w[f"{node.name}.weight"].view(view), w[f"{node.name}.bias"].view(view)
-            return (x - mean) / torch.sqrt(var + node.eps) * gamma + beta
-        if isinstance(node, ir.Activation):
-            return ref_activation(node, x)
-        if isinstance(node, ir.Residual):
-            body = run(node.body, x)
-            return body + (run(node.shortcut, x) if shape.projects else x)
-        if isinstance(node, ir.Concat):
-            return torch.cat([run(b, x) for b in node.branches], 1)
-        if isinstance(node, ir.Add):
-            return sum(run(b, x) for b in node.branches)
-        raise AssertionError(f"reference has no rule for {node}")
-
-    pre = net.ir.preprocess
-    if pre is not None:
-        x = x * w["preprocess.scale"]
-        if pre.standardize:
-            view = (1, -1) + (1,) * (x.dim() - 2)
-            x = (x - w["preprocess.mean"].view(view)) / w["preprocess.std"].view(view)
-    return run(net.ir.body, x)
 
 
 EVERY_CONSTRUCT = """
@@ -197,7 +107,7 @@ def test_forward_matches_independent_reference(text):
     x = torch.randn(3, *net.ir.input_shape, generator=torch.Generator().manual_seed(0)) - 1
     with torch.no_grad():
         got = model(x.clone())
-    want = ref_forward(net, weights, x)
+    want = reference.forward(net, weights, x)
     assert tuple(got.shape) == (3, *net.analyze().output)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -223,7 +133,7 @@ def test_gradients_match_the_reference():
     target = torch.randn(3, 10, generator=torch.Generator().manual_seed(3))
     (model(x) * target).sum().backward()
     leaves = {k: torch.tensor(v, requires_grad=k in dict(model.named_parameters())) for k, v in weights.items()}
-    (ref_forward(net, leaves, x) * target).sum().backward()
+    (reference.forward(net, leaves, x) * target).sum().backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, leaves[name].grad, rtol=1e-3, atol=1e-5, msg=name)
 
@@ -456,7 +366,7 @@ def test_hostile_names_cannot_inject_or_shadow(tmp_path):
     assert any(name.startswith("__mangled1.") for name in model.state_dict())  # not Python-mangled
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), ref_forward(net, random_weights(net), x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model(x), reference.forward(net, random_weights(net), x), rtol=1e-4, atol=1e-5)
     path = tmp_path / "hostile.py"
     path.write_text(source)
     ruff = shutil.which("ruff")

@@ -1,0 +1,274 @@
+"""The reference every backend is checked against: a network run straight from its IR in plain PyTorch.
+
+Written from the contract in docs/backends.md, not from any backend: no generated code, no
+cnndsl.runtime kernel, no torch.nn module, no PyTorch pooling (windows are cut with `unfold`, so
+the ceil-mode and padding rules are the documented ones, not PyTorch's by construction).
+Activations and batch norm are their formulas. Shapes and pads come from the shape pass, as every
+backend's do. PyTorch is here for its arithmetic and autograd: parity tests compare gradients too.
+
+One rule per IR node class, in `RULES`; a new layer kind is added here once (a new activation in
+`ACTIVATIONS`), and every backend's parity tests check it. `test_reference_has_a_rule_per_kind`
+fails naming a node class without one.
+
+    forward(net, tensors, x, train=..., masks=..., pieces=...)  -> torch tensor, differentiable
+    evaluate(net, weights, x, dtype=np.float64)                 -> NumPy array, evaluation mode
+
+Importing this module does not import torch; the first call does, through `extras.require`, so a
+test that uses the reference is skipped (or fails under CI) when torch is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from extras import require
+
+from cnndsl import ir
+
+torch: Any = None  # imported on first use
+F: Any = None
+
+# Defaults of the activations' argument, as docs/backends.md states them (not read from cnndsl).
+DEFAULT_ALPHA = {"leaky": 0.01, "elu": 1.0}
+
+
+def _import_torch() -> None:
+    global torch, F
+    if torch is None:
+        torch = require("torch")
+        F = torch.nn.functional
+
+
+# ------------------------------------------------------------------ one pass over the IR
+
+Rule = Callable[["Pass", Any, Any], Any]
+RULES: dict[type, Rule] = {}
+
+
+def rule(*kinds: type) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for kind in kinds:
+            RULES[kind] = fn
+        return fn
+
+    return register
+
+
+class Pass:
+    """The state of one forward pass: the tensors, the mode, and optional fixed choices.
+
+    `masks` {dropout name: array} are the dropout masks (scaled by 1/(1-p)) to apply in training.
+    `pieces` fixes the branch each kink takes, as the NumPy backend's pass took it: {relu name:
+    0/1 mask of its positive inputs} and {max pool name: (flat indices of each window's winner
+    into the padded input, (top, bottom, left, right))}. Then rounding cannot make the two
+    implementations take different sides of a kink, and the comparison is of the arithmetic."""
+
+    def __init__(self, net, tensors: Mapping[str, Any], train: bool, masks, pieces):
+        self.shapes = net.shapes
+        self.tensors = tensors
+        self.train = train
+        self.masks = masks or {}
+        self.pieces = pieces or {}
+
+    def __call__(self, node, x):
+        try:
+            fn = RULES[type(node)]
+        except KeyError:
+            raise NotImplementedError(f"tests/reference.py has no rule for {type(node).__name__}: add one") from None
+        return fn(self, node, x)
+
+    def tensor(self, node, role: str):
+        """`<node name>.<role>`, or None where the node has no such tensor (a conv without bias)."""
+        return self.tensors.get(f"{node.name}.{role}")
+
+
+@rule(ir.Seq)
+def _seq(run: Pass, node: ir.Seq, x):
+    for item in node.items:
+        x = run(item, x)
+    return x
+
+
+@rule(ir.Residual)
+def _residual(run: Pass, node: ir.Residual, x):
+    shortcut = run(node.shortcut, x) if run.shapes.of(node).projects else x
+    return run(node.body, x) + shortcut
+
+
+@rule(ir.Concat)
+def _concat(run: Pass, node: ir.Concat, x):
+    return torch.cat([run(branch, x) for branch in node.branches], dim=1)
+
+
+@rule(ir.Add)
+def _add(run: Pass, node: ir.Add, x):
+    return sum(run(branch, x) for branch in node.branches)
+
+
+@rule(ir.Conv)
+def _conv(run: Pass, node: ir.Conv, x):
+    shape = run.shapes.of(node)
+    top, bottom, left, right = shape.pads
+    x = F.pad(x, (left, right, top, bottom))
+    return F.conv2d(x, run.tensor(node, "weight"), run.tensor(node, "bias"), node.stride, 0, node.dilation,
+                    shape.groups)
+
+
+def windows_along(size: int, trailing_pad: int, kernel: int, stride: int, ceil: bool) -> int:
+    """How many windows fit along an axis of the padded input (`size` includes the padding).
+    Ceil mode adds a last, partial window, but never one starting in the trailing padding."""
+    if not ceil:
+        return (size - kernel) // stride + 1
+    count = -(-(size - kernel) // stride) + 1
+    if (count - 1) * stride >= size - trailing_pad:
+        count -= 1
+    return count
+
+
+@rule(ir.Pool)
+def _pool(run: Pass, node: ir.Pool, x):
+    if node.name in run.pieces:  # the winners the NumPy backend chose
+        index, (top, bottom, left, right) = run.pieces[node.name]
+        flat = F.pad(x, (left, right, top, bottom), value=-math.inf).flatten(2)
+        index = torch.from_numpy(index)
+        return torch.gather(flat, 2, index.flatten(2)).view(index.shape)
+    top, bottom, left, right = run.shapes.of(node).pads
+    fill = -math.inf if node.mode == "max" else 0.0  # max pools never pick padding; avg counts its zeros
+    x = F.pad(x, (left, right, top, bottom), value=fill)
+    (kh, kw), (sh, sw) = node.kernel, node.stride
+    height, width = x.shape[2:]
+    oh = windows_along(height, bottom, kh, sh, node.ceil)
+    ow = windows_along(width, right, kw, sw, node.ceil)
+    # a ceil-mode window may run past input + padding: extend with the fill, and divide by the part inside
+    x = F.pad(x, (0, max((ow - 1) * sw + kw - width, 0), 0, max((oh - 1) * sh + kh - height, 0)), value=fill)
+    cells = x.unfold(2, kh, sh).unfold(3, kw, sw)[:, :, :oh, :ow].flatten(4)  # N, C, oh, ow, kh*kw
+    if node.mode == "max":  # a tie goes to the first cell in scan order (its gradient too), as in PyTorch
+        return cells.gather(4, cells.argmax(4, keepdim=True)).squeeze(4)
+    rows = torch.tensor([min(i * sh + kh, height) - i * sh for i in range(oh)], dtype=x.dtype)
+    cols = torch.tensor([min(j * sw + kw, width) - j * sw for j in range(ow)], dtype=x.dtype)
+    return cells.sum(4) / (rows[:, None] * cols[None, :])
+
+
+@rule(ir.GlobalPool)
+def _global_pool(run: Pass, node: ir.GlobalPool, x):
+    if node.mode == "avg":
+        return x.mean(dim=(2, 3), keepdim=True)
+    flat = x.flatten(2)
+    return flat.gather(2, flat.argmax(2, keepdim=True)).unsqueeze(3)  # the first maximum takes the gradient
+
+
+@rule(ir.Linear)
+def _linear(run: Pass, node: ir.Linear, x):
+    y = x.flatten(1) @ run.tensor(node, "weight").T  # a CxHxW input flattens in C, H, W order
+    bias = run.tensor(node, "bias")
+    return y if bias is None else y + bias
+
+
+@rule(ir.Flatten)
+def _flatten(run: Pass, node: ir.Flatten, x):
+    return x.flatten(1)
+
+
+@rule(ir.Dropout)
+def _dropout(run: Pass, node: ir.Dropout, x):
+    mask = run.masks.get(node.name)
+    if not run.train or mask is None:  # identity in evaluation (and in training without a given mask)
+        return x
+    return x * torch.as_tensor(mask, dtype=x.dtype)
+
+
+@rule(ir.BatchNorm)
+def _batch_norm(run: Pass, node: ir.BatchNorm, x):
+    view = (1, -1) + (1,) * (x.dim() - 2)  # BatchNorm1d on a vector, BatchNorm2d on a feature map
+    mean, var = run.tensor(node, "running_mean"), run.tensor(node, "running_var")
+    if run.train:
+        dims = (0, *range(2, x.dim()))
+        count = x.numel() // x.shape[1]
+        batch_mean, batch_var = x.mean(dims), x.var(dims, correction=0)
+        with torch.no_grad():  # the running statistics take the unbiased variance
+            mean.mul_(1 - node.momentum).add_(node.momentum * batch_mean)
+            var.mul_(1 - node.momentum).add_(node.momentum * batch_var * count / (count - 1))
+            tracked = run.tensor(node, "num_batches_tracked")
+            if tracked is not None:
+                tracked.add_(1)
+        mean, var = batch_mean, batch_var
+    normal = (x - mean.view(view)) / torch.sqrt(var.view(view) + node.eps)
+    return normal * run.tensor(node, "weight").view(view) + run.tensor(node, "bias").view(view)
+
+
+def _relu6(x):  # flat (zero gradient) at both ends, as PyTorch's hardtanh
+    return torch.where(x <= 0, 0.0, torch.where(x >= 6, 6.0, x))
+
+
+ACTIVATIONS: dict[str, Callable[[Any, float | None], Any]] = {  # fn -> f(x, alpha), from their formulas
+    "relu": lambda x, a: torch.where(x > 0, x, 0.0),
+    "relu6": lambda x, a: _relu6(x),
+    "leaky": lambda x, a: torch.where(x > 0, x, a * x),
+    "elu": lambda x, a: torch.where(x > 0, x, a * torch.expm1(x.clamp(max=0))),
+    "sigmoid": lambda x, a: torch.sigmoid(x),
+    "tanh": lambda x, a: torch.tanh(x),
+    "gelu": lambda x, a: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),  # exact, not the tanh approximation
+    "silu": lambda x, a: x * torch.sigmoid(x),
+    "hardswish": lambda x, a: x * _relu6(x + 3) / 6,
+    "hardsigmoid": lambda x, a: _relu6(x + 3) / 6,
+    "softmax": lambda x, a: _softmax(x),
+}
+
+
+def _softmax(x):  # over dim 1, the channels or features
+    e = torch.exp(x - x.amax(dim=1, keepdim=True).detach())
+    return e / e.sum(dim=1, keepdim=True)
+
+
+@rule(ir.Activation)
+def _activation(run: Pass, node: ir.Activation, x):
+    if node.name in run.pieces:  # the relu mask the NumPy backend's pass took
+        return x * torch.from_numpy(run.pieces[node.name]).to(x.dtype)
+    try:
+        fn = ACTIVATIONS[node.fn]
+    except KeyError:
+        raise NotImplementedError(f"tests/reference.py has no activation {node.fn!r}: add it to ACTIVATIONS") \
+            from None
+    return fn(x, node.alpha if node.alpha is not None else DEFAULT_ALPHA.get(node.fn))
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def _preprocess(net, tensors, x):
+    pre = net.ir.preprocess
+    if pre is None:
+        return x
+    x = x * tensors["preprocess.scale"]
+    if pre.standardize:
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        x = (x - tensors["preprocess.mean"].view(view)) / tensors["preprocess.std"].view(view)
+    return x
+
+
+def forward(net, tensors: Mapping[str, Any], x, *, train: bool = False, masks=None, pieces=None):
+    """`net` on the batch `x` (a torch tensor) with `tensors` {name: torch tensor or array}.
+
+    Torch tensors are used as given (leaves with requires_grad collect gradients; in training the
+    batch norm buffers among them are updated in place); arrays are copied, floating ones to x's
+    dtype. See `Pass` for `masks` and `pieces`."""
+    _import_torch()
+    tensors = {name: value if isinstance(value, torch.Tensor) else _tensor(value, x.dtype)
+               for name, value in tensors.items()}
+    return Pass(net, tensors, train, masks, pieces)(net.ir.body, _preprocess(net, tensors, x))
+
+
+def evaluate(net, weights: Mapping[str, Any], x: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """The evaluation-mode output for the NumPy batch `x`, computed in `dtype` (float64 unless told)."""
+    _import_torch()
+    with torch.no_grad():
+        return forward(net, weights, torch.from_numpy(np.asarray(x, dtype=dtype))).numpy()
+
+
+def _tensor(value, dtype):
+    array = np.asarray(value)
+    tensor = torch.tensor(array)
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
