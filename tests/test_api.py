@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+from extras import require
 
 import cnndsl
 from cnndsl.errors import CnnDslError
@@ -123,7 +124,7 @@ def test_written_outputs_are_readable_by_others(tmp_path):
 
 
 def test_onnx_external_data_save_never_overwrites_the_source_even_with_force(tmp_path):
-    pytest.importorskip("onnx")
+    require("onnx")
     from cnndsl.backends import onnx_builder
 
     source = tmp_path / "net.cnn"

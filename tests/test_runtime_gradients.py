@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cnndsl.backends import numpy_codegen
+from extras import require
 
 import cnndsl
 from cnndsl.analysis.shapes import same_padding
+from cnndsl.backends import numpy_codegen
 from cnndsl.runtime import kernels as K
 
 EPS = 1e-6
@@ -149,7 +150,7 @@ def test_max_pool_ties_go_to_the_first_cell(kernel, stride, pads):
     x[0, 0, 3, 3] = 1.0
     y, cache = K.max_pool2d_forward(x, kernel, stride, pads)
     dx = K.max_pool2d_backward(np.ones_like(y), cache)
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     tx = torch.tensor(x, requires_grad=True)
     torch.nn.functional.max_pool2d(tx, kernel, stride, (pads[0], pads[2])).sum().backward()
     np.testing.assert_array_equal(dx, tx.grad.numpy())

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from extras import needs, require
 
 import cnndsl
 from cnndsl.cli import main
@@ -23,6 +24,10 @@ from cnndsl.training.loop import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = ROOT / "examples" / "lenet5.cnn"
+# The digits data set (the default `--data`) comes from scikit-learn, the `train` extra.
+DIGITS = needs("sklearn")
+TORCH = pytest.param("torch", marks=needs("torch"))
+
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
 
 # Batch norm, dropout, measured standardization and every augmentation: all that resume must replay.
@@ -75,6 +80,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
     return load_file(os.fspath(path))
 
 
+@DIGITS
 def test_cli_train_writes_a_run_folder(tiny, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", str(tiny), "--backend", "numpy", "--epochs", "2", "--out", str(out)])
@@ -99,6 +105,7 @@ def test_cli_train_writes_a_run_folder(tiny, tmp_path):
     assert _weights(out / "optimizer.safetensors")["step"] == 2 * 45  # 1,437 images / 32 per batch
 
 
+@DIGITS
 def test_a_second_run_into_the_same_folder_is_refused(tiny, tmp_path):
     net = cnndsl.load(tiny)
     train(net, _quiet(backend="numpy", epochs=1, out=str(tmp_path / "r")))
@@ -117,17 +124,17 @@ def test_wrong_data_shape_is_a_clear_cli_error(tiny, tmp_path):
     assert "3x8x8" in result.output and "1x8x8" in result.output and "Traceback" not in result.output
 
 
+@DIGITS
 def test_too_few_outputs_for_the_classes_is_an_error(tmp_path):
     net = cnndsl.parse("network t\ninput 1x8x8\nflatten\nfc 3\n")
     with pytest.raises(CnnDslError, match="10 classes but the network outputs 3"):
         train(net, _quiet(backend="numpy", epochs=1, out=str(tmp_path / "r")))
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@DIGITS
+@pytest.mark.parametrize("backend", ["numpy", TORCH])
 def test_resume_in_process_equals_an_uninterrupted_run_bit_for_bit(backend, tiny, tmp_path):
     """Stop after one epoch, resume with more epochs (a constant schedule: cosine depends on the total)."""
-    if backend == "torch":
-        pytest.importorskip("torch")
     other = "torch" if backend == "numpy" else "numpy"
     net = cnndsl.load(tiny)
     full = train(net, _quiet(backend=backend, schedule="constant", out=str(tmp_path / "full")))
@@ -165,7 +172,8 @@ def _kill_during_second_epoch(cmd: list[str], run: Path) -> None:
     assert state["epoch"] < 3, "the run finished before it could be killed"
 
 
-@pytest.mark.parametrize("backend", ["numpy", pytest.param("torch", marks=pytest.mark.slow)])
+@DIGITS
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("torch", marks=[pytest.mark.slow, needs("torch")])])
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(backend, tiny, tmp_path):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "cnndsl.cli", "train", str(tiny), "--backend", backend, "--out", str(run),
@@ -190,6 +198,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(backend, tiny, 
     assert epochs == [1, 2, 3]
 
 
+@DIGITS
 def test_a_checkpoint_whose_files_disagree_is_refused(tiny, tmp_path):
     net = cnndsl.load(tiny)
     train(net, _quiet(backend="numpy", epochs=1, out=str(tmp_path / "a")))
@@ -203,6 +212,7 @@ def test_a_checkpoint_whose_files_disagree_is_refused(tiny, tmp_path):
         ckpt.load_checkpoint(tmp_path / "a")
 
 
+@DIGITS
 def test_an_unfinished_checkpoint_folder_does_not_count(tiny, tmp_path):
     """A kill after writing epoch 2's folder but before the switch: resume starts from epoch 1."""
     net = cnndsl.load(tiny)
@@ -216,8 +226,9 @@ def test_an_unfinished_checkpoint_folder_does_not_count(tiny, tmp_path):
     assert json.loads((tmp_path / "a" / "state.json").read_text())["epoch"] == 2
 
 
+@DIGITS
+@needs("torch", "onnxruntime")
 def test_numpy_trained_weights_predict_the_same_in_torch(tiny, tmp_path):
-    pytest.importorskip("torch")
     import torch
 
     net = cnndsl.load(tiny)
@@ -236,12 +247,14 @@ def test_numpy_trained_weights_predict_the_same_in_torch(tiny, tmp_path):
     result = CliRunner().invoke(main, ["compile", str(tmp_path / "tiny.cnn"), "-t", "onnx", "--weights", str(weights),
                                        "-o", str(tmp_path / "t.onnx")])
     assert result.exit_code == 0, result.output
-    ort = pytest.importorskip("onnxruntime")
+    ort = require("onnxruntime")
     session = ort.InferenceSession(str(tmp_path / "t.onnx"))
     onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(onnx_out, ours, rtol=1e-4, atol=1e-4)
 
 
+@DIGITS
+@needs("torch")
 def test_torch_and_numpy_take_the_same_first_steps(tmp_path):
     """Same init, data order and augmentation: without dropout the two backends train alike."""
     text = TINY.replace("dropout .2\n", "")
@@ -269,8 +282,8 @@ train {
 
 
 @pytest.mark.slow
+@needs("torch")
 def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tmp_path):
-    pytest.importorskip("torch")
     net_file = tmp_path / "ddp.cnn"
     net_file.write_text(DDP_NET)
     rng = np.random.default_rng(0)
@@ -293,8 +306,9 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tmp_path):
 
 
 
+@DIGITS
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", TORCH])
 def test_lenet5_reaches_97_percent_on_digits(backend, tmp_path):
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "cnndsl.cli", "train", str(LENET), "--data", "digits",
@@ -307,8 +321,9 @@ def test_lenet5_reaches_97_percent_on_digits(backend, tmp_path):
     assert metrics[-1]["val_acc"] >= 0.97
 
 
+@DIGITS
+@needs("torch")
 def test_a_last_batch_of_one_is_left_out_with_batch_norm_and_no_test_split_is_allowed(tmp_path):
-    pytest.importorskip("torch")
     text = "network v\ninput 1x8x8\nflatten\nfc 16; bn; relu\nfc 10\ntrain {\n  val_split 0\n}\n"
     net = cnndsl.parse(text)
     result = train(net, _quiet(backend="torch", epochs=1, batch=4, out=str(tmp_path / "r")))  # 1,797 = 449 * 4 + 1
@@ -317,6 +332,7 @@ def test_a_last_batch_of_one_is_left_out_with_batch_norm_and_no_test_split_is_al
     assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text())["val_acc"] is None
 
 
+@DIGITS
 def test_resume_repairs_top_level_files_left_behind_by_a_kill_after_the_switch(tiny, tmp_path):
     from safetensors import safe_open
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from extras import needs, require
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,8 +16,6 @@ from cnndsl.training import augment as A
 from cnndsl.training import data as D
 from cnndsl.training.loss import cross_entropy, nll_of_probabilities
 from cnndsl.training.optim import Schedule, check_schedule, lr_at, numpy_optimizer, torch_optimizer
-
-torch = pytest.importorskip("torch")
 
 
 def _batch(seed=0, shape=(6, 3, 12, 10)):
@@ -125,6 +124,7 @@ OPTIMIZERS = [
 @pytest.mark.parametrize("config", OPTIMIZERS, ids=lambda c: f"{c.optimizer}-m{c.momentum}-n{c.nesterov}-"
                                                           f"wd{c.weight_decay}")
 def test_numpy_optimizers_follow_torch_optim(config):
+    torch = require("torch")
     rng = np.random.default_rng(0)
     shapes = {"conv1.weight": (4, 2, 3, 3), "conv1.bias": (4,), "bn1.weight": (4,), "fc1.weight": (5, 8)}
     params = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
@@ -175,6 +175,7 @@ def test_optimizer_state_round_trips():
 # ---- schedules ---------------------------------------------------------------------------------
 
 def _torch_lrs(make, steps, per_epoch=None):
+    torch = require("torch")
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.1)
     sched = make(opt)
@@ -197,18 +198,21 @@ def test_constant_schedule():
 
 
 def test_step_schedule_matches_steplr():
+    torch = require("torch")
     expected = _torch_lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5), 24, per_epoch=4)
     np.testing.assert_allclose(_ours("step", 6, 4, (2, 0.5)), expected, rtol=1e-12)
     assert _ours("step", 9, 1) == pytest.approx([0.1] * 3 + [0.01] * 3 + [0.001] * 3)  # defaults: epochs//3, 0.1
 
 
 def test_cosine_schedule_matches_cosine_annealing_per_step():
+    torch = require("torch")
     expected = _torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=20), 20)
     np.testing.assert_allclose(_ours("cosine", 5, 4), expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("pct", [0.3, 0.25])
 def test_onecycle_schedule_matches_onecyclelr(pct):
+    torch = require("torch")
     expected = _torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
         o, max_lr=0.1, total_steps=40, pct_start=pct, cycle_momentum=False), 40)
     args = () if pct == 0.3 else (pct,)
@@ -229,6 +233,7 @@ def test_schedule_arguments_are_checked():
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_cross_entropy_and_its_gradient_match_torch(smoothing):
+    torch = require("torch")
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((7, 5)).astype(np.float32) * 3
     labels = rng.integers(0, 5, 7)
@@ -256,6 +261,7 @@ def test_nll_of_softmax_outputs_equals_cross_entropy_through_the_softmax():
 # ---- data ---------------------------------------------------------------------------------------
 
 def test_bilinear_resize_matches_torch_interpolate():
+    torch = require("torch")
     x = _batch(shape=(2, 1, 8, 8))
     ours = D.resize_bilinear(x, 28, 28)
     ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=(28, 28), mode="bilinear", align_corners=False)
@@ -264,6 +270,7 @@ def test_bilinear_resize_matches_torch_interpolate():
     np.testing.assert_array_equal(D.resize_nearest(x, 28, 28), near.numpy())
 
 
+@needs("sklearn")
 def test_digits_are_resized_to_the_input_with_a_fixed_stratified_split():
     data = D.load_data("digits", (1, 28, 28))
     assert data.x_train.shape[1:] == (1, 28, 28) and data.x_train.dtype == np.float32
@@ -288,6 +295,7 @@ def test_digits_are_resized_to_the_input_with_a_fixed_stratified_split():
     np.testing.assert_array_equal(again.x_train[:, 0], again.x_train[:, 1])
 
 
+@needs("sklearn")
 def test_digits_for_a_vector_input_and_a_wrong_vector_input():
     assert D.load_data("digits", (64,)).x_train.shape[1:] == (64,)
     with pytest.raises(CnnDslError, match="1x8x8.*network input is 100"):
@@ -323,6 +331,7 @@ def test_npz_with_and_without_a_test_part(tmp_path):
         D.load_data(str(path), (1, 8, 8))
 
 
+@needs("PIL")
 def test_image_folder_is_read_converted_and_split(tmp_path):
     from PIL import Image
 
