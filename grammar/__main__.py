@@ -2,8 +2,10 @@
 
 cnndsl parses with the stand-alone LALR parser that lark generates from `cnndsl.lark`: one module
 holding lark's parser runtime and the grammar's tables, which cnndsl imports instead of lark
-(importing lark and loading its cached tables was a third of `cnndsl analyze`'s start-up). Run
-this after editing the grammar. `--check` exits 1 unless the committed module is, byte for byte,
+(importing lark and loading its cached tables was a third of `cnndsl analyze`'s start-up), used
+as lark made it. Ahead of lark's code the module records the grammar's keywords by where they
+appear (`keywords`), which the parser's messages list and suggest. Run this after editing the
+grammar. `--check` exits 1 unless the committed module is, byte for byte,
 what the installed lark generates now. lark is needed here only, not at run time.
 """
 
