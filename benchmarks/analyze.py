@@ -122,8 +122,12 @@ def user_install() -> Path:
     if not python.exists():
         venv.create(VENV, with_pip=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # pip builds in the checkout's build/, which setuptools never cleans: a module deleted from the
+    # checkout would still be installed from there.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     subprocess.run(pip + [str(ROOT)], check=True, capture_output=True)  # dependencies, once
     subprocess.run(pip + ["--no-deps", "--force-reinstall", str(ROOT)], check=True, capture_output=True)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     return python
 
 
