@@ -54,6 +54,9 @@ ACTIVATIONS: dict[str, ActivationFn] = {fn.name: fn for fn in (
     # ONNX HardSwish is x * max(0, min(1, x/6 + 1/2)) = x * relu6(x + 3) / 6
     ActivationFn("hardswish", "x * relu6(x + 3) / 6", "nn.Hardswish", "Hardswish", "hardswish",
                  lambda g, x, a: g("HardSwish", x)),
+    # ONNX HardSigmoid is max(0, min(1, alpha * x + beta)); alpha 1/6, beta 1/2 is relu6(x + 3) / 6
+    ActivationFn("hardsigmoid", "relu6(x + 3) / 6", "nn.Hardsigmoid", "Hardsigmoid", "hardsigmoid",
+                 lambda g, x, a: g("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5)),
     ActivationFn("softmax", "softmax over the channels", "nn.Softmax", "Softmax", "softmax",
                  lambda g, x, a: g("Softmax", x, axis=1)),
 )}

@@ -474,6 +474,16 @@ def hardswish_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
     return dy * slope
 
 
+def hardsigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    return np.clip(x + 3, 0, 6) / 6, {"x": x}
+
+
+def hardsigmoid_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    x = cache["x"]
+    # PyTorch: 1/6 strictly inside (-3, 3), 0 outside and at the corners.
+    return dy * ((x > -3) & (x < 3)).astype(x.dtype, copy=False) / 6
+
+
 def softmax_forward(x: np.ndarray) -> tuple[np.ndarray, Cache]:
     """Softmax over dim 1 (classes of a vector, channels of a CxHxW map)."""
     e = np.exp(x - x.max(axis=1, keepdims=True))
