@@ -134,7 +134,7 @@ class _Expander:
 
     def statement(self, stmt: S.Statement, scope: _Scope, frame: _Frame) -> list[ir.Node]:
         if isinstance(stmt, S.Repeat):
-            count = self.integer(stmt.count, frame, "a repeat count")
+            count = self.integer(stmt.count, frame, "a repeat count", minimum=0)  # x 0: a switch, e.g. `x use_se`
             if count > MAX_REPEAT:
                 raise LimitError(f"repeat count {count} exceeds the limit of {MAX_REPEAT}", stmt.count.span,
                                  calls=frame.calls, hint="a network this deep is almost surely a typo")
