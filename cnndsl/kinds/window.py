@@ -19,7 +19,6 @@ from .base import (
     fmt,
     n,
     node,
-    number_text,
     pair_text,
     same_padding,
     window,
@@ -265,4 +264,4 @@ class GlobalPool(Node):
         return f"pool {self.mode} global"
 
 
-__all__ = ["Conv", "Pool", "GlobalPool", "number_text"]
+__all__ = ["Conv", "GlobalPool", "Pool"]
