@@ -7,6 +7,21 @@ import re
 
 from cnndsl import ir
 
+LINE_LIMIT = 120  # the project's ruff line length: generated files must pass `ruff check`
+INDENT = "    "
+
+
+def wrap_call(lhs: str, func: str, args: list[str], indent: str, tail: str = "") -> list[str]:
+    """`lhs func(args)tail` on one line, or with the arguments on a continuation line (one per line
+    when they do not fit on one) when that is longer than the project's line length."""
+    one = f"{indent}{lhs}{func}({', '.join(args)}){tail}"
+    if len(one) <= LINE_LIMIT:
+        return [one]
+    inner = indent + INDENT
+    joined = f"{inner}{', '.join(args)}"
+    body = [joined] if len(joined) <= LINE_LIMIT else [f"{inner}{a}," for a in args]
+    return [f"{indent}{lhs}{func}(", *body, f"{indent}){tail}"]
+
 
 def class_name(name: str, fallback: str = "Net") -> str:
     """`resnet_18` -> `Resnet18`: CamelCase from the letters and digits only (leading underscores

@@ -26,12 +26,10 @@ import numpy as np
 from ..errors import CnnDslError
 from ..ir import Node, Residual
 from ..kinds import emitter
-from .common import class_name, printable, where
+from .common import INDENT, LINE_LIMIT, class_name, printable, where, wrap_call
 
 _NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _COMMENT_COLUMN = 52
-LINE_LIMIT = 120  # the project's ruff line length: generated files pass `ruff check`
-INDENT = "    "
 
 
 def _literal(value: Any) -> str:
@@ -104,7 +102,8 @@ class _Emitter:
     def leaf(self, node: Node, var: str, layer: str, *args: str) -> None:
         """A layer of the runtime: registered in `__init__`, called in `forward`, its backward in `backward`."""
         attr = self.attr(node)
-        self.inits.extend(_call(f"self.{attr} = self.add(rt.{layer}(", [repr(node.name), *args], "))"))
+        self.inits.extend(wrap_call(f"self.{attr} = self.add(", f"rt.{layer}", [repr(node.name), *args], INDENT * 2,
+                                    tail=")"))
         self.registered.append(node.name)
         flag = ", input_grad" if self.prefix and var == "x" else ""
         self.pair(f"{var} = self.{attr}({var}, train)", f"d{var} = self.{attr}.backward(d{var}{flag})",
@@ -168,12 +167,18 @@ class _Emitter:
         self.pair(f"{var} = {var} + {skip}", f"d{skip} = d{var}", f"{node.name}: body + shortcut")
 
     def concat_numpy(self, node, var: str) -> None:
-        self.branches(node, var)
+        names, grads = self.branches(node, var)
+        channels = tuple(self.shapes.of(branch).output[0] for branch in node.branches)
+        self.pair(f"{var} = rt.concat([{', '.join(names)}])",
+                  f"{', '.join(grads)}{',' if len(grads) == 1 else ''} = rt.split(d{var}, {_literal(channels)})",
+                  f"{node.name}: join on channels {'+'.join(map(str, channels))}")
 
     def add_numpy(self, node, var: str) -> None:
-        self.branches(node, var)
+        names, grads = self.branches(node, var)
+        self.pair(f"{var} = {' + '.join(names)}", f"{' = '.join(grads)} = d{var}", f"{node.name}: sum of branches")
 
-    def branches(self, node, var: str) -> None:
+    def branches(self, node, var: str) -> tuple[list[str], list[str]]:
+        """Every branch reads `var` (a fork: their gradients add up); returns their outputs and gradients."""
         self.prefix = False
         stem = self.fresh("branch")
         names = [f"{stem}_{i}" for i in range(1, len(node.branches) + 1)]
@@ -182,33 +187,11 @@ class _Emitter:
                   f"{node.name}: every branch reads {var}; {self.where(node)}")
         for branch, name in zip(node.branches, names, strict=True):
             self.node(branch, name)
-        if node.key == "concat":
-            channels = tuple(self.shapes.of(branch).output[0] for branch in node.branches)
-            self.pair(f"{var} = rt.concat([{', '.join(names)}])",
-                      f"{', '.join(grads)}{',' if len(grads) == 1 else ''} = rt.split(d{var}, {_literal(channels)})",
-                      f"{node.name}: join on channels {'+'.join(map(str, channels))}")
-        else:
-            self.pair(f"{var} = {' + '.join(names)}", f"{' = '.join(grads)} = d{var}", f"{node.name}: sum of branches")
+        return names, grads
 
 
 _RESERVED = {"add", "forward", "backward", "params", "grads", "buffers", "layers", "dtype", "input", "seed",
              "zero_grad", "state_dict", "load_state_dict", "load_safetensors", "save_safetensors", "input_shape"}
-
-
-def _call(head: str, args: list[str], tail: str, indent: str = INDENT * 2) -> list[str]:
-    """`head` + the arguments + `tail` on one line, or the arguments packed on continuation lines
-    when that is longer than the project's line length."""
-    one = f"{indent}{head}{', '.join(args)}{tail}"
-    if len(one) <= LINE_LIMIT:
-        return [one]
-    lines, line = [f"{indent}{head}"], indent + INDENT
-    for i, arg in enumerate(args):
-        piece = arg + (", " if i < len(args) - 1 else tail)
-        if len(line) + len(piece.rstrip()) > LINE_LIMIT and line.strip():
-            lines.append(line.rstrip())
-            line = indent + INDENT
-        line += piece
-    return [*lines, line]
 
 
 def _lines(pairs, side: int) -> list[str]:
@@ -238,7 +221,8 @@ def generate(net) -> str:
             args.append(f"mean={_literal(tuple(map(float, pre.mean)))}")
         if pre.standardize and pre.std is not None:
             args.append(f"std={_literal(tuple(map(float, pre.std)))}")
-        em.inits.extend(_call("self.preprocess = self.add(rt.Preprocess(", [*args, "dtype=dtype"], "))"))
+        em.inits.extend(wrap_call("self.preprocess = self.add(", "rt.Preprocess", [*args, "dtype=dtype"], INDENT * 2,
+                                  tail=")"))
         line = pre.span.line if pre.span else 0
         em.pair("x = self.preprocess(x, train)", "dx = self.preprocess.backward(dx, input_grad)",
                 f"line {line}: preprocess" if line else "preprocess")

@@ -41,15 +41,13 @@ from cnndsl import ir
 from cnndsl.analysis.shapes import LayerShape, window
 from cnndsl.kinds import emitter
 
-from .common import class_name, printable, where
+from .common import INDENT, LINE_LIMIT, class_name, printable, where, wrap_call
 
 if TYPE_CHECKING:
     from torch import nn
 
     from cnndsl.api import Net
 
-LINE_LIMIT = 120  # the project's ruff line length; generated files must pass `ruff check`
-INDENT = "    "
 
 # Names the generated file defines or imports at module level; user-chosen names never take them.
 FILE_GLOBALS = ("torch", "nn", "F", "build")
@@ -132,17 +130,6 @@ def _pair(values: tuple[int, int]) -> str:
     return _num(values[0]) if values[0] == values[1] else f"({_num(values[0])}, {_num(values[1])})"
 
 
-def _wrap_call(lhs: str, func: str, args: list[str], indent: str) -> list[str]:
-    """`lhs = func(args)` on one line, or with the arguments on continuation lines when too long."""
-    one = f"{indent}{lhs}{func}({', '.join(args)})"
-    if len(one) <= LINE_LIMIT:
-        return [one]
-    inner = indent + INDENT
-    joined = f"{inner}{', '.join(args)}"
-    body = [joined] if len(joined) <= LINE_LIMIT else [f"{inner}{a}," for a in args]
-    return [f"{indent}{lhs}{func}(", *body, f"{indent})"]
-
-
 # ---------------------------------------------------------------- one class being written
 
 
@@ -151,12 +138,12 @@ class _ClassBody:
     """The `__init__` and `forward` of one generated class, for one IR scope (`prefix`)."""
 
     prefix: str  # "" for the network, "basic3." for a block call
+    container_class: Callable[[str], str]  # the module class of a container (`branch2` -> `Branch`)
     init: list[str] = field(default_factory=list)
     forward: list[str] = field(default_factory=list)
     locals: _Namespace = field(default_factory=_Namespace)
     containers: set[str] = field(default_factory=set)
     fresh: bool = False  # the flowing tensor was just made by an op that keeps no reference to it
-    container_class: Callable[[str], str] = lambda part: "nn.Module"  # noqa: E731 - the module class of a container
 
     def relative(self, node: ir.Node) -> list[str]:
         if not node.name.startswith(self.prefix) or len(node.name) == len(self.prefix):
@@ -183,9 +170,9 @@ class _ClassBody:
     def _assign(base: str, name: str, func: str, args: list[str]) -> list[str]:
         indent = INDENT * 2
         if _plain_attribute(name):
-            return _wrap_call(f"{base}.{name} = ", func, args, indent)
+            return wrap_call(f"{base}.{name} = ", func, args, indent)
         # add_module refuses names that clash with nn.Module's own attributes instead of shadowing them
-        return _wrap_call("", f"{base}.add_module", [f'"{name}"', f"{func}({', '.join(args)})"], indent)
+        return wrap_call("", f"{base}.add_module", [f'"{name}"', f"{func}({', '.join(args)})"], indent)
 
     def line(self, code: str, comment: str) -> None:
         indent = INDENT * 2
@@ -471,7 +458,7 @@ class TorchGenerator:
         channels = self.network.input_shape[0]
         scale = pre.scale if pre.scale is not None else 1.0
         top.init.append(f"{INDENT * 2}self.preprocess = {self.container_class('preprocess')}()")
-        top.init.extend(_wrap_call("", "self.preprocess.register_buffer",
+        top.init.extend(wrap_call("", "self.preprocess.register_buffer",
                                    ['"scale"', f"torch.tensor({_num(float(scale))})"], INDENT * 2))
         line = pre.span.line if pre.span is not None else 0
         top.line("x = x * self.preprocess.scale", f"line {line}: preprocess: scale")
@@ -479,7 +466,7 @@ class TorchGenerator:
             for role, given, default in (("mean", pre.mean, "torch.zeros"), ("std", pre.std, "torch.ones")):
                 value = (f"torch.tensor([{', '.join(_num(float(v)) for v in given)}])" if given is not None
                          else f"{default}({channels})")
-                top.init.extend(_wrap_call("", "self.preprocess.register_buffer", [f'"{role}"', value], INDENT * 2))
+                top.init.extend(wrap_call("", "self.preprocess.register_buffer", [f'"{role}"', value], INDENT * 2))
             view = ".view(-1, 1, 1)" if len(self.network.input_shape) == 3 else ""
             top.line(f"x = (x - self.preprocess.mean{view}) / self.preprocess.std{view}",
                      f"line {line}: preprocess: standardize")

@@ -281,19 +281,19 @@ class Options:
         return self._options[key].value
 
     def integer(self, key: str, what: str, default=_MISSING, minimum: int = 1):
-        if key not in self._options and default is not _MISSING:
-            return default
-        return self._expander.integer(self._options[key].value, self._frame, what, minimum)
+        return self._value(key, default, self._expander.integer, what, minimum)
 
     def number(self, key: str, what: str, low: float, high: float, default=_MISSING):
-        if key not in self._options and default is not _MISSING:
-            return default
-        return self._expander.number(self._options[key].value, self._frame, what, low, high)
+        return self._value(key, default, self._expander.number, what, low, high)
 
     def pair(self, key: str, what: str, default=_MISSING, minimum: int = 1):
+        return self._value(key, default, self._expander.pair, what, minimum)
+
+    def _value(self, key: str, default, evaluate, *checks):
+        """Option `key` evaluated and checked by `evaluate`, or `default` where it is not written."""
         if key not in self._options and default is not _MISSING:
             return default
-        return self._expander.pair(self._options[key].value, self._frame, what, minimum)
+        return evaluate(self._options[key].value, self._frame, *checks)
 
     def padding(self, key: str = "pad") -> ir.Padding:
         option = self._options.get(key)

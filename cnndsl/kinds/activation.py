@@ -91,8 +91,9 @@ class Activation(Pointwise):
         alpha = ACTIVATIONS[fn].default
         if "alpha" in options:
             if alpha is None:
+                takers = " and ".join(f"'{f.name}'" for f in ACTIVATIONS.values() if f.default is not None)
                 raise options.error(f"{fn} takes no parameter", "alpha",
-                                    hint=f"write '{fn}' alone; 'leaky' and 'elu' take a slope/alpha")
+                                    hint=f"write '{fn}' alone; {takers} take a slope/alpha")
             alpha = options.number("alpha", f"the {fn} parameter", 0.0, 100.0)
         return cls(name=options.name(fn), fn=fn, alpha=alpha, **options.common)
 

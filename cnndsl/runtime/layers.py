@@ -223,13 +223,14 @@ class Activation(Layer):
 
 
 def _activation_class(function: ActivationFn) -> type[Activation]:
-    cls = type(function.numpy, (Activation,), {"function": function, "__doc__": function.formula,
+    return type(function.numpy, (Activation,), {"function": function, "__doc__": function.formula,
                                                 "__module__": __name__})
-    return cls
 
 
 ACTIVATION_LAYERS: dict[str, type[Activation]] = {fn.numpy: _activation_class(fn) for fn in ACTIVATIONS.values()}
-globals().update(ACTIVATION_LAYERS)  # rt.ReLU, rt.LeakyReLU, ...: the names generated models use
+# Module attributes as well (`cnndsl.runtime` re-exports them): rt.ReLU, rt.LeakyReLU, ... are the names
+# generated models use, and pickle finds a class by its module and name.
+globals().update(ACTIVATION_LAYERS)
 
 
 class Preprocess(Layer):
