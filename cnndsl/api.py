@@ -11,7 +11,7 @@ from .analysis import Report, Shapes, TensorSpec, analyze, tensor_specs
 from .errors import CnnDslError, Diagnostic, Source
 from .expand import expand
 from .parser import parse_program
-from .syntax import InputHeader
+from .syntax import InputHeader, Program
 
 if TYPE_CHECKING:
     from pathlib import Path  # imported where a Path is made: `cnndsl analyze` does without pathlib
@@ -22,9 +22,11 @@ TARGETS = ("torch", "numpy", "onnx")
 class Net:
     """A parsed, expanded network: the IR plus the figures and backends that read it."""
 
-    def __init__(self, network: ir.Network, declared_input: tuple[int, ...] | None = None):
+    def __init__(self, network: ir.Network, declared_input: tuple[int, ...] | None = None,
+                 program: Program | None = None):
         self.ir = network
         self._declared_input = declared_input
+        self._program = program  # to expand again at another input size
 
     def __repr__(self) -> str:
         return f"<cnndsl.Net {self.ir.name} input={'x'.join(map(str, self.ir.input_shape))}>"
@@ -49,10 +51,14 @@ class Net:
     def analyze(self, input_shape: tuple[int, ...] | None = None) -> Report:
         """Per-layer and total figures; raises CnnDslError on a shape error or a failed `expect`.
 
-        `expect` lines describe the network at its declared input, so they are checked only there."""
-        if input_shape is None:
+        `expect` lines describe the network at its declared input, so they are checked only there.
+        At another input the program is expanded again: a block may depend on its input's channels."""
+        if input_shape is None or tuple(input_shape) == self.ir.input_shape:
             return self.report
-        return analyze(self.ir, input_shape, check_expects=False)
+        if self._program is None:
+            return analyze(self.ir, input_shape, check_expects=False)
+        network = expand(self._program, self.source, tuple(input_shape))
+        return analyze(network, check_expects=False)
 
     def check(self) -> list[Diagnostic]:
         """Run every check; return the warnings (errors raise CnnDslError)."""
@@ -102,7 +108,7 @@ def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None
     program = parse_program(text, source)
     network = expand(program, source, input_shape)
     declared = next((item.shape for item in program.items if isinstance(item, InputHeader)), None)
-    net = Net(network, declared)
+    net = Net(network, declared, program)
     net.report  # noqa: B018 - run every check now, not at first use
     return net
 

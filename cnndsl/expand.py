@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from . import ir
 from . import syntax as S
+from .analysis.shapes import Shape, Shapes
 from .errors import BadValueError, CnnDslError, CnnSyntaxError, LimitError, Source, Span, UnknownNameError, closest
 from .kinds import STATEMENTS
+from .kinds.base import number_text
 from .parser import KEYWORDS, misplaced_keyword
 
 _MISSING = object()  # no default: the option must be there
@@ -55,6 +57,20 @@ class _Frame:
     calls: tuple[Span, ...]
     blocks_on_stack: tuple[str, ...]
     block: str | None = None
+    in_c: int | None = None  # the channels entering this call of `block` (None: unknown here)
+
+
+IN_C = "in_c"
+"""Inside a block, the channel count entering that call (a vector's length); a reserved name."""
+
+FUNCTIONS = {"min": "min(a, b, ...)", "max": "max(a, b, ...)", "round": "round(x)", "divisible": "divisible(v, d)"}
+"""The functions an expression may call, with how each is written."""
+
+
+def divisible(value: float, divisor: int) -> int:
+    """MobileNet's `_make_divisible`: `value` to a multiple of `divisor`, never 10% below it."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 class _Expander:
@@ -62,25 +78,18 @@ class _Expander:
         self.blocks = blocks
         self.nodes = 0
         self.depth = 0
+        self.shapes = Shapes()
 
     # ------------------------------------------------------------ arithmetic
     def eval(self, expr: S.Expr, frame: _Frame) -> int | float:
         if isinstance(expr, S.Num):
             return expr.value
         if isinstance(expr, S.Var):
-            if expr.name in frame.env:
-                return frame.env[expr.name]
-            known = sorted(frame.env)
-            close = closest(expr.name, known)
-            if frame.block:
-                hint = f"the parameters of block {frame.block} are: {', '.join(known) or '(none)'}"
-                if close:
-                    hint = f"did you mean '{close}'? " + hint
-            else:
-                hint = "names stand for block parameters; outside a block write a number"
-            raise UnknownNameError(f"unknown name '{expr.name}'", expr.span, hint=hint, calls=frame.calls)
+            return self.variable(expr, frame)
         if isinstance(expr, S.Neg):
             return -self.eval(expr.operand, frame)
+        if isinstance(expr, S.Func):
+            return self.function(expr, frame)
         left, right = self.eval(expr.left, frame), self.eval(expr.right, frame)
         if expr.op == "+":
             return left + right
@@ -89,11 +98,62 @@ class _Expander:
         if expr.op == "*":
             return left * right
         if right == 0:
-            raise BadValueError("division by zero", expr.span, calls=frame.calls,
-                                notes=[f"{left} / {right}"])
+            raise BadValueError("division by zero", expr.span, calls=frame.calls, notes=[f"{left} {expr.op} {right}"],
+                                hint="check the divisor: a block parameter or in_c that is 0 here?")
+        if expr.op == "//":
+            return _whole(math.floor(left / right) if isinstance(left, float) or isinstance(right, float)
+                          else left // right)
         if isinstance(left, int) and isinstance(right, int) and left % right == 0:
             return left // right
         return left / right
+
+    def variable(self, expr: S.Var, frame: _Frame) -> int | float:
+        if expr.name in frame.env:
+            return frame.env[expr.name]
+        if expr.name == IN_C:
+            if frame.block is None:
+                raise UnknownNameError("'in_c' is only defined inside a block", expr.span, calls=frame.calls,
+                                       hint="in_c is the channel count entering a block's call; at the top level "
+                                            "write the number")
+            if frame.in_c is None:
+                raise UnknownNameError("'in_c' is unknown here: this shortcut is not used, so nothing enters it",
+                                       expr.span, calls=frame.calls,
+                                       hint="give the count as a block parameter instead")
+            return frame.in_c
+        known = sorted(frame.env)
+        close = closest(expr.name, known + ([IN_C] if frame.block else []))
+        if frame.block:
+            hint = f"the parameters of block {frame.block} are: {', '.join(known) or '(none)'}, and in_c"
+            if close:
+                hint = f"did you mean '{close}'? " + hint
+        else:
+            hint = "names stand for block parameters; outside a block write a number"
+        raise UnknownNameError(f"unknown name '{expr.name}'", expr.span, hint=hint, calls=frame.calls)
+
+    def function(self, expr: S.Func, frame: _Frame) -> int | float:
+        if expr.name not in FUNCTIONS:
+            close = closest(expr.name, FUNCTIONS)
+            raise UnknownNameError(f"unknown function '{expr.name}'", expr.span, calls=frame.calls,
+                                   hint=(f"did you mean '{close}'? " if close else "")
+                                   + f"the functions are {', '.join(FUNCTIONS.values())}")
+        args = [self.eval(a, frame) for a in expr.args]
+        arity = {"round": 1, "divisible": 2}.get(expr.name)
+        if (arity is not None and len(args) != arity) or (arity is None and len(args) < 2):
+            wanted = f"{arity} argument{'s' * (arity != 1)}" if arity else "at least 2 arguments"
+            raise BadValueError(f"{expr.name}() takes {wanted}, got {len(args)}", expr.span, calls=frame.calls,
+                                hint=f"write {FUNCTIONS[expr.name]}")
+        if expr.name == "min":
+            return min(args)
+        if expr.name == "max":
+            return max(args)
+        if expr.name == "round":
+            return math.floor(args[0] + 0.5)  # halves up, as the language says (Python's round goes to even)
+        value, divisor = args
+        divisor = self.integer(expr.args[1], frame, "the divisor of divisible()")
+        if value <= 0:
+            raise BadValueError(f"divisible() rounds a positive value, got {value:g}", expr.args[0].span,
+                                calls=frame.calls, hint="divisible(v, d) rounds a channel count v to a multiple of d")
+        return divisible(value, divisor)
 
     def integer(self, expr: S.Expr, frame: _Frame, what: str, minimum: int = 1) -> int:
         value = expr.value if type(expr) is S.Num else self.eval(expr, frame)
@@ -126,13 +186,22 @@ class _Expander:
         return (values[0], values[1])
 
     # ------------------------------------------------------------ statements
-    def statements(self, stmts: tuple[S.Statement, ...], scope: _Scope, frame: _Frame) -> list[ir.Node]:
+    # Expansion knows the shapes: each node's shape rule runs as soon as the node is built, so a block
+    # call knows the channels entering it (`in_c`). `shape` is None only inside a shortcut that the
+    # residual does not use (nothing enters it); its nodes are expanded but have no shapes.
+    def statements(self, stmts: tuple[S.Statement, ...], scope: _Scope, frame: _Frame, shape: Shape | None
+                   ) -> tuple[list[ir.Node], Shape | None]:
         out: list[ir.Node] = []
         for stmt in stmts:
-            out.extend(self.statement(stmt, scope, frame))
-        return out
+            nodes, shape = self.statement(stmt, scope, frame, shape)
+            out.extend(nodes)
+        return out, shape
 
-    def statement(self, stmt: S.Statement, scope: _Scope, frame: _Frame) -> list[ir.Node]:
+    def infer(self, node: ir.Node, shape: Shape | None) -> Shape | None:
+        return None if shape is None else self.shapes.infer(node, shape)
+
+    def statement(self, stmt: S.Statement, scope: _Scope, frame: _Frame, shape: Shape | None
+                  ) -> tuple[list[ir.Node], Shape | None]:
         if isinstance(stmt, S.Repeat):
             count = self.integer(stmt.count, frame, "a repeat count", minimum=0)  # x 0: a switch, e.g. `x use_se`
             if count > MAX_REPEAT:
@@ -141,41 +210,46 @@ class _Expander:
             out: list[ir.Node] = []
             for index in range(count):
                 before = self.nodes
-                out.extend(self.statement(stmt.stmt, scope, frame))
+                nodes, shape = self.statement(stmt.stmt, scope, frame, shape)
+                out.extend(nodes)
                 # Every repetition expands to as many nodes as the first: fail now, not after the limit.
                 if index == 0 and self.nodes + (count - 1) * (self.nodes - before) > MAX_NODES:
                     raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span,
                                      calls=frame.calls, hint=f"this repeat makes {count:,} x {self.nodes - before:,} "
                                      f"= {count * (self.nodes - before):,} nodes; is the count a typo?")
-            return out
+            return out, shape
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span, calls=frame.calls)
         if isinstance(stmt, S.Layer):
-            return [self.layer(stmt, scope, frame)]
+            node = self.layer(stmt, scope, frame)
+            return [node], self.infer(node, shape)
         if self.depth >= MAX_DEPTH:
             raise LimitError(f"residuals, branches and block calls nest deeper than {MAX_DEPTH} levels", stmt.span,
                              calls=frame.calls, hint="flatten the structure; real networks nest a few levels")
         self.depth += 1
         try:
-            return self.compound(stmt, scope, frame)
+            node = self.compound(stmt, scope, frame, shape)
         finally:
             self.depth -= 1
+        # The children's shapes are known by now: the compound's own rule only joins them.
+        return [node], self.infer(node, shape)
 
-    def compound(self, stmt: S.Statement, scope: _Scope, frame: _Frame) -> list[ir.Node]:
+    def compound(self, stmt: S.Statement, scope: _Scope, frame: _Frame, shape: Shape | None) -> ir.Node:
         if isinstance(stmt, S.Call):
-            return [self.call(stmt, scope, frame)]
+            return self.call(stmt, scope, frame, shape)
         if isinstance(stmt, S.Residual):
             name = scope.name("residual")
-            body = ir.Seq(name=f"{name}.body", span=stmt.span, calls=frame.calls,
-                          items=tuple(self.statements(stmt.body, scope, frame)))
+            items, body_shape = self.statements(stmt.body, scope, frame, shape)
+            body = ir.Seq(name=f"{name}.body", span=stmt.span, calls=frame.calls, items=tuple(items))
             shortcut = None
             if stmt.shortcut is not None:
                 inner = _Scope(scope.name("shortcut") + ".")
-                shortcut = ir.Seq(name=inner.prefix[:-1], span=stmt.span, calls=frame.calls,
-                                  items=tuple(self.statements(stmt.shortcut, inner, frame)))
-            return [ir.Residual(name=name, span=stmt.span, calls=frame.calls, body=body, shortcut=shortcut,
-                                always=stmt.always)]
+                projects = stmt.always or body_shape != shape
+                items, _ = self.statements(stmt.shortcut, inner, frame, shape if projects else None)
+                shortcut = ir.Seq(name=inner.prefix[:-1], span=stmt.span, calls=frame.calls, items=tuple(items))
+            return ir.Residual(name=name, span=stmt.span, calls=frame.calls, body=body, shortcut=shortcut,
+                               always=stmt.always)
         assert isinstance(stmt, S.Branches)
         if not stmt.branches:
             raise BadValueError(f"{stmt.kind} needs at least one branch", stmt.span, calls=frame.calls,
@@ -184,12 +258,12 @@ class _Expander:
         branches = []
         for index, (body, span) in enumerate(zip(stmt.branches, stmt.branch_spans, strict=True), 1):
             inner = _Scope(f"{name}.branch{index}.")
-            branches.append(ir.Seq(name=inner.prefix[:-1], span=span, calls=frame.calls,
-                                   items=tuple(self.statements(body, inner, frame))))
-        node_type = ir.Concat if stmt.kind == "concat" else ir.Add
-        return [node_type(name=name, span=stmt.span, calls=frame.calls, branches=tuple(branches))]
+            items, _ = self.statements(body, inner, frame, shape)
+            branches.append(ir.Seq(name=inner.prefix[:-1], span=span, calls=frame.calls, items=tuple(items)))
+        node_type = {"concat": ir.Concat, "add": ir.Add, "mul": ir.Mul}[stmt.kind]
+        return node_type(name=name, span=stmt.span, calls=frame.calls, branches=tuple(branches))
 
-    def call(self, stmt: S.Call, scope: _Scope, frame: _Frame) -> ir.Seq:
+    def call(self, stmt: S.Call, scope: _Scope, frame: _Frame, shape: Shape | None) -> ir.Seq:
         block = self.blocks.get(stmt.block)
         if block is None and (where := misplaced_keyword(stmt.block)) is not None:
             raise CnnSyntaxError(f"'{stmt.block}' cannot start a statement", stmt.span, calls=frame.calls, hint=where)
@@ -206,14 +280,17 @@ class _Expander:
                              calls=frame.calls, hint="a block may call other blocks, not itself")
         if len(frame.calls) >= MAX_CALL_DEPTH:
             raise LimitError(f"block calls nest deeper than {MAX_CALL_DEPTH}", stmt.span, calls=frame.calls)
-        env = self.bind(block, stmt, frame)
-        inner_frame = _Frame(env, frame.calls + (stmt.span,), frame.blocks_on_stack + (stmt.block,), block.name)
+        in_c = shape[0] if shape is not None else None
+        env = self.bind(block, stmt, frame, in_c)
+        inner_frame = _Frame(env, frame.calls + (stmt.span,), frame.blocks_on_stack + (stmt.block,), block.name, in_c)
         inner = _Scope(scope.name(block.name) + ".")
-        items = self.statements(block.body, inner, inner_frame)
+        items, _ = self.statements(block.body, inner, inner_frame, shape)
         return ir.Seq(name=inner.prefix[:-1], span=block.span, calls=frame.calls + (stmt.span,),
                       items=tuple(items), block=block.name, args=tuple(env.items()))
 
-    def bind(self, block: S.BlockDef, stmt: S.Call, frame: _Frame) -> dict[str, int | float]:
+    def bind(self, block: S.BlockDef, stmt: S.Call, frame: _Frame, in_c: int | None) -> dict[str, int | float]:
+        """The call's arguments, evaluated where the call is written; the defaults inside the block,
+        where `in_c` is the callee's."""
         names = [p.name for p in block.params]
         signature = f"{block.name}({', '.join(p.name + ('=...' if p.default else '') for p in block.params)})"
         if len(stmt.args) > len(names):
@@ -240,7 +317,7 @@ class _Expander:
                 raise UnknownNameError(f"block {block.name} needs a value for '{param.name}'", stmt.span,
                                        calls=frame.calls, hint=f"call it as {signature}")
             try:
-                env[param.name] = self.eval(param.default, _Frame(dict(env), frame.calls, (), block.name))
+                env[param.name] = self.eval(param.default, _Frame(dict(env), frame.calls, (), block.name, in_c))
             except UnknownNameError as err:
                 earlier = [p.name for p in block.params[: block.params.index(param)]]
                 raise UnknownNameError(
@@ -310,6 +387,10 @@ class Options:
         return BadValueError(message, span, calls=self._frame.calls, hint=hint)
 
 
+def _whole(value: int | float) -> int | float:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 # ---------------------------------------------------------------- the program
 
 
@@ -353,6 +434,9 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
                                 hint=f"call it {block.name}_block")
         seen = set()
         for param in block.params:
+            if param.name == IN_C:
+                raise BadValueError(f"'{IN_C}' is reserved: inside a block it is the channel count entering the call",
+                                    param.span, hint=f"rename the parameter, or drop it and use {IN_C} in the body")
             if param.name in seen:
                 raise BadValueError(f"parameter '{param.name}' appears twice in block {block.name}", param.span)
             seen.add(param.name)
@@ -374,19 +458,44 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
                             hint="add statements after 'input', e.g. 'conv 3x3 pad1 -> 16; relu'")
 
     expander = _Expander(blocks)
-    body = expander.statements(statements, _Scope(""), _Frame({}, (), ()))
+    items, _ = expander.statements(statements, _Scope(""), _Frame({}, (), ()), input_shape)
+    body = ir.Seq(name="", span=statements[0].span, items=tuple(items))
+    expander.shapes.infer(body, input_shape)
+    _check_droppaths(body)
+    expander.shapes.input = input_shape
     name = header.name if header else _default_name(source.path)
     return ir.Network(
         name=name,
         input_shape=input_shape,
-        body=ir.Seq(name="", span=statements[0].span, items=tuple(body)),
+        body=body,
+        shapes=expander.shapes,
         expects=tuple(_expect(e) for e in expects),
         preprocess=_preprocess(_single([s for s in sections if s.kind == "preprocess"], "preprocess")),
         augment=_augment(_single([s for s in sections if s.kind == "augment"], "augment")),
         train=_train(_single([s for s in sections if s.kind == "train"], "train")),
         source=source,
         input_span=input_span,
+        blocks=tuple(blocks.values()),
     )
+
+
+def _check_droppaths(body: ir.Seq) -> None:
+    """`droppath` drops a residual body, so it must end one: the body's last statement, or the last
+    statement of the block call that ends it (at most one per body)."""
+    allowed = set()
+    for node in ir.walk(body):
+        if isinstance(node, ir.Residual):
+            last: ir.Node = node.body
+            while isinstance(last, ir.Seq) and last.items:
+                last = last.items[-1]
+            if isinstance(last, ir.DropPath):
+                allowed.add(last.name)
+    for node in ir.walk(body):
+        if isinstance(node, ir.DropPath) and node.name not in allowed:
+            raise BadValueError("droppath must be the last statement of a residual body", node.span,
+                                calls=node.calls,
+                                hint=f"move it to the end of the residual's body: "
+                                     f"'residual {{ ...; droppath {number_text(node.p)} }}' (one per body)")
 
 
 def _default_name(path: str) -> str:

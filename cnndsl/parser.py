@@ -185,6 +185,9 @@ class _ToSyntax:
     def add(self, meta, items):
         return S.Branches("add", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), _span(meta))
 
+    def mul(self, meta, items):
+        return S.Branches("mul", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), _span(meta))
+
     def branches(self, meta, items):
         return tuple(items)
 
@@ -211,7 +214,12 @@ class _ToSyntax:
         return S.Option("stride", self._pair(items[0]), _span(meta))
 
     def _pair(self, item):
-        return _dims(item) if isinstance(item, Token) else (item,)
+        if isinstance(item, Token):
+            return _dims(item)
+        return item if type(item) is tuple else (item,)
+
+    def pair(self, meta, items):
+        return tuple(items)  # (height, width)
 
     def out(self, meta, items):
         return S.Option("out", items[0], _span(meta))
@@ -234,8 +242,7 @@ class _ToSyntax:
     def pool(self, meta, items):
         mode, *rest = items
         options = [S.Option("mode", str(mode), _span(mode))]
-        options += [S.Option("global", True, _span(r)) if isinstance(r, Token) and r.type == "GLOBAL"
-                    else self._flag(r) if isinstance(r, Token) else r for r in rest]
+        options += self._options(rest)  # global, adaptive, ceil: flags; the kernel, stride, pad: options
         return self._layer("pool", meta, options)
 
     def fc(self, meta, items):
@@ -250,6 +257,30 @@ class _ToSyntax:
 
     def bn(self, meta, items):
         return self._layer("bn", meta, items)
+
+    def ln(self, meta, items):
+        return self._layer("ln", meta, items)
+
+    def gn(self, meta, items):
+        return self._layer("gn", meta, [S.Option("groups", items[0], items[0].span), *items[1:]])
+
+    def _single(op, key):  # noqa: N805 - a method factory: a statement with one value, e.g. `shuffle G`
+        def method(self, meta, items):
+            return self._layer(op, meta, [S.Option(key, items[0], items[0].span)])
+        return method
+
+    layerscale = _single("layerscale", "init")
+    droppath = _single("droppath", "p")
+    shuffle = _single("shuffle", "groups")
+
+    def channels(self, meta, items):
+        return self._layer("channels", meta, items)
+
+    def channel_from(self, meta, items):
+        return S.Option("start", items[0], _span(meta))
+
+    def channel_to(self, meta, items):
+        return S.Option("stop", items[0], _span(meta))
 
     def eps(self, meta, items):
         return S.Option("eps", items[0], _span(meta))
@@ -282,6 +313,11 @@ class _ToSyntax:
     binop_sub = _binop("-")
     binop_mul = _binop("*")
     binop_div = _binop("/")
+    binop_floordiv = _binop("//")
+
+    def func(self, meta, items):
+        name, *args = items
+        return S.Func(str(name), tuple(args), _span(meta))
 
     # ------------------------------------------------------------ expect and sections
     def expect(self, meta, items):

@@ -87,7 +87,7 @@ class Var(Node):
 
 
 class BinOp(Node):
-    op: str  # + - * /
+    op: str  # + - * / //
     left: Expr
     right: Expr
     span: Span
@@ -98,7 +98,15 @@ class Neg(Node):
     span: Span
 
 
-Expr = Num | Var | BinOp | Neg
+class Func(Node):
+    """`min(a, b)`, `max(a, b)`, `round(x)`, `divisible(v, d)`."""
+
+    name: str
+    args: tuple[Expr, ...]
+    span: Span
+
+
+Expr = Num | Var | BinOp | Neg | Func
 
 
 class Option(Node):

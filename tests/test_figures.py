@@ -41,9 +41,12 @@ PARAMS = {
     "resnet101": 44_549_160,
     "mobilenet_v1": 4_231_976,
     "mobilenet_v1_sym": 4_231_976,
+    "densenet121": 7_978_856,  # torchvision; written with `in_c`
+    "mobilenet_v2": 3_504_872,  # torchvision; `in_c`, `divisible`, `x min(1, t-1)`
 }
 
-GMACS = {"resnet18": 1.814, "vgg16": 15.470, "alexnet": 0.714, "resnet34": 3.664, "resnet101": 7.801}
+GMACS = {"resnet18": 1.814, "vgg16": 15.470, "alexnet": 0.714, "resnet34": 3.664, "resnet101": 7.801,
+         "densenet121": 2.83, "mobilenet_v2": 0.30}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

@@ -22,12 +22,17 @@ class Shapes(dict):
     def __init__(self):
         super().__init__()
         self.warnings = Warnings()
+        self.input: Shape | None = None  # the network input these shapes are at
+
 
     def of(self, node: ir.Node) -> LayerShape:
         return self[node.name]
 
     def infer(self, node: ir.Node, shape: Shape) -> Shape:
         """Apply `node`'s shape rule to `shape`, record the result, return the output shape."""
+        known = self.get(node.name)
+        if known is not None and known.input == shape:
+            return known.output  # inferred as the node was built (names are unique)
         layer = node.infer(shape, self)
         self[node.name] = layer
         return layer.output
@@ -35,9 +40,13 @@ class Shapes(dict):
 
 def infer_shapes(network: ir.Network, input_shape: Shape | None = None) -> Shapes:
     """Every node's input and output shape at `input_shape` (the network's own by default)."""
+    shape = tuple(input_shape or network.input_shape)
+    if isinstance(network.shapes, Shapes) and network.shapes.input == shape:
+        return network.shapes  # computed while expanding
     shapes = Shapes()
+    shapes.input = shape
     try:
-        shapes.infer(network.body, tuple(input_shape or network.input_shape))
+        shapes.infer(network.body, shape)
     except CnnDslError as err:
         raise err.with_source(network.source) from None
     return shapes
