@@ -146,6 +146,24 @@ class _Emitter:
         self.leaf(node, var, "BatchNorm", str(self.shapes.of(node).input[0]), f"eps={_literal(float(node.eps))}",
                   f"momentum={_literal(float(node.momentum))}", "dtype=dtype")
 
+    def ln_numpy(self, node, var: str) -> None:
+        self.leaf(node, var, "LayerNorm", str(self.shapes.of(node).input[0]), f"eps={_literal(float(node.eps))}",
+                  "dtype=dtype")
+
+    def gn_numpy(self, node, var: str) -> None:
+        self.leaf(node, var, "GroupNorm", str(self.shapes.of(node).input[0]), str(node.groups),
+                  f"eps={_literal(float(node.eps))}", "dtype=dtype")
+
+    def layerscale_numpy(self, node, var: str) -> None:
+        (spec,) = node.tensors(self.shapes.of(node))
+        self.leaf(node, var, "LayerScale", _literal(spec.shape), _literal(float(node.init)), "dtype=dtype")
+
+    def shuffle_numpy(self, node, var: str) -> None:
+        self.leaf(node, var, "ChannelShuffle", str(node.groups))
+
+    def channels_numpy(self, node, var: str) -> None:
+        self.leaf(node, var, "Channels", *map(str, node.bounds(self.shapes.of(node).input[0])))
+
     def activation_numpy(self, node, var: str) -> None:
         fn = node.function
         if node.alpha is not None and node.alpha != fn.default:

@@ -233,6 +233,51 @@ class _Builder:
                        [x, f"{n}.weight", f"{n}.bias", f"{n}.running_mean", f"{n}.running_var"],
                        self.shapes.of(node).output, epsilon=float(node.eps), momentum=1.0 - float(node.momentum))
 
+    def ln_onnx(self, node: ir.LayerNorm, x: str) -> str:
+        shape, n = self.shapes.of(node).output, node.name
+        inputs, attrs = [f"{n}.weight", f"{n}.bias"], dict(axis=-1, epsilon=float(node.eps))
+        if len(shape) == 1:
+            return self.op(node, "LayerNormalization", [x, *inputs], shape, **attrs)
+        # LayerNormalization (opset 17) normalises the trailing axes: the channels go last and back
+        c, h, w = shape
+        x = self.op(node, "Transpose", [x], (h, w, c), part="to_nhwc", perm=[0, 2, 3, 1])
+        x = self.op(node, "LayerNormalization", [x, *inputs], (h, w, c), part="norm", **attrs)
+        return self.op(node, "Transpose", [x], shape, perm=[0, 3, 1, 2])
+
+    def gn_onnx(self, node: ir.GroupNorm, x: str) -> str:
+        # As torch's exporter: InstanceNormalization over N x G x (C/G*H*W) with unit scale and zero bias,
+        # then the per-channel weight and bias (GroupNormalization-18 is deprecated, and its scale is per group).
+        shape, g, n = self.shapes.of(node).output, node.groups, node.name
+        grouped = (g, math.prod(shape) // g)
+        x = self.op(node, "Reshape", [x, self.constant([0, *grouped], np.int64)], grouped, part="groups")
+        x = self.op(node, "InstanceNormalization", [x, self.constant(np.ones(g)), self.constant(np.zeros(g))],
+                    grouped, part="norm", epsilon=float(node.eps))
+        x = self.op(node, "Reshape", [x, self.constant([0, *shape], np.int64)], shape, part="ungroup")
+        weight, bias = f"{n}.weight", f"{n}.bias"
+        if len(shape) == 3:  # (C,) -> (C, 1, 1) to broadcast over N x C x H x W
+            axes, column = self.constant([1, 2], np.int64), (shape[0], 1, 1)
+            weight = self.op(node, "Unsqueeze", [weight, axes], column, part="weight", batched=False)
+            bias = self.op(node, "Unsqueeze", [bias, axes], column, part="bias", batched=False)
+        x = self.op(node, "Mul", [x, weight], shape, part="scale")
+        return self.op(node, "Add", [x, bias], shape)
+
+    def layerscale_onnx(self, node: ir.LayerScale, x: str) -> str:
+        return self.op(node, "Mul", [x, f"{node.name}.layer_scale"], self.shapes.of(node).output)
+
+    def shuffle_onnx(self, node: ir.Shuffle, x: str) -> str:
+        shape, g = self.shapes.of(node).output, node.groups
+        split = (g, shape[0] // g, *shape[1:])
+        x = self.op(node, "Reshape", [x, self.constant([0, *split], np.int64)], split, part="split")
+        swapped = (split[1], g, *shape[1:])
+        x = self.op(node, "Transpose", [x], swapped, part="transpose", perm=[0, 2, 1, *range(3, len(split) + 1)])
+        return self.op(node, "Reshape", [x, self.constant([0, *shape], np.int64)], shape)
+
+    def channels_onnx(self, node: ir.Channels, x: str) -> str:
+        shape = self.shapes.of(node)
+        start, stop = node.bounds(shape.input[0])
+        ends = [self.constant([value], np.int64) for value in (start, stop, 1)]  # starts, ends, axes
+        return self.op(node, "Slice", [x, *ends], shape.output)
+
     def activation_onnx(self, node: ir.Activation, x: str) -> str:
         graph = _Recipe(self, node, self.shapes.of(node).output)
         return graph.result(node.function.onnx(graph, x, node.argument))

@@ -96,6 +96,46 @@ _CONTAINER_DOCS = {
     "": "Layers run by the forward of the module that holds them.",
 }
 
+# Module classes torch.nn lacks, written into the file once each and only where a layer needs one
+# (`TorchGenerator.helper`); `{name}` is the class name the file gives it.
+_HELPERS = {
+    "LayerNorm2d": '''class {name}(nn.LayerNorm):
+    """Layer norm over the channels at each position (ConvNeXt's LayerNorm2d): NCHW -> NHWC, nn.LayerNorm, back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = super().forward(x)
+        return x.permute(0, 3, 1, 2)''',
+    "LayerScale": '''class {name}(nn.Module):
+    """A learnable factor per channel (ConvNeXt's layer_scale): `shape` is (C, 1, 1), or (C,) on vectors."""
+
+    def __init__(self, shape: tuple[int, ...], init: float) -> None:
+        super().__init__()
+        self.layer_scale = nn.Parameter(torch.full(shape, init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.layer_scale''',
+    "ChannelShuffle": '''class {name}(nn.Module):
+    """Channel shuffle (ShuffleNet): the C channels viewed as groups x C/groups, transposed, flattened."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unflatten(1, (self.groups, -1))  # N x groups x C/groups x ...
+        return x.transpose(1, 2).flatten(1, 2)''',
+    "Channels": '''class {name}(nn.Module):
+    """Channels start..stop-1 of the input (ShuffleNetV2's split)."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start : self.stop]''',
+}
+
 
 def _plain_attribute(name: str) -> bool:
     return bool(_PLAIN_MODULE_NAME.match(name)) and not keyword.iskeyword(name) and not name.startswith("__")
@@ -215,6 +255,7 @@ class TorchGenerator:
         self.block_order: list[_BlockClass] = []
         self.uses_functional = False
         self.containers: dict[str, str] = {}  # role (`branch`, `shortcut`, ...) -> its container class
+        self.helpers: dict[str, str] = {}  # helper module classes written where used (`LayerNorm2d`): key -> source
 
     # ------------------------------------------------------------ driving
     def generate(self) -> str:
@@ -227,6 +268,7 @@ class TorchGenerator:
         parts = [self.header()]
         for role, name in self.containers.items():
             parts.append(f'class {name}(nn.Module):\n{INDENT}"""{_CONTAINER_DOCS[role]}"""')
+        parts.extend(self.helpers.values())
         for block in self.block_order:
             parts.append(self.class_text(block.name, self.block_doc(block), block.body))
         parts.append(self.class_text(network_class, self.network_doc(), top, self.network_attrs()))
@@ -351,6 +393,40 @@ class TorchGenerator:
         if fn.inplace and body.fresh:
             args.append("inplace=True")
         return self.layer(body, node, fn.torch, args, lambda m: f"{m}({src})", dst, fresh=False)
+
+    def helper(self, key: str) -> str:
+        """The name of helper module class `key` of `_HELPERS`, written into the file at its first use."""
+        if key not in self.helpers:
+            name = self.globals.create(key)
+            self.helpers[key] = _HELPERS[key].replace("{name}", name, 1)
+        return re.match(r"class (\w+)", self.helpers[key]).group(1)
+
+    def ln_torch(self, body: _ClassBody, node: ir.LayerNorm, src: str, dst: str) -> str:
+        shape = self.shape(node)
+        func = self.helper("LayerNorm2d") if len(shape.input) == 3 else "nn.LayerNorm"
+        args = [str(shape.input[0])] + ([f"eps={_num(node.eps)}"] if node.eps != 1e-5 else [])
+        return self.layer(body, node, func, args, lambda m: f"{m}({src})", dst, fresh=True)
+
+    def gn_torch(self, body: _ClassBody, node: ir.GroupNorm, src: str, dst: str) -> str:
+        args = [str(node.groups), str(self.shape(node).input[0])]
+        if node.eps != 1e-5:
+            args.append(f"eps={_num(node.eps)}")
+        return self.layer(body, node, "nn.GroupNorm", args, lambda m: f"{m}({src})", dst, fresh=True)
+
+    def layerscale_torch(self, body: _ClassBody, node: ir.LayerScale, src: str, dst: str) -> str:
+        (spec,) = node.tensors(self.shape(node))
+        args = [repr(spec.shape), _num(float(node.init))]
+        return self.layer(body, node, self.helper("LayerScale"), args, lambda m: f"{m}({src})", dst, fresh=True)
+
+    def shuffle_torch(self, body: _ClassBody, node: ir.Shuffle, src: str, dst: str) -> str:
+        # not fresh: with 1 or C groups the result is a view of the input
+        return self.layer(body, node, self.helper("ChannelShuffle"), [str(node.groups)], lambda m: f"{m}({src})",
+                          dst, fresh=False)
+
+    def channels_torch(self, body: _ClassBody, node: ir.Channels, src: str, dst: str) -> str:
+        args = list(map(str, node.bounds(self.shape(node).input[0])))
+        # not fresh: a slice is a view of its input
+        return self.layer(body, node, self.helper("Channels"), args, lambda m: f"{m}({src})", dst, fresh=False)
 
     # ------------------------------------------------------------ structure
     def seq_torch(self, body: _ClassBody, node: ir.Seq, src: str, dst: str) -> str:

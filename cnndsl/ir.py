@@ -26,22 +26,28 @@ from .kinds import (
     Activation,
     Add,
     BatchNorm,
+    Channels,
     Concat,
     Conv,
     Dropout,
     Flatten,
     GlobalPool,
+    GroupNorm,
+    LayerNorm,
+    LayerScale,
     Linear,
     Node,
     Padding,
     Pool,
     Residual,
     Seq,
+    Shuffle,
 )
 
 __all__ = ["ACTIVATIONS", "Activation", "Add", "Augment", "BatchNorm", "Concat", "Conv", "Dropout", "Expect",
            "Flatten", "GlobalPool", "Linear", "Network", "Node", "Padding", "Pool", "Preprocess", "Residual", "Seq",
            "Span", "TrainConfig", "walk"]
+__all__ += ["Channels", "GroupNorm", "LayerNorm", "LayerScale", "Shuffle"]  # issue 14's norm and channel kinds
 
 
 class Expect(NamedTuple):

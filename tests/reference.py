@@ -199,6 +199,45 @@ def _batch_norm(run: Pass, node: ir.BatchNorm, x):
     return normal * run.tensor(node, "weight").view(view) + run.tensor(node, "bias").view(view)
 
 
+def _standardised(x, dims: tuple[int, ...], eps: float):
+    """(x - mean) / sqrt(var + eps) over `dims`, with the biased variance."""
+    mean = x.mean(dims, keepdim=True)
+    return (x - mean) / torch.sqrt(x.var(dims, keepdim=True, correction=0) + eps)
+
+
+def _affine(run: Pass, node, normal):
+    view = (1, -1) + (1,) * (normal.dim() - 2)  # a weight and a bias per channel
+    return normal * run.tensor(node, "weight").view(view) + run.tensor(node, "bias").view(view)
+
+
+@rule(ir.LayerNorm)
+def _layer_norm(run: Pass, node: ir.LayerNorm, x):
+    return _affine(run, node, _standardised(x, (1,), node.eps))  # over the channels at each position
+
+
+@rule(ir.GroupNorm)
+def _group_norm(run: Pass, node: ir.GroupNorm, x):
+    grouped = x.reshape(x.shape[0], node.groups, -1)  # consecutive channels form a group, with their positions
+    return _affine(run, node, _standardised(grouped, (2,), node.eps).reshape(x.shape))
+
+
+@rule(ir.LayerScale)
+def _layer_scale(run: Pass, node: ir.LayerScale, x):
+    return x * run.tensor(node, "layer_scale")  # (C, 1, 1) on images, (C,) on vectors
+
+
+@rule(ir.Shuffle)
+def _shuffle(run: Pass, node: ir.Shuffle, x):
+    per = x.shape[1] // node.groups  # output channel j * G + g is input channel g * C/G + j
+    return x[:, [g * per + j for j in range(per) for g in range(node.groups)]]
+
+
+@rule(ir.Channels)
+def _channels(run: Pass, node: ir.Channels, x):
+    start = 0 if node.start is None else node.start
+    return x[:, start:x.shape[1] if node.stop is None else node.stop]
+
+
 def _relu6(x):  # flat (zero gradient) at both ends, as PyTorch's hardtanh
     return torch.where(x <= 0, 0.0, torch.where(x >= 6, 6.0, x))
 

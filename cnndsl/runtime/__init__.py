@@ -15,12 +15,17 @@ from .layers import (
     Activation,
     AvgPool2d,
     BatchNorm,
+    Channels,
+    ChannelShuffle,
     Conv2d,
     Dropout,
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
+    GroupNorm,
     Layer,
+    LayerNorm,
+    LayerScale,
     Linear,
     MaxPool2d,
     Model,
@@ -32,3 +37,4 @@ globals().update(ACTIVATION_LAYERS)
 __all__ = ["kernels", "concat", "split", "Layer", "Model", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",
            "GlobalMaxPool", "Linear", "Flatten", "Dropout", "BatchNorm", "Preprocess", "Activation",
            *ACTIVATION_LAYERS]
+__all__ += ["LayerNorm", "GroupNorm", "LayerScale", "ChannelShuffle", "Channels"]  # issue 14's norm and channel layers

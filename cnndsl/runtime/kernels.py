@@ -496,6 +496,115 @@ def softmax_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
     return y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
 
+# ---------------------------------------------------------------- layer and group norm, layer scale
+# Statistics are biased (as PyTorch's) and accumulated in float64, as in batch_norm_forward.
+
+
+def _per_channel(x: np.ndarray) -> tuple[int, ...]:
+    """The shape that broadcasts a per-channel vector over x (N x C x H x W, or N x C)."""
+    return (1, -1) + (1,) * (x.ndim - 2)
+
+
+def _mean(x: np.ndarray, axis: int) -> np.ndarray:
+    return x.mean(axis=axis, keepdims=True, dtype=np.float64).astype(x.dtype, copy=False)
+
+
+def _standardise(x: np.ndarray, axis: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(x - mean) / sqrt(var + eps) over `axis`, and 1 / sqrt(var + eps) (keepdims)."""
+    centred = x - _mean(x, axis)
+    var = np.mean(centred * centred, axis=axis, keepdims=True, dtype=np.float64)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype, copy=False)
+    return centred * inv_std, inv_std
+
+
+def _affine_grads(dy: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dgamma, dbeta) of y = xhat * gamma[c] + beta[c], summed over the batch and positions."""
+    axes = (0, *range(2, dy.ndim))
+    dgamma = np.sum(dy * xhat, axis=axes, dtype=np.float64).astype(dy.dtype)
+    return dgamma, dy.sum(axis=axes, dtype=np.float64).astype(dy.dtype)
+
+
+def _standardise_backward(g: np.ndarray, xhat: np.ndarray, inv_std: np.ndarray, axis: int) -> np.ndarray:
+    """d(loss)/dx of xhat = standardise(x) over `axis`, given g = d(loss)/d(xhat)."""
+    return inv_std * (g - _mean(g, axis) - xhat * _mean(g * xhat, axis))
+
+
+def layer_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, Cache]:
+    """Layer norm over axis 1: the C channels at each position (ConvNeXt's LayerNorm2d) or a vector's
+    features (nn.LayerNorm), then a per-channel weight and bias."""
+    xhat, inv_std = _standardise(x, 1, eps)
+    shape = _per_channel(x)
+    return xhat * gamma.reshape(shape) + beta.reshape(shape), {"xhat": xhat, "inv_std": inv_std, "gamma": gamma}
+
+
+def layer_norm_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dgamma, dbeta)."""
+    xhat = cache["xhat"]
+    dgamma, dbeta = _affine_grads(dy, xhat)
+    dx = _standardise_backward(dy * cache["gamma"].reshape(_per_channel(dy)), xhat, cache["inv_std"], 1)
+    return dx, dgamma, dbeta
+
+
+def group_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, groups: int,
+                       eps: float) -> tuple[np.ndarray, Cache]:
+    """PyTorch's GroupNorm: each sample's channels in `groups` consecutive groups, each group standardised
+    over its channels and positions, then a per-channel weight and bias."""
+    xhat, inv_std = _standardise(x.reshape(x.shape[0], groups, -1), 2, eps)
+    xhat = xhat.reshape(x.shape)
+    shape = _per_channel(x)
+    return xhat * gamma.reshape(shape) + beta.reshape(shape), {"xhat": xhat, "inv_std": inv_std, "gamma": gamma,
+                                                               "groups": groups}
+
+
+def group_norm_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dgamma, dbeta)."""
+    xhat, groups = cache["xhat"], cache["groups"]
+    dgamma, dbeta = _affine_grads(dy, xhat)
+    g = (dy * cache["gamma"].reshape(_per_channel(dy))).reshape(dy.shape[0], groups, -1)
+    dx = _standardise_backward(g, xhat.reshape(g.shape), cache["inv_std"], 2)
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def layer_scale_forward(x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, Cache]:
+    """x times a per-channel factor: `scale` is (C, 1, 1) on images, (C,) on vectors, so it broadcasts."""
+    return x * scale, {"x": x, "scale": scale}
+
+
+def layer_scale_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, dscale)."""
+    x, scale = cache["x"], cache["scale"]
+    dscale = np.sum(dy * x, axis=(0, *range(2, dy.ndim)), dtype=np.float64).astype(dy.dtype)
+    return dy * scale, dscale.reshape(scale.shape)
+
+
+# ---------------------------------------------------------------- channel operations
+
+
+def channel_shuffle_forward(x: np.ndarray, groups: int) -> tuple[np.ndarray, Cache]:
+    """ShuffleNet's shuffle: the C channels viewed as groups x C/groups, transposed, flattened (output
+    channel j * groups + g is input channel g * C/groups + j), as torch.channel_shuffle."""
+    n, c = x.shape[:2]
+    y = x.reshape(n, groups, c // groups, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
+    return y, {"groups": groups}
+
+
+def channel_shuffle_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    """The inverse permutation, which is the shuffle with C/groups groups."""
+    return channel_shuffle_forward(dy, dy.shape[1] // cache["groups"])[0]
+
+
+def channel_slice_forward(x: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, Cache]:
+    """Channels start..stop-1 (a view of x)."""
+    return x[:, start:stop], {"x_shape": x.shape, "start": start, "stop": stop}
+
+
+def channel_slice_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    """The gradient in the kept channels, zero in the others."""
+    dx = np.zeros(cache["x_shape"], dtype=dy.dtype)
+    dx[:, cache["start"]:cache["stop"]] = dy
+    return dx
+
+
 # ---------------------------------------------------------------- joins and preprocessing
 
 

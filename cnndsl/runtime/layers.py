@@ -204,6 +204,87 @@ class BatchNorm(Layer):
         return dx
 
 
+class LayerNorm(Layer):
+    """`ln`: layer norm over the channels at each position (a vector: over its features)."""
+
+    def __init__(self, name: str, channels: int, eps: float = 1e-6, dtype: Any = np.float32):
+        super().__init__(name, dtype)
+        self.eps = eps
+        self.param("weight", (channels,), 1.0)[...] = 1
+        self.param("bias", (channels,), 0.0)
+
+    def forward(self, x, train):
+        return K.layer_norm_forward(x, self.params["weight"], self.params["bias"], self.eps)
+
+    def grad(self, dy, cache, input_grad=True):
+        dx, dgamma, dbeta = K.layer_norm_backward(dy, cache)
+        self.accumulate("weight", dgamma)
+        self.accumulate("bias", dbeta)
+        return dx
+
+
+class GroupNorm(LayerNorm):
+    """`gn G`: PyTorch's GroupNorm(G, C)."""
+
+    def __init__(self, name: str, channels: int, groups: int, eps: float = 1e-5, dtype: Any = np.float32):
+        super().__init__(name, channels, eps, dtype)
+        self.groups = groups
+
+    def forward(self, x, train):
+        return K.group_norm_forward(x, self.params["weight"], self.params["bias"], self.groups, self.eps)
+
+    def grad(self, dy, cache, input_grad=True):
+        dx, dgamma, dbeta = K.group_norm_backward(dy, cache)
+        self.accumulate("weight", dgamma)
+        self.accumulate("bias", dbeta)
+        return dx
+
+
+class LayerScale(Layer):
+    """`layerscale INIT`: a learnable factor per channel, the tensor `layer_scale` of `shape`
+    ((C, 1, 1) on images, (C,) on vectors), starting at `init`."""
+
+    def __init__(self, name: str, shape: tuple[int, ...], init: float, dtype: Any = np.float32):
+        super().__init__(name, dtype)
+        self.param("layer_scale", shape, float(init))[...] = init
+
+    def forward(self, x, train):
+        return K.layer_scale_forward(x, self.params["layer_scale"])
+
+    def grad(self, dy, cache, input_grad=True):
+        dx, dscale = K.layer_scale_backward(dy, cache)
+        self.accumulate("layer_scale", dscale)
+        return dx
+
+
+class ChannelShuffle(Layer):
+    """`shuffle G`."""
+
+    def __init__(self, name: str, groups: int):
+        super().__init__(name)
+        self.groups = groups
+
+    def forward(self, x, train):
+        return K.channel_shuffle_forward(x, self.groups)
+
+    def grad(self, dy, cache, input_grad=True):
+        return K.channel_shuffle_backward(dy, cache)
+
+
+class Channels(Layer):
+    """`channels A:B`: channels start..stop-1."""
+
+    def __init__(self, name: str, start: int, stop: int):
+        super().__init__(name)
+        self.start, self.stop = start, stop
+
+    def forward(self, x, train):
+        return K.channel_slice_forward(x, self.start, self.stop)
+
+    def grad(self, dy, cache, input_grad=True):
+        return K.channel_slice_backward(dy, cache)
+
+
 class Activation(Layer):
     """An elementwise (or, for softmax, per-position) function with no tensors: a row of
     `cnndsl.kinds.ACTIVATIONS`, computed by its kernels `<kernel>_forward` / `<kernel>_backward`."""
