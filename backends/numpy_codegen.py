@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import CnnDslError
 from ..ir import Node, Residual
 from ..kinds import emitter
+from ..kinds.structure import is_gate
 from .common import INDENT, LINE_LIMIT, class_name, printable, where, wrap_call
 
 _NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -101,15 +102,20 @@ class _Emitter:
 
     def leaf(self, node: Node, var: str, layer: str, *args: str) -> None:
         """A layer of the runtime: registered in `__init__`, called in `forward`, its backward in `backward`."""
-        attr = self.attr(node)
-        self.inits.extend(wrap_call(f"self.{attr} = self.add(", f"rt.{layer}", [repr(node.name), *args], INDENT * 2,
-                                    tail=")"))
-        self.registered.append(node.name)
+        attr = self.layer_attr(node, layer, *args)
         flag = ", input_grad" if self.prefix and var == "x" else ""
         self.pair(f"{var} = self.{attr}({var}, train)", f"d{var} = self.{attr}.backward(d{var}{flag})",
                   self.where(node))
         if any(spec.trainable for spec in node.tensors(self.shapes.of(node))):
             self.prefix = False
+
+    def layer_attr(self, node: Node, layer: str, *args: str) -> str:
+        """Register runtime layer `rt.<layer>(name, *args)` for `node` in `__init__`; its attribute."""
+        attr = self.attr(node)
+        self.inits.extend(wrap_call(f"self.{attr} = self.add(", f"rt.{layer}", [repr(node.name), *args], INDENT * 2,
+                                    tail=")"))
+        self.registered.append(node.name)
+        return attr
 
     # ------------------------------------------------------------ one emitter per kind: `<key>_numpy`
 
@@ -141,6 +147,10 @@ class _Emitter:
     def dropout_numpy(self, node, var: str) -> None:
         self.dropouts += 1
         self.leaf(node, var, "Dropout", f"p={_literal(float(node.p))}", f"seed={self.dropouts - 1}")
+
+    def droppath_numpy(self, node, var: str) -> None:
+        self.dropouts += 1  # its own seeded stream, after the dropouts before it (`Model.seed`)
+        self.leaf(node, var, "DropPath", f"p={_literal(float(node.p))}", f"seed={self.dropouts - 1}")
 
     def bn_numpy(self, node, var: str) -> None:
         self.leaf(node, var, "BatchNorm", str(self.shapes.of(node).input[0]), f"eps={_literal(float(node.eps))}",
@@ -194,6 +204,18 @@ class _Emitter:
     def add_numpy(self, node, var: str) -> None:
         names, grads = self.branches(node, var)
         self.pair(f"{var} = {' + '.join(names)}", f"{' = '.join(grads)} = d{var}", f"{node.name}: sum of branches")
+
+    def mul_numpy(self, node, var: str) -> None:
+        names, grads = self.branches(node, var)
+        attr = self.layer_attr(node, "Multiply")
+        self.prefix = False
+        gates = [str(i) for i, b in enumerate(node.branches, 1) if is_gate(self.shapes.of(b).output,
+                                                                          self.shapes.of(node).output)]
+        what = f"product of branches (gate{'s' * (len(gates) > 1)} {', '.join(gates)} broadcast over HxW)" if gates \
+            else "product of branches"
+        self.pair(f"{var} = self.{attr}([{', '.join(names)}], train)",
+                  f"{', '.join(grads)}{',' if len(grads) == 1 else ''} = self.{attr}.backward(d{var})",
+                  f"{node.name}: {what}")
 
     def branches(self, node, var: str) -> tuple[list[str], list[str]]:
         """Every branch reads `var` (a fork: their gradients add up); returns their outputs and gradients."""

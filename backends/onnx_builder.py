@@ -293,6 +293,17 @@ class _Builder:
             return outs[0]
         return self.op(node, "Concat", outs, self.shapes.of(node).output, axis=1)
 
+    def mul_onnx(self, node: ir.Mul, x: str) -> str:
+        outs = [self.emit(branch, x) for branch in node.branches]  # ONNX's Mul broadcasts a gate
+        result, shape = outs[0], self.shapes.of(node.branches[0]).output
+        for other, branch in zip(outs[1:], node.branches[1:], strict=True):
+            shape = max(shape, self.shapes.of(branch).output, key=math.prod)  # two gates stay a gate
+            result = self.op(node, "Mul", [result, other], shape)
+        return result
+
+    def droppath_onnx(self, node: ir.DropPath, x: str) -> str:
+        return x  # identity at inference, like dropout
+
     def add_onnx(self, node: ir.Add, x: str) -> str:
         outs = [self.emit(branch, x) for branch in node.branches]
         if len(outs) == 1:

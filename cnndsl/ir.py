@@ -10,8 +10,9 @@ NumPy and ONNX by name. Every node keeps the span of its statement and, through 
 spans of the block calls that produced it (outermost first).
 
 Figures that depend on the input size (shapes, `pad same` amounts, the channels a depthwise conv
-sees, whether a residual projects) are not stored here: `cnndsl.analysis.shapes` computes them
-once, and backends ask it.
+sees, whether a residual projects) are not in the nodes: the shape rules (`cnndsl.analysis.shapes`)
+compute them once, while the expander builds the nodes (a block can read the channels entering
+it), the network keeps them as `shapes`, and the analysis and backends ask them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .kinds import (
     Channels,
     Concat,
     Conv,
+    DropPath,
     Dropout,
     Flatten,
     GlobalPool,
@@ -36,6 +38,7 @@ from .kinds import (
     LayerNorm,
     LayerScale,
     Linear,
+    Mul,
     Node,
     Padding,
     Pool,
@@ -44,8 +47,8 @@ from .kinds import (
     Shuffle,
 )
 
-__all__ = ["ACTIVATIONS", "Activation", "Add", "Augment", "BatchNorm", "Concat", "Conv", "Dropout", "Expect",
-           "Flatten", "GlobalPool", "Linear", "Network", "Node", "Padding", "Pool", "Preprocess", "Residual", "Seq",
+__all__ = ["ACTIVATIONS", "Activation", "Add", "Augment", "BatchNorm", "Concat", "Conv", "DropPath", "Dropout", "Expect",
+           "Flatten", "GlobalPool", "Linear", "Mul", "Network", "Node", "Padding", "Pool", "Preprocess", "Residual", "Seq",
            "Span", "TrainConfig", "walk"]
 __all__ += ["Channels", "GroupNorm", "LayerNorm", "LayerScale", "Shuffle"]  # issue 14's norm and channel kinds
 
@@ -116,6 +119,17 @@ class Network:
     train: TrainConfig = field(default_factory=TrainConfig)
     source: Source = Source("")
     input_span: Span | None = None
+    # The block definitions as written (syntax.BlockDef, expressions unevaluated): a backend that
+    # writes one class per definition reads each statement's expressions here, finding the statement
+    # of a node by its span.
+    blocks: tuple = ()
+    # Every node's shape at `input_shape`, computed once while expanding (a block reads the channels
+    # entering it, `in_c`); the analysis reuses it at that input size.
+    shapes: object = field(default=None, compare=False, repr=False)
+
+    def block(self, name: str):
+        """The definition (`syntax.BlockDef`) of block `name`."""
+        return next(b for b in self.blocks if b.name == name)
 
     def walk(self) -> Iterator[Node]:
         """Every node, parents before children, in statement order."""

@@ -108,6 +108,15 @@ def _add(run: Pass, node: ir.Add, x):
     return sum(run(branch, x) for branch in node.branches)
 
 
+@rule(ir.Mul)
+def _mul(run: Pass, node: ir.Mul, x):
+    product = None
+    for branch in node.branches:  # a Cx1x1 gate broadcasts over HxW
+        y = run(branch, x)
+        product = y if product is None else product * y
+    return product
+
+
 @rule(ir.Conv)
 def _conv(run: Pass, node: ir.Conv, x):
     shape = run.shapes.of(node)
@@ -176,6 +185,14 @@ def _flatten(run: Pass, node: ir.Flatten, x):
 def _dropout(run: Pass, node: ir.Dropout, x):
     mask = run.masks.get(node.name)
     if not run.train or mask is None:  # identity in evaluation (and in training without a given mask)
+        return x
+    return x * torch.as_tensor(mask, dtype=x.dtype)
+
+
+@rule(ir.DropPath)
+def _drop_path(run: Pass, node: ir.DropPath, x):
+    mask = run.masks.get(node.name)  # N x 1 x 1 x 1 (or N x 1): a whole sample kept, scaled, or dropped
+    if not run.train or mask is None:
         return x
     return x * torch.as_tensor(mask, dtype=x.dtype)
 

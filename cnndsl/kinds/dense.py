@@ -92,3 +92,27 @@ class Dropout(Pointwise):
 
     def text(self) -> str:
         return f"dropout {number_text(self.p)}"
+
+
+@node
+class DropPath(Pointwise):
+    """`droppath P`: stochastic depth. In training it drops the whole residual body per sample with
+    probability P and scales the kept ones by 1/(1 - P); in evaluation it is the identity. It is the
+    last statement of a residual body (the expander checks where it stands)."""
+
+    key = "droppath"
+    statement = "droppath"
+
+    p: float = 0.0
+
+    @classmethod
+    def build(cls, options: Options) -> DropPath:
+        return cls(name=options.name("droppath"), p=options.number("p", "a drop-path probability", 0.0, 0.999),
+                   **options.common)
+
+    def explain(self, shape) -> tuple[str, ...]:
+        return (f"training: each sample's residual body is dropped with probability {number_text(self.p)} and "
+                f"kept ones are scaled by 1/(1 - {number_text(self.p)}); evaluation: identity; no parameters",)
+
+    def text(self) -> str:
+        return f"droppath {number_text(self.p)}"

@@ -157,5 +157,47 @@ class Add(Join):
         return LayerShape(shape, outs[0])
 
 
+@node
+class Mul(Join):
+    """`mul { branch {...} ... }`: the branches' outputs multiplied elementwise. A `Cx1x1` branch
+    beside a larger one is a *gate*: it broadcasts over HxW (squeeze-and-excitation), the only
+    broadcast the language has."""
+
+    key = "mul"
+
+    def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
+        outs = [shapes.infer(branch, shape) for branch in self.branches]
+        full = max(outs, key=lambda o: (len(o), o[1] * o[2] if len(o) == 3 else 0))
+        gates = [o for o in outs if is_gate(o, full)]
+        if any(o != full for o in outs if o not in gates) or any(g[0] != full[0] for g in gates):
+            channels = [o for o in outs if o[0] != full[0]]
+            if len(full) == 3 and channels and all(len(o) == 3 for o in outs):
+                hint = (f"end every branch in {full[0]} channels, e.g. 'conv 1x1 -> {full[0]}' at the end of "
+                        f"the gate")
+            else:
+                hint = f"make every branch give {fmt(full)}"
+                if len(full) == 3:
+                    hint += f", or a {full[0]}x1x1 gate (e.g. 'pool avg global; conv 1x1 -> {full[0]}; sigmoid')"
+            raise self.error("mul multiplies branches of the same shape, or a Cx1x1 gate with a CxHxW branch of "
+                             "the same channels", notes=_listing(outs), hint=hint)
+        return LayerShape(shape, full)
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        # A gate's value is held constant for the spatial field (the figure people quote for
+        # EfficientNet), and its path is exempt from the alignment check: it has no positions.
+        out = fields.shapes.of(self).output
+        paths = []
+        for branch in self.branches:
+            field = fields.field(branch, before)
+            if not is_gate(fields.shapes.of(branch).output, out):
+                paths.append(field)
+        return _merge(self, paths)
+
+
+def is_gate(branch: Shape, output: Shape) -> bool:
+    """A `Cx1x1` branch of a `mul` whose output is larger: it broadcasts over HxW."""
+    return len(branch) == 3 and len(output) == 3 and branch[1:] == (1, 1) and output[1:] != (1, 1)
+
+
 def _listing(outs: list[Shape]) -> list[str]:
     return [f"branch {i} gives {fmt(o)}" for i, o in enumerate(outs, 1)]

@@ -19,6 +19,7 @@ from .layers import (
     ChannelShuffle,
     Conv2d,
     Dropout,
+    DropPath,
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
@@ -29,12 +30,13 @@ from .layers import (
     Linear,
     MaxPool2d,
     Model,
+    Multiply,
     Preprocess,
 )
 
 globals().update(ACTIVATION_LAYERS)
 
 __all__ = ["kernels", "concat", "split", "Layer", "Model", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",
-           "GlobalMaxPool", "Linear", "Flatten", "Dropout", "BatchNorm", "Preprocess", "Activation",
-           *ACTIVATION_LAYERS]
+           "GlobalMaxPool", "Linear", "Flatten", "Dropout", "DropPath", "Multiply", "BatchNorm", "Preprocess",
+           "Activation", *ACTIVATION_LAYERS]
 __all__ += ["LayerNorm", "GroupNorm", "LayerScale", "ChannelShuffle", "Channels"]  # issue 14's norm and channel layers

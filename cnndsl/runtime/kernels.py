@@ -315,6 +315,36 @@ def dropout_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
     return dy if cache["mask"] is None else dy * cache["mask"]
 
 
+def droppath_forward(x: np.ndarray, p: float, rng: np.random.Generator, train: bool) -> tuple[np.ndarray, Cache]:
+    """Stochastic depth: in training each sample is kept with probability 1 - p and scaled by
+    1/(1 - p) (torchvision's `stochastic_depth`, mode "row"); the mask's backward is dropout's."""
+    if not train or p == 0.0:
+        return x, {"mask": None}
+    keep = 1.0 - p
+    mask = (rng.random((x.shape[0],) + (1,) * (x.ndim - 1)) < keep).astype(x.dtype) / x.dtype.type(keep)
+    return x * mask, {"mask": mask}
+
+
+def mul_forward(xs: list[np.ndarray]) -> np.ndarray:
+    """The elementwise product of the branches; a Nx C x1x1 gate broadcasts over HxW."""
+    y = xs[0]
+    for x in xs[1:]:
+        y = y * x
+    return y
+
+
+def mul_backward(dy: np.ndarray, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """d/dx_i of the product: dy times the other factors, summed over HxW for a broadcast gate."""
+    grads = []
+    for i, x in enumerate(xs):
+        g = dy
+        for j, other in enumerate(xs):
+            if j != i:
+                g = g * other
+        grads.append(g.sum(axis=(2, 3), keepdims=True) if g.shape != x.shape else g)
+    return grads
+
+
 # ---------------------------------------------------------------- batch normalisation
 
 

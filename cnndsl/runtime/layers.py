@@ -182,6 +182,26 @@ class Dropout(Layer):
         return K.dropout_backward(dy, cache)
 
 
+class DropPath(Dropout):
+    """Stochastic depth (`droppath P`), seeded like dropout (`Model.seed` reseeds it too)."""
+
+    def forward(self, x, train):
+        return K.droppath_forward(x, self.p, self.rng, train)
+
+
+class Multiply(Layer):
+    """`mul`: called with the list of its branches' outputs; `backward` returns their gradients."""
+
+    def forward(self, xs, train):
+        return K.mul_forward(xs), {"xs": xs}
+
+    def backward(self, dy, input_grad=True):
+        if self.cache is None:
+            raise RuntimeError(f"{self.name}: backward before forward")
+        xs = self.cache["xs"]
+        return [None] * len(xs) if dy is None else K.mul_backward(dy, xs)
+
+
 class BatchNorm(Layer):
     def __init__(self, name: str, channels: int, eps: float = 1e-5, momentum: float = 0.1, dtype: Any = np.float32):
         super().__init__(name, dtype)
