@@ -180,7 +180,8 @@ class _ToSyntax:
         return (items[-1], len(items) == 2)
 
     def concat(self, meta, items):
-        return S.Branches("concat", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), _span(meta))
+        kind = "concat_crop" if len(items) == 2 else "concat"  # `concat crop { ... }`
+        return S.Branches(kind, tuple(b for b, _ in items[-1]), tuple(s for _, s in items[-1]), _span(meta))
 
     def add(self, meta, items):
         return S.Branches("add", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), _span(meta))
@@ -206,6 +207,27 @@ class _ToSyntax:
 
     def conv(self, meta, items):
         return self._layer("conv", meta, self._options(items))
+
+    def deconv(self, meta, items):
+        return self._layer("deconv", meta, self._options(items))
+
+    def outpad(self, meta, items):
+        return S.Option("outpad", self._pair(items[0]), _span(meta))
+
+    def upsample(self, meta, items):
+        options = []
+        for item in items:
+            if isinstance(item, tuple):  # `to (h, w)`
+                options.append(S.Option("to", item, item[0].span))
+            elif item.type == "MULT":  # `2x`
+                options.append(S.Option("factor", S.Num(int(str(item)[:-1]), _span(item)), _span(item)))
+            elif item.type == "TO_INPUT":
+                options.append(S.Option("to", "input", _span(item)))
+            elif item.type == "DIMS":
+                options.append(S.Option("to", _dims(item), _span(item)))
+            else:
+                options.append(S.Option("mode", str(item), _span(item)))
+        return self._layer("upsample", meta, options)
 
     def kernel(self, meta, items):
         return S.Option("kernel", self._pair(items[0]), _span(meta))
