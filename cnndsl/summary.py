@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .analysis import Report, fmt
+from .kinds.base import rational_text
 
 
 def _human(value: int) -> str:
@@ -22,8 +23,7 @@ def _bytes(value: int) -> str:
 
 
 def _pair(values) -> str:
-    a, b = values
-    a, b = (f"{v:g}" if isinstance(v, float) else str(v) for v in (a, b))
+    a, b = (rational_text(v) for v in values)  # 0.5, 7/6: exact, as the analysis keeps them
     return a if a == b else f"{a}x{b}"
 
 

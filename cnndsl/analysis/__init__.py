@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import ir
 from ..errors import CnnDslError, Diagnostic, ExpectationError, Span
+from ..kinds.base import rational_json, rational_text
 from .cost import TensorSpec, tensor_specs
 from .receptive_field import Field, receptive_fields
 from .shapes import LayerShape, Shapes, active, fmt, infer_shapes, same_padding, window
+
+if TYPE_CHECKING:
+    from ..kinds.base import Rational
 
 __all__ = ["Report", "LayerReport", "analyze", "infer_shapes", "receptive_fields", "tensor_specs",
            "same_padding", "window", "Shapes", "LayerShape", "Field", "TensorSpec", "fmt"]
@@ -36,9 +40,9 @@ class LayerReport(NamedTuple):
     output: tuple[int, ...]
     params: int
     macs: int
-    rf: tuple[int, int]
-    jump: tuple[int, int]
-    offset: tuple[float, float]
+    rf: tuple[int, int]  # the largest extent over output positions, where that depends on the position
+    jump: tuple[Rational, Rational]  # ints where whole, else exact Fractions
+    offset: tuple[Rational, Rational]
     call_lines: tuple[int, ...]
     node: ir.Node
 
@@ -46,8 +50,9 @@ class LayerReport(NamedTuple):
         return {
             "name": self.name, "op": self.op, "line": self.line, "column": self.column,
             "statement": self.statement, "input": list(self.input), "output": list(self.output),
-            "params": self.params, "macs": self.macs, "rf": list(self.rf), "jump": list(self.jump),
-            "offset": [_num(o) for o in self.offset], "call_lines": list(self.call_lines),
+            "params": self.params, "macs": self.macs, "rf": list(self.rf),
+            "jump": [rational_json(j) for j in self.jump],
+            "offset": [rational_json(o) for o in self.offset], "call_lines": list(self.call_lines),
         }
 
 
@@ -63,8 +68,8 @@ class Report:
     weight_bytes: int
     activation_bytes: int
     rf: tuple[int, int]
-    jump: tuple[int, int]
-    offset: tuple[float, float]
+    jump: tuple[Rational, Rational]
+    offset: tuple[Rational, Rational]
     layers: tuple[LayerReport, ...]
     warnings: tuple[Diagnostic, ...] = ()
     shapes: Shapes = field(default_factory=Shapes, repr=False, compare=False)
@@ -93,20 +98,23 @@ class Report:
             "network": self.network, "input": list(self.input), "output": list(self.output),
             "params": self.params, "trainable_params": self.trainable_params, "buffers": self.buffers,
             "macs": self.macs, "weight_bytes": self.weight_bytes, "activation_bytes": self.activation_bytes,
-            "rf": list(self.rf), "jump": list(self.jump), "offset": [_num(o) for o in self.offset],
+            "rf": list(self.rf), "jump": [rational_json(j) for j in self.jump],
+            "offset": [rational_json(o) for o in self.offset],
             "layers": [row.to_json() for row in self.layers],
             "warnings": [{"line": w.span.line if w.span else None, "column": w.span.column if w.span else None,
                           "message": w.message} for w in self.warnings],
         }
 
 
-def _num(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value
-
-
 def _rf_explain(before: Field, after: Field) -> str:
-    return (f"rf: {before.size[0]} -> {after.size[0]}, jump {before.jump[0]} -> {after.jump[0]}, "
-            f"first centre {before.start[0]:g} -> {after.start[0]:g}")
+    text = (f"rf: {before.size[0]} -> {after.size[0]}, jump {rational_text(before.jump[0])} -> "
+            f"{rational_text(after.jump[0])}, first centre {rational_text(before.start[0])} -> "
+            f"{rational_text(after.start[0])}")
+    if after.spans is not None and after.spans[0] is not None:
+        spans = after.spans[0]
+        text += (f" (rows seen depend on the position, repeating every {spans.period} outputs; rf is the "
+                 f"largest extent)")
+    return text
 
 
 def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, check_expects: bool = True
@@ -141,7 +149,7 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         rows.append(LayerReport(
             node.name, node.kind, node.span.line, node.span.column, statement, depth_of.get(node.name, 0), shape.input,
             shape.output, cost.params, cost.macs, f.size if f else (0, 0), f.jump if f else (0, 0),
-            f.start if f else (0.0, 0.0), lines, node))
+            f.start if f else (0, 0), lines, node))
     pre = network.preprocess
     if pre is not None:
         buffers += 1 + (2 * network.input_shape[0] if pre.standardize else 0)
@@ -152,7 +160,7 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         params=params, trainable_params=trainable, buffers=buffers, macs=macs,
         weight_bytes=(params + buffers) * BYTES_PER_VALUE, activation_bytes=activations * BYTES_PER_VALUE,
         rf=final.size if final else (0, 0), jump=final.jump if final else (0, 0),
-        offset=final.start if final else (0.0, 0.0), layers=tuple(rows),
+        offset=final.start if final else (0, 0), layers=tuple(rows),
         warnings=tuple(shapes.warnings.items), shapes=shapes, fields=fields, field_inputs=field_inputs)
     if check_expects:
         try:

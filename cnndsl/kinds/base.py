@@ -20,14 +20,21 @@ Backends find their emitter for a node by one convention, `<key>_<backend>` (`co
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from math import gcd
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ..errors import ShapeError, Span
 
 if TYPE_CHECKING:
+    from fractions import Fraction
+
     from ..analysis.receptive_field import FieldPass
     from ..analysis.shapes import Shapes
     from ..expand import Options
+
+    # A jump or centre of a receptive field: an int where it is whole, else an exact Fraction (never
+    # a float), so fields compare exactly and Fraction's cost is paid only where a value is not whole.
+    Rational = int | Fraction
 
 Shape = tuple[int, ...]
 
@@ -49,6 +56,46 @@ def number_text(value: int | float) -> str:
         return str(value)
     text = f"{value:g}"
     return text.replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+
+
+def fraction(numerator: Rational, denominator: int = 1) -> Fraction:
+    """fractions.Fraction, imported on first use: importing it (and decimal with it) costs more than
+    the whole field pass of a network whose figures are all whole, such as ResNet-152's."""
+    from fractions import Fraction
+
+    return Fraction(numerator, denominator)
+
+
+def exact(value: Rational) -> Rational:
+    """`value` as an int where it is whole."""
+    if type(value) is not int and getattr(value, "denominator", None) == 1:
+        return value.numerator
+    return value
+
+
+def rational_text(value: Rational | float) -> str:
+    """A field figure for a person: `3`, `-0.5`, `0.125` (a decimal where one of at most 6 places is
+    exact), else `7/6`."""
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    p, q = value.numerator, value.denominator
+    if q == 1:
+        return str(p)
+    if 10**6 % q:
+        return f"{p}/{q}"
+    digits = str(abs(p) * (10**6 // q)).rjust(7, "0")
+    return f"{'-' if p < 0 else ''}{digits[:-6]}.{digits[-6:].rstrip('0')}"
+
+
+def rational_json(value: Rational | float) -> int | float | str:
+    """A field figure in JSON: an integer where whole, else the exact `"p/q"` string."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    return value.numerator if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
 
 def pair_text(values: tuple[int, int], square: str = "x") -> str:
@@ -112,6 +159,13 @@ def window(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, di
     return Window(size, k, stride, pad_begin, pad_end, out, dropped)
 
 
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling of `size` rows to `out`: window i covers rows floor(i*size/out) up
+    to, not including, ceil((i+1)*size/out). Windows are even (all size/out, stride size/out) where
+    out divides size; else they differ by a row and may overlap, and with out > size repeat rows."""
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
 class Padding(NamedTuple):
     """`pad same` (resolved per input size by the shape pass) or explicit amounts."""
 
@@ -162,31 +216,156 @@ class LayerShape(NamedTuple):
         return (h.pad_begin, h.pad_end, w.pad_begin, w.pad_end)
 
 
+class Spans(NamedTuple):
+    """One axis of a field that depends on the output position, exactly: output o sees the input
+    rows first(o)..last(o) (padding included, as everywhere in the field), and the pattern repeats
+    every `period` outputs, `shift` rows further on (shift = jump * period, a whole number)."""
+
+    period: int
+    first: tuple[int, ...]  # first(o) for o in 0..period-1
+    last: tuple[int, ...]
+    shift: int
+    count: int | None = None  # the output size on this axis: positions past it do not exist
+
+    def at(self, o: int) -> tuple[int, int]:
+        """(first, last) input row of output position `o` (any integer: padding positions too)."""
+        q, r = divmod(o, self.period)
+        return self.first[r] + q * self.shift, self.last[r] + q * self.shift
+
+    def extent(self) -> int:
+        """The largest last - first + 1 over the output positions that exist."""
+        n = self.period if self.count is None else max(min(self.period, self.count), 1)
+        return max(self.last[o] - self.first[o] for o in range(n)) + 1
+
+
+def _half(start: Rational, twice: Rational) -> Rational:
+    """start + twice / 2, exactly; an int where whole."""
+    if type(start) is int and type(twice) is int and not twice & 1:
+        return start + (twice >> 1)
+    return exact(start + fraction(twice) / 2)
+
+
 class Field(NamedTuple):
     """Receptive field size, jump (effective stride) and the input coordinate of the centre of the
-    first output, per axis (height, width)."""
+    first output, per axis (height, width). Jump and start are exact rationals (`Rational`).
+
+    Usually every output sees `size` rows centred at start + jump * o (`spans` None). Uneven
+    adaptive windows make the rows an output sees depend on its position: such an axis keeps its
+    exact `Spans`, `size` is the largest extent over the output positions, and jump and start are
+    the affine model of the positions (the centre of output o is start + jump * o, a fraction of an
+    input row apart) that branches must agree on."""
 
     size: tuple[int, int]
-    jump: tuple[int, int]
-    start: tuple[float, float]
+    jump: tuple[Rational, Rational]
+    start: tuple[Rational, Rational]
+    spans: tuple[Spans | None, Spans | None] | None = None
 
-    def through(self, kernel: tuple[int, int], stride: tuple[int, int], pad_begin: tuple[int, int]) -> Field:
+    def through(self, kernel: tuple[int, int], stride: tuple[int, int], pad_begin: tuple[int, int],
+                out: tuple[int | None, int | None] = (None, None)) -> Field:
         """Distill's forward recursion through a window of effective size k, stride s, leading pad p:
-        r += (k - 1) * j, start += ((k - 1) / 2 - p) * j, j *= s."""
-        (r_h, r_w), (j_h, j_w), (s_h, s_w) = self
-        (k_h, k_w), (p_h, p_w) = kernel, pad_begin
-        return Field((r_h + (k_h - 1) * j_h, r_w + (k_w - 1) * j_w),
-                     (j_h * stride[0], j_w * stride[1]),
-                     (s_h + ((k_h - 1) / 2 - p_h) * j_h, s_w + ((k_w - 1) / 2 - p_w) * j_w))
+        r += (k - 1) * j, start += ((k - 1) / 2 - p) * j, j *= s. `out` is the output size (it bounds
+        the positions a position-dependent field takes its largest extent over)."""
+        if self.spans is None:  # the common case: jumps are ints, and so the start mostly is
+            (r_h, r_w), (j_h, j_w), (s_h, s_w) = self.size, self.jump, self.start
+            (k_h, k_w), (p_h, p_w) = kernel, pad_begin
+            t_h, t_w = (k_h - 1 - 2 * p_h) * j_h, (k_w - 1 - 2 * p_w) * j_w  # twice the move of the centre
+            if type(s_h) is int and type(s_w) is int and not (t_h | t_w) & 1:
+                start = (s_h + (t_h >> 1), s_w + (t_w >> 1))
+            else:
+                start = (_half(s_h, t_h), _half(s_w, t_w))
+            return Field((r_h + (k_h - 1) * j_h, r_w + (k_w - 1) * j_w), (j_h * stride[0], j_w * stride[1]), start)
+        return self._per_axis(lambda axis: self._window(axis, kernel[axis], stride[axis], pad_begin[axis],
+                                                        out[axis]))
 
     def whole(self, shape: Shape) -> Field:
         """The field of a unit that sees its whole HxW input (flatten, global pool, fc)."""
         if len(shape) != 3:
             return self
-        return self.through((shape[1], shape[2]), (1, 1), (0, 0))
+        return self.through((shape[1], shape[2]), (1, 1), (0, 0), (1, 1))
+
+    def adaptive(self, sizes: tuple[int, int], outs: tuple[int, int]) -> Field:
+        """Through adaptive pooling of `sizes` to `outs` (`adaptive_windows`). Even windows are a
+        window of size/out, stride size/out; uneven ones give position-dependent `Spans`, jump
+        j * size/out and the affine centre of output 0, start + j * (size - out) / (2 * out): output o
+        at input position (o + 1/2) * size/out - 1/2, the centre of its window where they are even."""
+        if all(size % out == 0 for size, out in zip(sizes, outs, strict=True)):
+            k = (sizes[0] // outs[0], sizes[1] // outs[1])
+            return self.through(k, k, (0, 0), outs)
+        return self._per_axis(lambda axis: self._adaptive(axis, sizes[axis], outs[axis]))
+
+    def axis_spans(self, axis: int) -> Spans:
+        """Axis `axis` as `Spans` (one period of one output where the field does not depend on it)."""
+        if self.spans is not None and self.spans[axis] is not None:
+            return self.spans[axis]
+        size = self.size[axis]
+        first = exact(fraction(self.start[axis]) - fraction(size - 1, 2))
+        return Spans(1, (first,), (first + size - 1,), self.jump[axis])
+
+    def span(self, axis: int, o: int) -> tuple[int, int]:
+        """The first and last input row (axis 0) or column (1) that output position `o` sees."""
+        return self.axis_spans(axis).at(o)
+
+    # -- position-dependent axes -------------------------------------------------------------------
+    def _window(self, axis: int, k: int, s: int, p: int, out: int | None):
+        spans = self.axis_spans(axis)
+        period = spans.period // gcd(spans.period, s)
+        first = tuple(spans.at(o * s - p)[0] for o in range(period))
+        last = tuple(spans.at(o * s - p + k - 1)[1] for o in range(period))
+        jump = self.jump[axis]
+        return (Spans(period, first, last, spans.shift * s * period // spans.period, out),
+                exact(jump * s), _half(self.start[axis], (k - 1 - 2 * p) * jump))
+
+    def _adaptive(self, axis: int, size: int, out: int):
+        if size % out == 0:
+            return self._window(axis, size // out, size // out, 0, out)
+        spans = self.axis_spans(axis)
+        g = gcd(size, out)
+        # window i + out/g is window i moved size/g rows; `reps` of those move whole periods
+        reps = spans.period // gcd(spans.period, size // g)
+        period = out // g * reps
+        first = tuple(spans.at(i * size // out)[0] for i in range(period))
+        last = tuple(spans.at(-(-(i + 1) * size // out) - 1)[1] for i in range(period))
+        jump = self.jump[axis]
+        return (Spans(period, first, last, spans.shift * (size // g) * reps // spans.period, out),
+                exact(jump * fraction(size, out)), exact(self.start[axis] + jump * fraction(size - out, 2 * out)))
+
+    def _per_axis(self, rule) -> Field:
+        """A field from `rule(axis) -> (Spans, jump, start)` per axis; an axis whose spans are one
+        period of one output centred on `start` is plain again (no spans)."""
+        sizes, jumps, starts, spans = [], [], [], []
+        for axis in range(2):
+            axis_spans, jump, start = rule(axis)
+            sizes.append(axis_spans.extent())
+            jumps.append(jump)
+            starts.append(start)
+            plain = axis_spans.period == 1 and axis_spans.first[0] + axis_spans.last[0] == 2 * start
+            spans.append(None if plain else axis_spans)
+        return Field(tuple(sizes), tuple(jumps), tuple(starts), None if spans == [None, None] else tuple(spans))
+
+    @staticmethod
+    def union(fields: list[Field]) -> Field:
+        """What joined branches with the same jump and start see: per output position, every row any
+        branch sees (the largest field, where none depends on the position)."""
+        first = fields[0]
+        if all(f.spans is None for f in fields):
+            return Field(tuple(max(f.size[axis] for f in fields) for axis in range(2)), first.jump, first.start)
+
+        def rule(axis: int):
+            spans = [f.axis_spans(axis) for f in fields]
+            period = 1
+            for s in spans:
+                period = period * s.period // gcd(period, s.period)
+            at = [[s.at(o) for s in spans] for o in range(period)]
+            counts = [s.count for s in spans if s.count is not None]
+            merged = Spans(period, tuple(min(a for a, _ in row) for row in at),
+                           tuple(max(b for _, b in row) for row in at),
+                           spans[0].shift * period // spans[0].period, min(counts) if counts else None)
+            return merged, first.jump[axis], first.start[axis]
+
+        return first._per_axis(rule)
 
 
-INPUT_FIELD = Field((1, 1), (1, 1), (0.0, 0.0))
+INPUT_FIELD = Field((1, 1), (1, 1), (0, 0))
 
 
 class Cost(NamedTuple):

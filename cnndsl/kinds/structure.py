@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .base import Field, LayerShape, Node, Shape, fmt, node, number_text
+from .base import Field, LayerShape, Node, Shape, fmt, node, number_text, rational_text
 
 if TYPE_CHECKING:
     from ..analysis.receptive_field import FieldPass
@@ -47,18 +47,19 @@ class Seq(Node):
 
 
 def _merge(node: Node, paths: list[Field]) -> Field:
-    """Branches that join must see the same places: the same jump and first centre per axis."""
+    """Branches that join must see the same places: the same jump and first centre per axis, compared
+    exactly (they are ints and Fractions)."""
     jumps = {p.jump for p in paths}
     starts = {p.start for p in paths}
     if len(jumps) > 1 or len(starts) > 1:
-        listing = [f"branch {i}: jump {p.jump[0]}x{p.jump[1]}, first output centred at "
-                   f"({p.start[0]:g}, {p.start[1]:g})" for i, p in enumerate(paths, 1)]
+        listing = [f"branch {i}: jump {rational_text(p.jump[0])}x{rational_text(p.jump[1])}, first output "
+                   f"centred at ({rational_text(p.start[0])}, {rational_text(p.start[1])})"
+                   for i, p in enumerate(paths, 1)]
         raise node.error(f"the branches of this {node.kind} are misaligned: their outputs are centred on "
                          f"different input pixels", notes=listing,
                          hint="give every branch the same total stride and symmetric padding "
                               "(pad (k-1)/2 for a kxk kernel)")
-    size = tuple(max(p.size[axis] for p in paths) for axis in range(2))
-    return Field(size, paths[0].jump, paths[0].start)
+    return Field.union(paths)
 
 
 def _shortcut_hint(shape: Shape, body: Shape) -> str:

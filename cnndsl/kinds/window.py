@@ -73,7 +73,7 @@ def _window_explain(shape: LayerShape, ceil: bool = False) -> tuple[str, ...]:
 
 def _window_field(before: Field, shape: LayerShape) -> Field:
     h, w = shape.windows
-    return before.through((h.kernel, w.kernel), (h.stride, w.stride), (h.pad_begin, w.pad_begin))
+    return before.through((h.kernel, w.kernel), (h.stride, w.stride), (h.pad_begin, w.pad_begin), (h.out, w.out))
 
 
 @node
