@@ -45,6 +45,9 @@ class LayerReport(NamedTuple):
     offset: tuple[Rational, Rational]
     call_lines: tuple[int, ...]
     node: ir.Node
+    # After a squeeze-and-excitation gate or group norm every output depends on the whole input;
+    # `rf` stays the spatial field (what the figures people quote mean).
+    global_context: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -52,7 +55,8 @@ class LayerReport(NamedTuple):
             "statement": self.statement, "input": list(self.input), "output": list(self.output),
             "params": self.params, "macs": self.macs, "rf": list(self.rf),
             "jump": [rational_json(j) for j in self.jump],
-            "offset": [rational_json(o) for o in self.offset], "call_lines": list(self.call_lines),
+            "offset": [rational_json(o) for o in self.offset], "global_context": self.global_context,
+            "call_lines": list(self.call_lines),
         }
 
 
@@ -123,7 +127,9 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
     broken `expect` line."""
     shapes = infer_shapes(network, input_shape)
     field_inputs: dict[str, Field] = {}  # node name -> the field it starts from (Report.explain)
-    fields = receptive_fields(network, shapes, field_inputs) if len(input_shape or network.input_shape) == 3 else {}
+    context: set[str] = set()  # nodes after a gate or group norm
+    spatial = len(input_shape or network.input_shape) == 3
+    fields = receptive_fields(network, shapes, field_inputs, context) if spatial else {}
     rows: list[LayerReport] = []
     params = trainable = buffers = macs = activations = 0
     depth_of = _depths(network.body)
@@ -149,7 +155,7 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         rows.append(LayerReport(
             node.name, node.kind, node.span.line, node.span.column, statement, depth_of.get(node.name, 0), shape.input,
             shape.output, cost.params, cost.macs, f.size if f else (0, 0), f.jump if f else (0, 0),
-            f.start if f else (0, 0), lines, node))
+            f.start if f else (0, 0), lines, node, node.name in context))
     pre = network.preprocess
     if pre is not None:
         buffers += 1 + (2 * network.input_shape[0] if pre.standardize else 0)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Cost, LayerShape, Pointwise, Shape, TensorSpec, fmt, n, node, number_text
+from .base import Cost, Field, LayerShape, Pointwise, Shape, TensorSpec, fmt, n, node, number_text
 
 if TYPE_CHECKING:
+    from ..analysis.receptive_field import FieldPass
     from ..analysis.shapes import Shapes
     from ..expand import Options
 
@@ -93,11 +94,15 @@ class GroupNorm(Pointwise):
     """`gn G [eps E]`: PyTorch's GroupNorm(G, C): each sample's channels in G groups of C/G, each group
     normalised over its channels and positions, then a per-channel weight and bias.
 
-    Its statistics span the whole image, so once the lead's `global_context` flag exists (after the
-    Field rework), `field` must set it here; the spatial figures stay those of a pointwise layer."""
+    Its statistics span the whole image, so every later output depends on the whole input: `field`
+    sets the pass's global context; the spatial figures stay those of a pointwise layer."""
 
     key = "gn"
     statement = "gn"
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        fields.context = True
+        return before
 
     groups: int
     eps: float = 1e-5  # PyTorch's

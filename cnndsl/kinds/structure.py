@@ -104,8 +104,10 @@ class Residual(Node):
         return LayerShape(shape, body, projects=projects)
 
     def field(self, before: Field, fields: FieldPass) -> Field:
-        paths = [fields.field(self.body, before)]
-        paths.append(fields.field(self.shortcut, before) if fields.shapes.of(self).projects else before)
+        projects = fields.shapes.of(self).projects
+        paths = fields.fork((self.body, self.shortcut) if projects else (self.body,), before)
+        if not projects:
+            paths.append(before)  # the identity
         return _merge(self, paths)
 
     def text(self) -> str:
@@ -122,7 +124,7 @@ class Join(Node):
         return self.branches
 
     def field(self, before: Field, fields: FieldPass) -> Field:
-        return _merge(self, [fields.field(branch, before) for branch in self.branches])
+        return _merge(self, fields.fork(self.branches, before))
 
     def text(self) -> str:
         return self.key
@@ -183,15 +185,19 @@ class Mul(Join):
                              "the same channels", notes=_listing(outs), hint=hint)
         return LayerShape(shape, full)
 
+    def explain(self, shape: LayerShape) -> tuple[str, ...]:
+        return (f"elementwise product of {len(self.branches)} branches giving {fmt(shape.output)} "
+                f"(a Cx1x1 gate broadcasts over HxW): no parameters, and no MACs by torchvision's "
+                f"convention (conv and fc only)",)
+
     def field(self, before: Field, fields: FieldPass) -> Field:
         # A gate's value is held constant for the spatial field (the figure people quote for
         # EfficientNet), and its path is exempt from the alignment check: it has no positions.
+        # After a gate every output depends on the whole input: the context is global from here on.
         out = fields.shapes.of(self).output
-        paths = []
-        for branch in self.branches:
-            field = fields.field(branch, before)
-            if not is_gate(fields.shapes.of(branch).output, out):
-                paths.append(field)
+        gates = [is_gate(fields.shapes.of(branch).output, out) for branch in self.branches]
+        paths = [field for field, gate in zip(fields.fork(self.branches, before), gates, strict=True) if not gate]
+        fields.context = fields.context or any(gates)
         return _merge(self, paths)
 
 
