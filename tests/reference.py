@@ -62,7 +62,8 @@ class Pass:
 
     `masks` {dropout name: array} are the dropout masks (scaled by 1/(1-p)) to apply in training.
     `pieces` fixes the branch each kink takes, as the NumPy backend's pass took it: {relu name:
-    0/1 mask of its positive inputs} and {max pool name: (flat indices of each window's winner
+    0/1 mask of its positive inputs}, {relu6 name: (0/1 mask of inputs in (0, 6), 0/1 mask of
+    inputs >= 6)} and {max pool name: (flat indices of each window's winner
     into the padded input, (top, bottom, left, right))}. Then rounding cannot make the two
     implementations take different sides of a kink, and the comparison is of the arithmetic."""
 
@@ -281,8 +282,12 @@ def _softmax(x):  # over dim 1, the channels or features
 
 @rule(ir.Activation)
 def _activation(run: Pass, node: ir.Activation, x):
-    if node.name in run.pieces:  # the relu mask the NumPy backend's pass took
-        return x * torch.from_numpy(run.pieces[node.name]).to(x.dtype)
+    if node.name in run.pieces:  # the relu (relu6) masks the NumPy backend's pass took
+        piece = run.pieces[node.name]
+        if isinstance(piece, tuple):  # relu6: x inside (0, 6), 6 above it
+            inside, above = (torch.from_numpy(mask).to(x.dtype) for mask in piece)
+            return x * inside + 6 * above
+        return x * torch.from_numpy(piece).to(x.dtype)
     try:
         fn = ACTIVATIONS[node.fn]
     except KeyError:

@@ -78,7 +78,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def pieces_of(model) -> dict:
-    """The kinks a forward pass took: relu masks, and max-pool winners as flat indices into the
+    """The kinks a forward pass took: relu and relu6 masks, and max-pool winners as flat indices into the
     padded input. Rounding decides a relu input within ~1e-5 of 0 (or a near-tie in a pool)
     differently in float32 and float64, or in NumPy and PyTorch, and one such flip deep in a
     ResNet moves a gradient by 1e-2; a reference on the same pieces compares the arithmetic."""
@@ -86,6 +86,9 @@ def pieces_of(model) -> dict:
     for layer in model.layers:
         if type(layer).__name__ == "ReLU":
             out[layer.name] = layer.cache["x"] > 0
+        elif type(layer).__name__ == "ReLU6":  # kinks at 0 and 6: MobileNetV2 at 64x64 has one 3e-5 from 0
+            x = layer.cache["x"]
+            out[layer.name] = ((x > 0) & (x < 6), x >= 6)
         elif type(layer).__name__ == "MaxPool2d":
             c = layer.cache
             winners = cnndsl.runtime.kernels.max_pool2d_winners(c)
@@ -229,6 +232,27 @@ fc 5; softmax
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_every_op_matches_torch_autograd(text, train):
     compare_with_torch(cnndsl.parse(text), batch=5, train=train)
+
+
+# The depthwise kernel's own path (stride phases, flat rows): stride 2 with uneven `pad same`, an
+# even kernel, dilation, a channel multiplier, unequal strides and dilations, rows no window reaches.
+DEPTHWISE = """
+network depthwise
+input 4x31x29
+conv 3x3/2 pad same depthwise -> 2x; bn; relu6
+conv 3x3 dil2 pad2 depthwise; relu
+conv 4x4/2 pad same depthwise nobias; bn; relu6
+conv 3x5/(2, 1) dil (2, 1) pad same depthwise -> 16; relu
+conv 3x3/3 depthwise -> 2x
+flatten
+fc 3
+"""
+
+
+@needs("torch")
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_depthwise_convolutions_match_torch_autograd(train):
+    compare_with_torch(cnndsl.parse(DEPTHWISE), batch=5, train=train)
 
 
 # ---------------------------------------------------------------- the torch backend

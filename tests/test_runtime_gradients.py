@@ -82,6 +82,21 @@ CONVS = {
     "groups 2": dict(c=4, o=6, k=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), groups=2),
     "depthwise": dict(c=4, o=4, k=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), dilation=(1, 1), groups=4),
     "depthwise x2": dict(c=3, o=6, k=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), groups=3),
+    # The depthwise path's own geometry: stride phases, dilation, uneven pads, rows no window reaches.
+    "depthwise 3x3/2 pad same x2": dict(c=3, o=6, k=(3, 3), stride=(2, 2),
+                                        pads=(*same_padding(8, 3, 2), *same_padding(7, 3, 2)), dilation=(1, 1),
+                                        groups=3),
+    "depthwise 4x4/2 pad same (odd total)": dict(c=2, o=2, k=(4, 4), stride=(2, 2),
+                                                 pads=(*same_padding(8, 4, 2), *same_padding(7, 4, 2)),
+                                                 dilation=(1, 1), groups=2),
+    "depthwise dilation 2 x2": dict(c=2, o=4, k=(3, 3), stride=(1, 1), pads=(2, 2, 2, 2), dilation=(2, 2), groups=2),
+    "depthwise 3x2 dilation 2x1 stride 2x1 x2": dict(c=3, o=6, k=(3, 2), stride=(2, 1), pads=(1, 0, 0, 1),
+                                                     dilation=(2, 1), groups=3),
+    "depthwise 3x3/2 dilation 2 pad same": dict(c=2, o=2, k=(3, 3), stride=(2, 2),
+                                                pads=(*same_padding(8, 3, 2, 2), *same_padding(7, 3, 2, 2)),
+                                                dilation=(2, 2), groups=2),
+    "depthwise 5x5/3, unseen tail": dict(c=2, o=2, k=(5, 5), stride=(3, 3), pads=(0, 0, 0, 0), dilation=(1, 1),
+                                         groups=2),
     "1x1 pointwise": dict(c=5, o=3, k=(1, 1), stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1),
     "1x1/2 drops rows": dict(c=3, o=5, k=(1, 1), stride=(2, 2), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1),
     "5x5 stride 3, unseen tail": dict(c=2, o=2, k=(5, 5), stride=(3, 3), pads=(0, 0, 0, 0), dilation=(1, 1),
@@ -112,6 +127,41 @@ def test_conv2d_backward_without_cached_columns_matches():
     dropped = K.conv2d_backward(dy, K.conv2d_forward(x, w, b, (2, 2), (1, 0, 1, 0), keep=False)[1])
     for a, c in zip(kept, dropped, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-12)
+
+
+DEPTHWISE = [case for case in CONVS if case.startswith("depthwise")]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE)
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "rebuilt"])
+@pytest.mark.parametrize("images", [None, 1, 2], ids=["one block", "blocks of 1 image x 1 channel",
+                                                      "blocks of 2 images x 1 channel"])
+def test_depthwise_equals_one_convolution_per_channel(case, keep, images, monkeypatch):
+    """The depthwise path against each input channel convolved on its own (a groups=1 conv, the
+    im2col path) with its output channels' filters: outputs and all three gradients. Also in the
+    blocks larger inputs are computed in (a block's column matrix is kept under _DEPTHWISE_BLOCK)."""
+    p = CONVS[case]
+    c, o = p["c"], p["o"]
+    x, w, b = normal(3, c, 8, 7), normal(o, 1, *p["k"], seed=1), normal(o, seed=2)
+    if images is not None:
+        out = K._out_size((8, 7), p["k"], p["stride"], p["pads"], p["dilation"])
+        plan = K._Depthwise.plan(x.shape, p["k"], p["stride"], p["pads"], p["dilation"], out)
+        monkeypatch.setattr(K, "_DEPTHWISE_BLOCK", images * len(plan.taps) * plan.length)
+        plan = K._Depthwise.plan(x.shape, p["k"], p["stride"], p["pads"], p["dilation"], out)
+        assert (plan.images, plan.channels) == (images, 1)
+    y, cache = K.conv2d_forward(x, w, b, p["stride"], p["pads"], p["dilation"], p["groups"], keep=keep)
+    dy = normal(*y.shape, seed=3)
+    dx, dw, db = K.conv2d_backward(dy, cache)
+    m = o // c
+    for ch in range(c):
+        out = slice(ch * m, (ch + 1) * m)
+        y1, cache1 = K.conv2d_forward(x[:, ch : ch + 1], w[out], b[out], p["stride"], p["pads"], p["dilation"])
+        dx1, dw1, db1 = K.conv2d_backward(dy[:, out], cache1)
+        np.testing.assert_allclose(y[:, out], y1, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx[:, ch : ch + 1], dx1, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dw[out], dw1, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(db[out], db1, rtol=1e-12, atol=1e-12)
+    assert K.conv2d_backward(dy, cache, input_grad=False)[0] is None
 
 
 # ---------------------------------------------------------------- pooling

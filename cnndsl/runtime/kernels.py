@@ -10,7 +10,19 @@ copied once into a (groups, C/groups*kh*kw, N*OH*OW) column matrix and multiplie
 the weight gradient is the correlation of the input columns with the output gradient (one
 matmul), and the input gradient is the transposed convolution with the flipped kernel, computed
 as `W^T @ dY` followed by col2im, a scatter-add over the kh*kw kernel taps (a loop over taps,
-never over pixels). Depthwise and grouped convolutions are the same code with groups > 1.
+never over pixels). Grouped convolutions are the same code with groups > 1.
+
+Depthwise convolutions (groups = input channels, each output channel reading one input channel)
+have K = kh*kw, so that way they are a kh*kw-fold copy of the whole input and a tiny matmul per
+channel. They have a path of their own (`_Depthwise`), block by block of images and channels, each
+block's buffers small enough for the CPU's cache: the block of the input is split by stride phase
+(stride 1: one phase, the padded input itself) into flat rows of a fixed width, so that every
+kernel tap reads one contiguous slice, offset by the tap's row and column; the kh*kw slices make the
+block's column matrix, multiplied by its weights (a matmul per channel over all of the block's
+images). An output row carries a few columns past its end (the phase's width minus the output's),
+dropped when the block is written out. Backward makes the same columns again from x (training keeps
+nothing else): the weight gradient multiplies them by the output gradient, and the input gradient
+adds W^T dY back into the slices.
 
 Max pooling is a running maximum over the kh*kw window cells (each a strided view, a whole-tensor
 op), and its backward routes every gradient to the first maximal cell, as PyTorch does.
@@ -22,7 +34,7 @@ the compiler and every backend share.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -114,6 +126,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     oh, ow = _out_size((h, wd), (kh, kw), stride, pads, dilation)
     cache = {"x": x, "w": w, "cols": None, "has_bias": b is not None, "stride": stride, "pads": pads,
              "dilation": dilation, "groups": groups, "out": (oh, ow)}
+    if _depthwise(c, cg, groups):  # keeps nothing but x: backward makes its columns block by block again
+        return _depthwise_forward(x, w, b, stride, pads, dilation, (oh, ow)), cache
     if (kh, kw) == (1, 1) and stride == (1, 1) and not any(pads) and groups == 1:
         # A pointwise conv is a matmul on the input as it lies, image by image: no column
         # matrix to copy, and the (N, O, H*W) result is already NCHW.
@@ -150,6 +164,8 @@ def conv2d_backward(dy: np.ndarray, cache: Cache,
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     cols = cache["cols"]
+    if _depthwise(c, cg, groups):
+        return _depthwise_backward(dy, x, w, cache["has_bias"], stride, pads, dilation, input_grad)
     if cols is None:
         cols = _im2col(x, (kh, kw), stride, pads, dilation, groups, (oh, ow))
     dyg = dy.transpose(1, 0, 2, 3).reshape(groups, o // groups, n * oh * ow)
@@ -166,6 +182,185 @@ def conv2d_backward(dy: np.ndarray, cache: Cache,
     dxp = _col2im(dcols, padded, (kh, kw), stride, dilation)
     dx = np.ascontiguousarray(_crop(dxp, pads, (h, wd)).transpose(1, 0, 2, 3))
     return dx, dw, db
+
+
+# ---------------------------------------------------------------- depthwise convolution
+
+# Elements of one block's column matrix (2 MiB in float32): larger blocks mean fewer and longer
+# matmuls; 2^17-2^20 were within 10-20% of each other on MobileNet's layers, 2^16 slower.
+_DEPTHWISE_BLOCK = 1 << 19
+# Images of fewer outputs (oh * width) than this are stored image-minor: faster below 2x2 outputs
+# per image at batch 32, slower from 8x9 up.
+_DEPTHWISE_MINOR = 32
+
+
+def _depthwise(c: int, cg: int, groups: int) -> bool:
+    """Every group is one input channel (and any number of output channels: a channel multiplier)."""
+    return groups > 1 and groups == c and cg == 1
+
+
+def _phase_axis(size: int, pad: int, stride: int, phase: int, rows: int) -> tuple[int, int, int]:
+    """Where one stride phase of a padded axis meets the input: (first, end, index) such that rows
+    first..end-1 of the phase are the input's index, index + stride, ..."""
+    first = max(0, -(-(pad - phase) // stride))
+    index = first * stride + phase - pad
+    end = min(rows, first + max(0, -(-(size - index) // stride)))
+    return first, max(first, end), index
+
+
+class _Depthwise(NamedTuple):
+    """How one depthwise convolution is computed: its flat-row layout and its blocks.
+
+    Tap (i, j) of output (r, q) reads padded row r*sh + i*dh, column q*sw + j*dw: row r + i*dh // sh
+    of phase (i*dh % sh, j*dw % sw), column q + j*dw // sw. A block's phases are (phases, channels,
+    images, rows * width), `width` columns per row, so output (r, q) is flat position r*width + q of
+    a (channels, images, length) array, and tap k reads phase `taps[k][0]` from offset `taps[k][1]`
+    on. Every buffer of a block fits in the cache, and only the output (and in backward the input
+    gradient) is as large as the layer's tensors.
+
+    Small images (`minor`: fewer than _DEPTHWISE_MINOR outputs, all images in one block) are
+    stored image-minor, (..., positions, images): a tap's slice is then one run of length * images
+    numbers, not images runs of a few. `view` gives every buffer as (..., images, positions)."""
+
+    stride: Pair
+    rows: int
+    width: int
+    length: int  # oh * width: an image's outputs, with a row's columns past ow
+    taps: list[tuple[int, int]]  # (phase, offset) per tap, in (i, j) order
+    spans: list[tuple[tuple[int, int, int], tuple[int, int, int]]]  # per phase, _phase_axis of both axes
+    images: int  # per block
+    channels: int  # per block
+    minor: bool  # block buffers are stored (..., positions, images)
+
+    @classmethod
+    def plan(cls, x_shape: tuple[int, ...], kernel: Pair, stride: Pair, pads: Pads, dilation: Pair, out: Pair):
+        (n, c, h, wd), (kh, kw), (sh, sw), (dh, dw), (oh, ow) = x_shape, kernel, stride, dilation, out
+        rows = oh + (kh - 1) * dh // sh + 1  # one spare row: the last tap's slice runs width - ow past the end
+        width = ow + (kw - 1) * dw // sw
+        taps = [((i * dh % sh) * sw + j * dw % sw, (i * dh // sh) * width + j * dw // sw)
+                for i in range(kh) for j in range(kw)]
+        spans = [(_phase_axis(h, pads[0], sh, a, rows), _phase_axis(wd, pads[2], sw, b, width))
+                 for a in range(sh) for b in range(sw)]
+        # As many images per block as fit first, then channels: a block makes one matmul per
+        # channel, so small images are many to a matmul.
+        per_image = kh * kw * oh * width
+        images = min(n, max(1, _DEPTHWISE_BLOCK // per_image))
+        channels = min(c, max(1, _DEPTHWISE_BLOCK // (per_image * images)))
+        minor = images == n and oh * width < _DEPTHWISE_MINOR
+        return cls(stride, rows, width, oh * width, taps, spans, images, channels, minor)
+
+    def blocks(self, n: int, c: int):
+        for c0 in range(0, c, self.channels):
+            for i0 in range(0, n, self.images):
+                yield slice(c0, min(c, c0 + self.channels)), slice(i0, min(n, i0 + self.images))
+
+    def buffer(self, lead: tuple[int, ...], positions: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
+        """A block buffer in storage order: (*lead, images, *positions), or (*lead, *positions, images)."""
+        shape = (*lead, *positions, self.images) if self.minor else (*lead, self.images, *positions)
+        return (np.zeros if zero else np.empty)(shape, dtype=dtype)
+
+    def view(self, buffer: np.ndarray, positions: int) -> np.ndarray:
+        """A buffer as (*lead, images, *positions), whatever its storage order."""
+        return np.moveaxis(buffer, -1, -1 - positions) if self.minor else buffer
+
+    def phase_views(self, image: np.ndarray, phases: np.ndarray):
+        """Pairs (input view, phase view) where each phase meets the input: of an (images, channels,
+        H, W) array and a (phases, channels, images, rows, width) one."""
+        sh, sw = self.stride
+        for q, ((r0, r1, y0), (c0, c1, x0)) in enumerate(self.spans):
+            if r1 > r0 and c1 > c0:
+                yield (image[:, :, y0 : y0 + (r1 - r0 - 1) * sh + 1 : sh,
+                             x0 : x0 + (c1 - c0 - 1) * sw + 1 : sw].transpose(1, 0, 2, 3),
+                       phases[q, :, :, r0:r1, c0:c1])
+
+    def tap_slices(self, phases: np.ndarray):
+        """(tap, the (channels, images, length) slice of a phases block it reads), per tap."""
+        flat = phases.reshape(*phases.shape[:3], self.rows * self.width)  # a view in either order
+        for k, (q, offset) in enumerate(self.taps):
+            yield k, flat[q, :, :, offset : offset + self.length]
+
+    def columns(self, x: np.ndarray, channels: slice, images: slice, phases: np.ndarray,
+                cols: np.ndarray) -> np.ndarray:
+        """The block's (channels, taps, images * length) column matrix, in storage order: the block
+        of x split into phases (in `phases`, whose cells outside the input stay zero), then one
+        slice per tap. (Image-minor, every block has all the images.)"""
+        cb, ni = channels.stop - channels.start, images.stop - images.start
+        block = self.view(phases, 2)[:, :cb, :ni]
+        for source, target in self.phase_views(x[images, channels], block):
+            target[...] = source
+        part = cols[:cb] if self.minor else cols[:cb, :, :ni]
+        view = self.view(part, 1)
+        for k, tap in self.tap_slices(block):
+            view[:, k] = tap
+        return part.reshape(cb, len(self.taps), ni * self.length)
+
+    def crop(self, block: np.ndarray, ni: int, ow: int) -> np.ndarray:
+        """(channels, m, images * length) matmul rows, in storage order, as (images, channels * m, oh, ow)."""
+        positions = (self.length // self.width, self.width)
+        shape = (-1, *positions, ni) if self.minor else (-1, ni, *positions)
+        return self.view(block.reshape(shape), 2)[..., :ow].transpose(1, 0, 2, 3)
+
+
+def _depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, pads: Pads,
+                       dilation: Pair, out: Pair) -> np.ndarray:
+    n, c = x.shape[:2]
+    o, _, kh, kw = w.shape
+    m = o // c
+    plan = _Depthwise.plan(x.shape, (kh, kw), stride, pads, dilation, out)
+    phases = plan.buffer((stride[0] * stride[1], plan.channels), (plan.rows, plan.width), x.dtype, zero=True)
+    cols = plan.buffer((plan.channels, kh * kw), (plan.length,), x.dtype)
+    wm = w.reshape(c, m, kh * kw)  # output channel c*m + k is input channel c's k-th filter
+    y = np.empty((n, o, *out), dtype=np.result_type(x, w))
+    for channels, images in plan.blocks(n, c):
+        block = np.matmul(wm[channels], plan.columns(x, channels, images, phases, cols))
+        rows = plan.crop(block, images.stop - images.start, out[1])
+        target = y[images, channels.start * m : channels.stop * m]
+        if b is not None:
+            np.add(rows, b[channels.start * m : channels.stop * m].reshape(-1, 1, 1), out=target)
+        else:
+            target[...] = rows
+    return y
+
+
+def _depthwise_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, has_bias: bool, stride: Pair, pads: Pads,
+                        dilation: Pair, input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    n, c = x.shape[:2]
+    o, _, kh, kw = w.shape
+    oh, ow = dy.shape[2:]
+    m, taps = o // c, kh * kw
+    plan = _Depthwise.plan(x.shape, (kh, kw), stride, pads, dilation, (oh, ow))
+    phases = plan.buffer((stride[0] * stride[1], plan.channels), (plan.rows, plan.width), x.dtype, zero=True)
+    cols = plan.buffer((plan.channels, taps), (plan.length,), x.dtype)
+    # dY in the forward's layout, zero in the columns past each row's end: those add nothing.
+    rows = plan.buffer((plan.channels * m,), (oh, plan.width), dy.dtype, zero=True)
+    wt = np.ascontiguousarray(w.reshape(c, m, taps).transpose(0, 2, 1))
+    dw = np.zeros((c, m, taps), dtype=np.result_type(dy, x))
+    dx = np.zeros(x.shape, dtype=dy.dtype) if input_grad else None  # cells no window reaches stay zero
+    dphases = np.empty_like(phases) if input_grad else None
+    for channels, images in plan.blocks(n, c):
+        cb, ni = channels.stop - channels.start, images.stop - images.start
+        part = plan.columns(x, channels, images, phases, cols)
+        g = rows[: cb * m] if plan.minor else rows[: cb * m, :ni]
+        plan.view(g, 2)[..., :ow] = dy[images, channels.start * m : channels.stop * m].transpose(1, 0, 2, 3)
+        g = g.reshape(cb, m, ni * plan.length)
+        dw[channels] += np.matmul(g, part.transpose(0, 2, 1))
+        if not input_grad:
+            continue
+        # W^T dY (for one filter per channel, a product by the weights), added back into the slices
+        # the taps read.
+        if m == 1:
+            np.multiply(wt[channels], g, out=part)
+        else:
+            np.matmul(wt[channels], g, out=part)
+        part = plan.view(part.reshape(cb, taps, *((plan.length, ni) if plan.minor else (ni, plan.length))), 1)
+        block = plan.view(dphases, 2)[:, :cb, :ni]
+        block[...] = 0
+        for k, tap in plan.tap_slices(block):
+            tap += part[:, k]
+        for target, source in plan.phase_views(dx[images, channels], block):
+            target[...] = source  # the phases are disjoint: each input cell is in one
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw.reshape(w.shape), db
 
 
 # ---------------------------------------------------------------- pooling
@@ -361,24 +556,29 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     """PyTorch's BatchNorm. In training the running buffers are updated in place (mean, unbiased
     variance, num_batches_tracked += 1); in evaluation they normalise."""
     axes, shape = _bn_axes(x)
-    if train:
-        count = x.size // x.shape[1]
-        if count < 2:  # as PyTorch: one value per channel has no variance to normalise by
-            raise ValueError(f"batch norm in training needs more than 1 value per channel, got input {x.shape}")
-        # Statistics accumulated in float64 (as PyTorch's CPU kernel does): a float32 sum over
-        # N*H*W values loses digits that every normalised output then carries.
-        mean = x.mean(axis=axes, dtype=np.float64)
-        centred = x - mean.reshape(shape).astype(x.dtype)
-        var = np.mean(centred * centred, axis=axes, dtype=np.float64)  # biased: what normalises the batch
-        unbiased = var * (count / (count - 1))
-        running_mean *= 1.0 - momentum
-        running_mean += (momentum * mean).astype(running_mean.dtype)
-        running_var *= 1.0 - momentum
-        running_var += (momentum * unbiased).astype(running_var.dtype)
-        num_batches_tracked += 1
-    else:
-        mean, var = running_mean, running_var
-        centred = x - mean.reshape(shape)
+    if not train:
+        # y = x * scale + shift, the running statistics folded into one per-channel scale and shift
+        # as PyTorch's CPU kernel does: two passes over x instead of four. Backward, if it is asked
+        # for, computes xhat from x.
+        inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype, copy=False)
+        scale = gamma * inv_std
+        y = x * scale.reshape(shape)
+        y += (beta - running_mean * scale).reshape(shape)
+        return y, {"x": x, "mean": running_mean.astype(x.dtype), "inv_std": inv_std, "gamma": gamma, "train": train}
+    count = x.size // x.shape[1]
+    if count < 2:  # as PyTorch: one value per channel has no variance to normalise by
+        raise ValueError(f"batch norm in training needs more than 1 value per channel, got input {x.shape}")
+    # Statistics accumulated in float64 (as PyTorch's CPU kernel does): a float32 sum over
+    # N*H*W values loses digits that every normalised output then carries.
+    mean = x.mean(axis=axes, dtype=np.float64)
+    centred = x - mean.reshape(shape).astype(x.dtype)
+    var = np.mean(centred * centred, axis=axes, dtype=np.float64)  # biased: what normalises the batch
+    unbiased = var * (count / (count - 1))
+    running_mean *= 1.0 - momentum
+    running_mean += (momentum * mean).astype(running_mean.dtype)
+    running_var *= 1.0 - momentum
+    running_var += (momentum * unbiased).astype(running_var.dtype)
+    num_batches_tracked += 1
     inv_std = 1.0 / np.sqrt(var + eps)
     xhat = centred * inv_std.reshape(shape).astype(x.dtype, copy=False)
     y = xhat * gamma.reshape(shape) + beta.reshape(shape)
@@ -387,8 +587,12 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
 
 def batch_norm_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dx, dgamma, dbeta). In training the batch statistics depend on x, which adds the two mean terms."""
-    xhat, inv_std, gamma = cache["xhat"], cache["inv_std"], cache["gamma"]
+    inv_std, gamma = cache["inv_std"], cache["gamma"]
     axes, shape = _bn_axes(dy)
+    if "xhat" in cache:
+        xhat = cache["xhat"]
+    else:  # evaluation kept x
+        xhat = (cache["x"] - cache["mean"].reshape(shape)) * inv_std.reshape(shape)
     # Accumulated in float64: these sums cancel heavily (xhat has zero mean), and float32
     # accumulation over N*H*W terms would lose digits that the input gradient then needs.
     dbeta = dy.sum(axis=axes, dtype=np.float64).astype(dy.dtype)
