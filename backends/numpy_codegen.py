@@ -174,6 +174,19 @@ class _Emitter:
     def channels_numpy(self, node, var: str) -> None:
         self.leaf(node, var, "Channels", *map(str, node.bounds(self.shapes.of(node).input[0])))
 
+    def upsample_numpy(self, node, var: str) -> None:
+        factor = [f"factor={node.factor}"] if node.factor is not None else []
+        self.leaf(node, var, "Upsample", _literal(tuple(self.shapes.of(node).output[1:])), repr(node.mode), *factor)
+
+    def deconv_numpy(self, node, var: str) -> None:
+        shape = self.shapes.of(node)
+        options = {"stride": (node.stride, (1, 1)), "pads": (node.pads, (0, 0)), "outpad": (node.outpad, (0, 0)),
+                   "groups": (shape.groups, 1), "bias": (node.bias, True)}
+        self.leaf(node, var, "ConvTranspose2d", str(shape.in_channels), str(shape.out_channels),
+                  f"kernel={_literal(node.kernel)}",
+                  *(f"{key}={_literal(value)}" for key, (value, default) in options.items() if value != default),
+                  "dtype=dtype")
+
     def activation_numpy(self, node, var: str) -> None:
         fn = node.function
         if node.alpha is not None and node.alpha != fn.default:
@@ -196,6 +209,11 @@ class _Emitter:
 
     def concat_numpy(self, node, var: str) -> None:
         names, grads = self.branches(node, var)
+        if node.crop:  # `concat crop`: the larger branches' centres, their gradients padded back with zeros
+            for name, grad, pads in zip(names, grads, node.crops(self.shapes), strict=True):
+                if any(pads):
+                    self.pair(f"{name} = rt.crop({name}, {_literal(pads)})", f"{grad} = rt.uncrop({grad}, "
+                              f"{_literal(pads)})", f"{node.name}: centre crop (top, bottom, left, right)")
         channels = tuple(self.shapes.of(branch).output[0] for branch in node.branches)
         self.pair(f"{var} = rt.concat([{', '.join(names)}])",
                   f"{', '.join(grads)}{',' if len(grads) == 1 else ''} = rt.split(d{var}, {_literal(channels)})",

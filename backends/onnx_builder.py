@@ -278,6 +278,34 @@ class _Builder:
         ends = [self.constant([value], np.int64) for value in (start, stop, 1)]  # starts, ends, axes
         return self.op(node, "Slice", [x, *ends], shape.output)
 
+    def upsample_onnx(self, node: ir.Upsample, x: str) -> str:
+        # Resize in PyTorch's coordinates: nearest is `asymmetric` + `floor` (input floor(o * in/out)),
+        # bilinear is `half_pixel` + `linear` ((o + 0.5) * in/out - 0.5; the edge clamps, as PyTorch's).
+        shape = self.shapes.of(node)
+        (_, h, w), (_, oh, ow) = shape.input, shape.output
+        attrs = (dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+                 if node.mode == "nearest" else dict(mode="linear", coordinate_transformation_mode="half_pixel"))
+        if oh % h == 0 and ow % w == 0:  # a whole factor is an exact float scale
+            scales = self.constant([1, 1, oh // h, ow // w])
+            return self.op(node, "Resize", [x, "", scales], shape.output, **attrs)
+        if self.opset >= 18:
+            return self.op(node, "Resize", [x, "", "", self.constant([oh, ow], np.int64)], shape.output, axes=[2, 3],
+                           **attrs)
+        # below opset 18 `sizes` names every axis: N and C are read from the input (int64 values: no value_info)
+        sizes = self.op(node, "Shape", [x], (4,), part="shape", batched=False, end=2)
+        sizes = self.op(node, "Concat", [sizes, self.constant([oh, ow], np.int64)], (4,), part="sizes",
+                        batched=False, axis=0)
+        for value in self.nodes[-1].input[:1] + self.nodes[-1].output[:1]:
+            self.value_shapes.pop(value)
+        return self.op(node, "Resize", [x, "", "", sizes], shape.output, **attrs)
+
+    def deconv_onnx(self, node: ir.Deconv, x: str) -> str:
+        shape = self.shapes.of(node)
+        (ph, pw), inputs = node.pads, [x, f"{node.name}.weight"] + ([f"{node.name}.bias"] if node.bias else [])
+        return self.op(node, "ConvTranspose", inputs, shape.output, kernel_shape=list(node.kernel),
+                       strides=list(node.stride), pads=[ph, pw, ph, pw], output_padding=list(node.outpad),
+                       group=shape.groups)
+
     def activation_onnx(self, node: ir.Activation, x: str) -> str:
         graph = _Recipe(self, node, self.shapes.of(node).output)
         return graph.result(node.function.onnx(graph, x, node.argument))
@@ -289,6 +317,15 @@ class _Builder:
 
     def concat_onnx(self, node: ir.Concat, x: str) -> str:
         outs = [self.emit(branch, x) for branch in node.branches]
+        if node.crop:  # `concat crop`: the larger branches' centres, a Slice on height and width
+            for index, (branch, (top, bottom, left, right)) in enumerate(zip(node.branches, node.crops(self.shapes),
+                                                                             strict=True)):
+                if top or bottom or left or right:
+                    c, h, w = self.shapes.of(branch).output
+                    starts, ends, axes = (self.constant(v, np.int64) for v in ([top, left], [h - bottom, w - right],
+                                                                                [2, 3]))
+                    outs[index] = self.op(node, "Slice", [outs[index], starts, ends, axes],
+                                          (c, h - top - bottom, w - left - right), part=f"crop{index + 1}")
         if len(outs) == 1:
             return outs[0]
         return self.op(node, "Concat", outs, self.shapes.of(node).output, axis=1)

@@ -251,15 +251,18 @@ class _Expander:
             return ir.Residual(name=name, span=stmt.span, calls=frame.calls, body=body, shortcut=shortcut,
                                always=stmt.always)
         assert isinstance(stmt, S.Branches)
+        written = stmt.kind.replace("_", " ")  # `concat crop` is a concat, named and counted as one
         if not stmt.branches:
-            raise BadValueError(f"{stmt.kind} needs at least one branch", stmt.span, calls=frame.calls,
-                                hint=f"{stmt.kind} {{ branch {{ ... }} branch {{ ... }} }}")
-        name = scope.name(stmt.kind)
+            raise BadValueError(f"{written} needs at least one branch", stmt.span, calls=frame.calls,
+                                hint=f"{written} {{ branch {{ ... }} branch {{ ... }} }}")
+        name = scope.name(written.split()[0])
         branches = []
         for index, (body, span) in enumerate(zip(stmt.branches, stmt.branch_spans, strict=True), 1):
             inner = _Scope(f"{name}.branch{index}.")
             items, _ = self.statements(body, inner, frame, shape)
             branches.append(ir.Seq(name=inner.prefix[:-1], span=span, calls=frame.calls, items=tuple(items)))
+        if stmt.kind == "concat_crop":  # `concat crop { ... }`: a concat that centre-crops its larger branches
+            return ir.Concat(name=name, span=stmt.span, calls=frame.calls, branches=tuple(branches), crop=True)
         node_type = {"concat": ir.Concat, "add": ir.Add, "mul": ir.Mul}[stmt.kind]
         return node_type(name=name, span=stmt.span, calls=frame.calls, branches=tuple(branches))
 
@@ -458,6 +461,7 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
                             hint="add statements after 'input', e.g. 'conv 3x3 pad1 -> 16; relu'")
 
     expander = _Expander(blocks)
+    expander.shapes.input = input_shape  # known while the nodes are built (`upsample to input`)
     items, _ = expander.statements(statements, _Scope(""), _Frame({}, (), ()), input_shape)
     body = ir.Seq(name="", span=statements[0].span, items=tuple(items))
     expander.shapes.infer(body, input_shape)

@@ -30,6 +30,7 @@ from .kinds import (
     Channels,
     Concat,
     Conv,
+    Deconv,
     DropPath,
     Dropout,
     Flatten,
@@ -45,12 +46,14 @@ from .kinds import (
     Residual,
     Seq,
     Shuffle,
+    Upsample,
 )
 
 __all__ = ["ACTIVATIONS", "Activation", "Add", "Augment", "BatchNorm", "Concat", "Conv", "DropPath", "Dropout", "Expect",
            "Flatten", "GlobalPool", "Linear", "Mul", "Network", "Node", "Padding", "Pool", "Preprocess", "Residual", "Seq",
            "Span", "TrainConfig", "walk"]
 __all__ += ["Channels", "GroupNorm", "LayerNorm", "LayerScale", "Shuffle"]  # issue 14's norm and channel kinds
+__all__ += ["Deconv", "Upsample"]  # issue 15's kinds for dense prediction
 
 
 class Expect(NamedTuple):

@@ -101,7 +101,12 @@ def _residual(run: Pass, node: ir.Residual, x):
 
 @rule(ir.Concat)
 def _concat(run: Pass, node: ir.Concat, x):
-    return torch.cat([run(branch, x) for branch in node.branches], dim=1)
+    outs = [run(branch, x) for branch in node.branches]
+    if node.crop:  # every branch to the smallest height and width, its centre: offset (H - h) // 2
+        height, width = min(y.shape[2] for y in outs), min(y.shape[3] for y in outs)
+        outs = [y[:, :, (y.shape[2] - height) // 2:][:, :, :height, (y.shape[3] - width) // 2:][..., :width]
+                for y in outs]
+    return torch.cat(outs, dim=1)
 
 
 @rule(ir.Add)
@@ -237,6 +242,59 @@ def _layer_norm(run: Pass, node: ir.LayerNorm, x):
 def _group_norm(run: Pass, node: ir.GroupNorm, x):
     grouped = x.reshape(x.shape[0], node.groups, -1)  # consecutive channels form a group, with their positions
     return _affine(run, node, _standardised(grouped, (2,), node.eps).reshape(x.shape))
+
+
+def _source(size: int, out: int, factor: int | None, dtype, offset: float):
+    """Output positions o = 0..out-1 as input positions (o + offset) * scale - offset, scale = in/out
+    (1/factor for `Nx`) rounded to the tensor's float type, the arithmetic PyTorch does in it."""
+    if factor:
+        scale = torch.tensor(1.0 / factor, dtype=torch.float64).to(dtype)
+    else:
+        scale = torch.tensor(size, dtype=dtype) / torch.tensor(out, dtype=dtype)
+    return (torch.arange(out, dtype=dtype) + offset) * scale - offset
+
+
+def _resize_axis(x, axis: int, out: int, factor: int | None, mode: str):
+    size = x.shape[axis]
+    if out == size:
+        return x
+    if mode == "nearest":  # output o is input floor(o * scale), the last row at most (o // 2 for twice the size)
+        if out == 2 * size:
+            return x.index_select(axis, torch.arange(out) // 2)
+        return x.index_select(axis, _source(size, out, factor, x.dtype, 0.0).floor().long().clamp(max=size - 1))
+    # bilinear, align_corners=False: (o + 0.5) * scale - 0.5, below 0 clamped to 0; between rows i0 and i0 + 1
+    src = _source(size, out, factor, x.dtype, 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=size - 1)
+    w1 = (src - i0).clamp(0, 1)
+    i1 = (i0 + 1).clamp(max=size - 1)
+    view = [1] * x.dim()
+    view[axis] = out
+    return x.index_select(axis, i0) * (1 - w1).view(view) + x.index_select(axis, i1) * w1.view(view)
+
+
+@rule(ir.Upsample)
+def _upsample(run: Pass, node: ir.Upsample, x):
+    out = run.shapes.of(node).output[1:]
+    return _resize_axis(_resize_axis(x, 2, out[0], node.factor, node.mode), 3, out[1], node.factor, node.mode)
+
+
+@rule(ir.Deconv)
+def _deconv(run: Pass, node: ir.Deconv, x):
+    # The transposed convolution as a convolution: the input spread out by the stride (S - 1 zeros between
+    # pixels), padded by K - 1 - P (and outpad at the end), convolved with the kernel flipped and its
+    # channel axes swapped per group.
+    shape = run.shapes.of(node)
+    (sh, sw), (kh, kw), (ph, pw), (eh, ew), g = node.stride, node.kernel, node.pads, node.outpad, shape.groups
+    n, c, h, w = x.shape
+    spread = x.new_zeros(n, c, (h - 1) * sh + 1, (w - 1) * sw + 1)
+    spread[:, :, ::sh, ::sw] = x
+    pads = (kw - 1 - pw, kw - 1 - pw + ew, kh - 1 - ph, kh - 1 - ph + eh)
+    spread = F.pad(spread, tuple(max(p, 0) for p in pads))
+    top, left = max(-pads[2], 0), max(-pads[0], 0)  # padding larger than K - 1 crops instead
+    spread = spread[:, :, top:spread.shape[2] - max(-pads[3], 0), left:spread.shape[3] - max(-pads[1], 0)]
+    weight = run.tensor(node, "weight")  # (C_in, C_out/g, kh, kw)
+    weight = weight.view(g, c // g, -1, kh, kw).transpose(1, 2).reshape(-1, c // g, kh, kw).flip(2, 3)
+    return F.conv2d(spread, weight, run.tensor(node, "bias"), groups=g)
 
 
 @rule(ir.LayerScale)

@@ -30,6 +30,7 @@ from .base import (
 from .channel import Channels, Shuffle
 from .dense import DropPath, Dropout, Flatten, Linear
 from .norm import BatchNorm, GroupNorm, LayerNorm, LayerScale
+from .resample import Deconv, Upsample
 from .structure import Add, Concat, Mul, Residual, Seq
 from .window import Conv, GlobalPool, Pool
 
@@ -52,3 +53,4 @@ __all__ = [
     "Linear", "Mul", "Node", "Padding", "Pointwise", "Pool", "Residual", "STATEMENTS", "Seq", "Shape", "Shuffle",
     "TensorSpec", "Uniform", "Window", "ZERO", "all_kinds", "emitter", "fmt", "same_padding", "window",
 ]
+__all__ += ["Deconv", "Upsample"]  # issue 15's kinds for dense prediction

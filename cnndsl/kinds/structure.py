@@ -136,14 +136,91 @@ class Concat(Join):
 
     key = "concat"
 
+    crop: bool = False  # `concat crop`: larger branches are centre-cropped to the smallest HxW (U-Net)
+
     def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
         outs = [shapes.infer(branch, shape) for branch in self.branches]
+        if self.crop:
+            return LayerShape(shape, self._cropped(outs))
         ranks = {len(o) for o in outs}
         if len(ranks) > 1 or (ranks == {3} and len({o[1:] for o in outs}) > 1):
             raise self.error("concat joins branches on channels, so their height x width must agree",
                              notes=_listing(outs),
                              hint="give every branch the same strides and 'pad' so the sizes match")
         return LayerShape(shape, (sum(o[0] for o in outs),) + outs[0][1:])
+
+    def _cropped(self, outs: list[Shape]) -> Shape:
+        if any(len(o) != 3 for o in outs):
+            raise self.error("concat crop crops the height and width of its branches, so every branch must give "
+                             "a CxHxW map", notes=_listing(outs),
+                             hint="move 'flatten'/'fc' after the concat, or write a plain 'concat'")
+        height, width = min(o[1] for o in outs), min(o[2] for o in outs)
+        for index, o in enumerate(outs, 1):
+            odd = [f"{o[1 + axis] - size} {name}" for axis, (size, name) in
+                   enumerate(((height, "rows"), (width, "columns"))) if (o[1 + axis] - size) % 2]
+            if odd:
+                raise self.error(
+                    f"concat crop: branch {index} gives {fmt(o)} and the smallest is {height}x{width}; an odd "
+                    f"difference ({' and '.join(odd)}) cannot be cropped evenly from both sides, so the centres "
+                    f"of the cropped branch and of the smallest would be half a pixel apart",
+                    notes=_listing(outs),
+                    hint="change the input size or a padding so every branch's height and width differ from the "
+                         "smallest by an even number (a valid 3x3 conv takes 2 rows, a 2x2/2 deconv doubles)")
+        return (sum(o[0] for o in outs), height, width)
+
+    def crops(self, shapes: Shapes) -> list[tuple[int, int, int, int]]:
+        """Per branch, the (top, bottom, left, right) rows and columns `concat crop` removes: the larger
+        branches' centre, top/left offset (H - h) // 2 (all zeros without `crop`)."""
+        _, height, width = shapes.of(self).output
+        out = []
+        for branch in self.branches:
+            _, h, w = shapes.of(branch).output
+            out.append(((h - height) // 2, (h - height) - (h - height) // 2,
+                        (w - width) // 2, (w - width) - (w - width) // 2))
+        return out
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        if not self.crop:
+            return super().field(before, fields)
+        out = fields.shapes.of(self).output[1:]
+        paths = []
+        for field, (top, _, left, _) in zip(fields.fork(self.branches, before), self.crops(fields.shapes),
+                                            strict=True):
+            # cropping is a 1x1 window whose padding is negative: output o is the branch's o + top
+            paths.append(field.through((1, 1), (1, 1), (-top, -left), out))
+        _check_cropped(self, paths)
+        return _merge(self, paths)
+
+    def text(self) -> str:
+        return "concat crop" if self.crop else "concat"
+
+
+def _check_cropped(node: Node, paths: list[Field]) -> None:
+    """Cropped branches must agree exactly on where their outputs are centred; say by how much they differ."""
+    first = paths[0]
+    for index, path in enumerate(paths[1:], 2):
+        if path.jump != first.jump:
+            raise node.error(f"the branches of this concat crop are misaligned: branch {index} steps "
+                             f"{rational_text(path.jump[0])}x{rational_text(path.jump[1])} input pixels per output "
+                             f"and branch 1 {rational_text(first.jump[0])}x{rational_text(first.jump[1])}",
+                             notes=_centres(paths),
+                             hint="give every branch the same total stride: each pool or stride down must be "
+                                  "matched by an upsample or deconv up")
+        if path.start != first.start:
+            words = (("rows lower", "rows higher"), ("columns further right", "columns further left"))
+            moved = [f"{rational_text(abs(b - a))} input {words[axis][b < a]}"
+                     for axis, (a, b) in enumerate(zip(first.start, path.start, strict=True)) if a != b]
+            raise node.error(f"the branches of this concat crop are misaligned after cropping: branch {index}'s "
+                             f"outputs are centred {' and '.join(moved)} than branch 1's",
+                             notes=_centres(paths),
+                             hint="pad symmetrically ((k-1)/2 for a kxk conv) or not at all, and make every size "
+                                  "difference between the branches even")
+
+
+def _centres(paths: list[Field]) -> list[str]:
+    return [f"branch {i}: jump {rational_text(p.jump[0])}x{rational_text(p.jump[1])}, first output centred at "
+            f"({rational_text(p.start[0])}, {rational_text(p.start[1])}) after cropping"
+            for i, p in enumerate(paths, 1)]
 
 
 @node

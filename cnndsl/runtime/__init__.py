@@ -10,6 +10,8 @@ per row, under the row's `numpy` name.
 from . import kernels
 from .kernels import concat_backward as split
 from .kernels import concat_forward as concat
+from .kernels import crop_backward as uncrop
+from .kernels import crop_forward as crop
 from .layers import (
     ACTIVATION_LAYERS,
     Activation,
@@ -18,6 +20,7 @@ from .layers import (
     Channels,
     ChannelShuffle,
     Conv2d,
+    ConvTranspose2d,
     Dropout,
     DropPath,
     Flatten,
@@ -32,6 +35,7 @@ from .layers import (
     Model,
     Multiply,
     Preprocess,
+    Upsample,
 )
 
 globals().update(ACTIVATION_LAYERS)
@@ -40,3 +44,4 @@ __all__ = ["kernels", "concat", "split", "Layer", "Model", "Conv2d", "MaxPool2d"
            "GlobalMaxPool", "Linear", "Flatten", "Dropout", "DropPath", "Multiply", "BatchNorm", "Preprocess",
            "Activation", *ACTIVATION_LAYERS]
 __all__ += ["LayerNorm", "GroupNorm", "LayerScale", "ChannelShuffle", "Channels"]  # issue 14's norm and channel layers
+__all__ += ["Upsample", "ConvTranspose2d", "crop", "uncrop"]  # issue 15's layers for dense prediction

@@ -866,3 +866,140 @@ def preprocess_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
     if cache["std"] is not None:
         dx = dx / cache["std"].reshape((1, -1) + (1,) * (cache["ndim"] - 2))
     return dx
+
+
+# ---------------------------------------------------------------- going back up: resampling, transposed conv, crop
+
+
+def _source_scale(size: int, out: int, factor: int | None, dtype: Any) -> Any:
+    """PyTorch's step from output to input positions (align_corners=False), in the arithmetic its CPU
+    kernels use for `dtype` (float32 for float32 tensors): 1/factor where a factor was given, else in/out."""
+    t = np.dtype(dtype).type
+    return t(1.0 / factor) if factor else t(size) / t(out)
+
+
+def nearest_indices(size: int, out: int, factor: int | None, dtype: Any) -> np.ndarray:
+    """PyTorch's nearest rule: output o reads input min(floor(o * scale), size - 1)."""
+    if out == size:
+        return np.arange(out)
+    if out == 2 * size:  # PyTorch's exact shortcut for a factor of 2
+        return np.arange(out) >> 1
+    positions = np.arange(out).astype(dtype) * _source_scale(size, out, factor, dtype)
+    return np.minimum(np.floor(positions).astype(np.int64), size - 1)
+
+
+def linear_indices(size: int, out: int, factor: int | None, dtype: Any):
+    """PyTorch's linear rule (align_corners=False): output o reads the inputs around
+    src = (o + 0.5) * scale - 0.5 (below 0: 0), i0 = floor(src) with weight 1 - l, i0 + 1 (the last
+    input at the end) with weight l = src - i0. Returns (i0, i1, w0, w1)."""
+    if out == size:
+        index = np.arange(out)
+        return index, index, np.ones(out, dtype), np.zeros(out, dtype)
+    t = np.dtype(dtype).type
+    src = _source_scale(size, out, factor, dtype) * (np.arange(out).astype(dtype) + t(0.5)) - t(0.5)
+    src = np.maximum(src, t(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), size - 1)
+    w1 = np.clip(src - i0.astype(dtype), t(0), t(1)).astype(dtype)
+    return i0, i0 + (i0 < size - 1), (t(1) - w1).astype(dtype), w1
+
+
+def _take(x: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    return x[:, :, index] if axis == 2 else x[:, :, :, index]
+
+
+def _weighted(x: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
+    return x * (weight.reshape(-1, 1) if axis == 2 else weight)
+
+
+def _put(g: np.ndarray, index: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """The adjoint of `_take` for a nondecreasing `index`: each input position sums the slices that read it."""
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    shape = list(g.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=g.dtype)
+    sums = np.add.reduceat(g, starts, axis=axis)
+    if axis == 2:
+        out[:, :, index[starts]] = sums
+    else:
+        out[:, :, :, index[starts]] = sums
+    return out
+
+
+def _axis_plan(size: int, out: int, factor: int | None, mode: str, dtype: Any):
+    if mode == "nearest":
+        return (nearest_indices(size, out, factor, dtype),)
+    return linear_indices(size, out, factor, dtype)
+
+
+def upsample_forward(x: np.ndarray, out: Pair, mode: str = "nearest", factor: int | None = None
+                     ) -> tuple[np.ndarray, Cache]:
+    """`upsample`: F.interpolate(x, size=out or scale_factor=factor, mode, align_corners=False). Nearest
+    takes one input row and column per output; bilinear blends two of each, rows first, then columns."""
+    plans = [_axis_plan(x.shape[2 + axis], out[axis], factor, mode, x.dtype) for axis in range(2)]
+    y = x
+    for axis, plan in zip((2, 3), plans, strict=True):
+        if len(plan) == 1:
+            y = _take(y, plan[0], axis)
+        else:
+            i0, i1, w0, w1 = plan
+            y = _weighted(_take(y, i0, axis), w0, axis) + _weighted(_take(y, i1, axis), w1, axis)
+    return y, {"plans": plans, "hw": x.shape[2:]}
+
+
+def upsample_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    g = dy
+    for axis, plan, size in zip((3, 2), reversed(cache["plans"]), reversed(cache["hw"]), strict=True):
+        if len(plan) == 1:
+            g = _put(g, plan[0], size, axis)
+        else:
+            i0, i1, w0, w1 = plan
+            g = _put(_weighted(g, w0, axis), i0, size, axis) + _put(_weighted(g, w1, axis), i1, size, axis)
+    return g
+
+
+def conv_transpose2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair = (1, 1),
+                             pads: Pair = (0, 0), outpad: Pair = (0, 0), groups: int = 1) -> tuple[np.ndarray, Cache]:
+    """PyTorch's conv_transpose2d, weights (C_in, C_out/groups, kh, kw): every input pixel adds its
+    weighted kernel at i * stride (W^T @ X, then col2im over the kh*kw taps), into the full output of
+    (in - 1) * stride + k + outpad rows, of which `pads` rows are dropped at each end."""
+    n, c, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    o = og * groups
+    full = ((h - 1) * stride[0] + kh + outpad[0], (wd - 1) * stride[1] + kw + outpad[1])
+    oh, ow = full[0] - 2 * pads[0], full[1] - 2 * pads[1]
+    xg = x.transpose(1, 0, 2, 3).reshape(groups, c // groups, n * h * wd)
+    cols = np.matmul(w.reshape(groups, c // groups, og * kh * kw).transpose(0, 2, 1), xg)
+    cols = cols.reshape(o, kh, kw, n, h, wd).transpose(0, 3, 1, 2, 4, 5)
+    y = _col2im(cols, full, (kh, kw), stride, (1, 1))[:, :, pads[0]:pads[0] + oh, pads[1]:pads[1] + ow]
+    y = np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+    if b is not None:
+        y += b.reshape(o, 1, 1)
+    return y, {"x": x, "w": w, "has_bias": b is not None, "stride": stride, "pads": pads, "groups": groups}
+
+
+def conv_transpose2d_backward(dy: np.ndarray, cache: Cache,
+                              input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(dx, dw, db). The output gradient, padded back to the full output, is read in kh x kw windows at
+    i * stride (im2col): dx = W @ cols is the strided convolution, dw = X @ cols^T."""
+    x, w, groups, stride, (ph, pw) = cache["x"], cache["w"], cache["groups"], cache["stride"], cache["pads"]
+    n, c, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    cols = _im2col(dy, (kh, kw), stride, (ph, ph, pw, pw), (1, 1), groups, (h, wd))  # (G, og*kh*kw, N*H*W)
+    xg = x.transpose(1, 0, 2, 3).reshape(groups, c // groups, n * h * wd)
+    dw = np.matmul(xg, cols.transpose(0, 2, 1)).reshape(w.shape)
+    db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+    if not input_grad:
+        return None, dw, db
+    dx = np.matmul(w.reshape(groups, c // groups, og * kh * kw), cols)
+    return np.ascontiguousarray(dx.reshape(c, n, h, wd).transpose(1, 0, 2, 3)), dw, db
+
+
+def crop_forward(x: np.ndarray, pads: Pads) -> np.ndarray:
+    """`concat crop`: drop (top, bottom, left, right) rows and columns (a view of x)."""
+    top, bottom, left, right = pads
+    return x[:, :, top:x.shape[2] - bottom, left:x.shape[3] - right]
+
+
+def crop_backward(dy: np.ndarray, pads: Pads) -> np.ndarray:
+    """The gradient of a crop: zeros where the rows and columns were dropped."""
+    return _pad(dy, pads)

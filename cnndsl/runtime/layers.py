@@ -305,6 +305,42 @@ class Channels(Layer):
         return K.channel_slice_backward(dy, cache)
 
 
+class Upsample(Layer):
+    """`upsample`: resize to `size` (HxW) by `mode` (nearest | bilinear), as F.interpolate with
+    align_corners=False; `factor` when the statement gave one (PyTorch then steps by 1/factor)."""
+
+    def __init__(self, name: str, size: Pair, mode: str = "nearest", factor: int | None = None):
+        super().__init__(name)
+        self.size, self.mode, self.factor = size, mode, factor
+
+    def forward(self, x, train):
+        return K.upsample_forward(x, self.size, self.mode, self.factor)
+
+    def grad(self, dy, cache, input_grad=True):
+        return K.upsample_backward(dy, cache)
+
+
+class ConvTranspose2d(Layer):
+    """`deconv`: PyTorch's ConvTranspose2d; weight (C_in, C_out/groups, kh, kw), PyTorch's fan-in C_out/groups*kh*kw."""
+
+    def __init__(self, name: str, in_channels: int, out_channels: int, kernel: Pair, stride: Pair = (1, 1),
+                 pads: Pair = (0, 0), outpad: Pair = (0, 0), groups: int = 1, bias: bool = True,
+                 dtype: Any = np.float32):
+        super().__init__(name, dtype)
+        self.stride, self.pads, self.outpad, self.groups = stride, pads, outpad, groups
+        bound = Uniform(1.0 / np.sqrt(out_channels // groups * kernel[0] * kernel[1]))
+        self.param("weight", (in_channels, out_channels // groups, *kernel), bound)
+        if bias:
+            self.param("bias", (out_channels,), bound)
+
+    def forward(self, x, train):
+        return K.conv_transpose2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride, self.pads,
+                                          self.outpad, self.groups)
+
+    def grad(self, dy, cache, input_grad=True):
+        return self.accumulate_weights(*K.conv_transpose2d_backward(dy, cache, input_grad))
+
+
 class Activation(Layer):
     """An elementwise (or, for softmax, per-position) function with no tensors: a row of
     `cnndsl.kinds.ACTIVATIONS`, computed by its kernels `<kernel>_forward` / `<kernel>_backward`."""
