@@ -99,7 +99,81 @@ concat { branch { pool max global } branch { pool avg global } }
 """
 
 
-@pytest.mark.parametrize("text", [EVERY_CONSTRUCT, VECTOR, POOLS], ids=["every_construct", "vector", "pools"])
+# A block's calls built by one class: DenseNet's layers on growing channels (in_c), MobileNetV2's inverted
+# residuals with an expansion switched off by `x min(1, t-1)`, and loops over block parameters.
+DENSE = """
+block dense_layer(growth=8) {
+  concat { branch {} branch { bn; relu; conv 1x1 -> 4*growth nobias; bn; relu; conv 3x3 pad1 -> growth nobias } }
+}
+block transition() { bn; relu; conv 1x1 -> in_c/2 nobias; pool avg 2/2 }
+network dense_small
+input 3x16x16
+conv 3x3 pad1 -> 16 nobias
+dense_layer x3; transition
+dense_layer(growth=4) x2
+bn; relu; pool avg global; fc 10
+"""
+
+MOBILE = """
+block expansion(t) { conv 1x1 -> in_c*t nobias; bn; relu6 }
+block inverted(c, t, s=1) {
+  expansion(t) x min(1, t-1)
+  conv 3x3/s pad1 depthwise nobias; bn; relu6
+  conv 1x1 -> c nobias; bn
+}
+block inverted_res(c, t) { residual { inverted(c, t) } }
+network mobile_small
+input 3x16x16
+conv 3x3/2 pad1 -> divisible(16*0.75, 8) nobias; bn; relu6
+inverted(8, t=1)
+inverted(12, t=6, s=2); inverted_res(12, t=6) x2
+inverted(16, t=4)
+pool avg global; fc 10
+"""
+
+# Calls that differ in structure: repeat counts from parameters (loops, and switches where the count is
+# 0 or 1, which shift the names of later layers), shortcuts that project in some calls or iterations
+# only, joins in a loop, `pad same` whose pads differ between iterations, a block calling a block.
+LOOPS = """
+block unit(c, s=1) {
+  residual { conv 3x3/s pad1 -> c nobias; bn; relu; conv 3x3 pad1 -> c nobias; bn }
+  shortcut { conv 1x1/s -> c nobias; bn }
+  relu
+}
+block stage(c, n, s=2) {
+  unit(c, s=s)
+  unit(c) x n-1
+}
+block dense(k, n) {
+  concat { branch {} branch { bn; relu; conv 3x3 pad1 -> k } } x n
+}
+block sep(c, s=1, pre=0) {
+  conv 1x1 -> in_c*2 x pre
+  conv 3x3/s pad same depthwise; bn; relu6
+  relu x pre
+  conv 1x1 -> c
+}
+block chain(c, n) {
+  residual { conv 3x3 pad1 -> c; relu } shortcut { conv 1x1 -> c } x n
+  pool max 3x3/2 pad same x n
+}
+network loops
+input 3x33x33
+conv 3x3 pad1 -> 8
+stage(8, 1, s=1)
+stage(16, 2)
+dense(4, 2); dense(4, 3)
+sep(24); sep(24, s=2, pre=1); sep(32, pre=1)
+chain(32, 1); chain(16, 3)
+pool avg global
+fc 10
+"""
+
+BLOCK_PROGRAMS = {"dense": DENSE, "mobile": MOBILE, "loops": LOOPS}
+
+
+@pytest.mark.parametrize("text", [EVERY_CONSTRUCT, VECTOR, POOLS, DENSE, MOBILE, LOOPS],
+                         ids=["every_construct", "vector", "pools", "dense", "mobile", "loops"])
 def test_forward_matches_independent_reference(text):
     net = cnndsl.parse(text)
     weights = random_weights(net)
@@ -285,9 +359,66 @@ def test_generated_source_reads_like_hand_written_code():
     assert imported == {"torch", "safetensors"}  # no import of cnndsl
     net = cnndsl.load(ROOT / "examples" / "resnet18.cnn")
     source = torch_codegen.generate(net)
-    assert source.count("class Basic") == 7  # basic(64) x2 share one class; the other six differ
-    assert "self.basic1 = Basic()\n        self.basic2 = Basic()\n" in source
+    assert "        self.basic1 = Basic(64, 64)  # line 16: basic(64)\n        self.basic2 = Basic(64, 64)" in source
     assert torch_codegen.generate(net) == source  # deterministic
+
+
+# ---------------------------------------------------------------- one class per block definition
+
+
+def classes(source: str) -> list[str]:
+    return [node.name for node in ast.parse(source).body if isinstance(node, ast.ClassDef)]
+
+
+def test_resnet18_is_two_classes_and_each_call_builds_basic_with_its_values():
+    source = torch_codegen.generate(cnndsl.load(ROOT / "examples" / "resnet18.cnn"))
+    assert classes(source) == ["Shortcut", "Basic", "Resnet18"]  # Shortcut: the projection's container
+    assert "def __init__(self, in_channels: int, c: int, s: int = 1, project: bool = False) -> None:" in source
+    # the definition's expressions, over the constructor's arguments; its statements as written in comments
+    assert "self.conv1 = nn.Conv2d(in_channels, c, 3, stride=s, padding=1, bias=False)  # line 4: conv 3x3/s" in source
+    assert "self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)  # line 5: conv 3x3 pad1 -> c nobias" in source
+    assert "        if project:" in source and "self.shortcut1.conv1 = nn.Conv2d(in_channels, c, 1, stride=s" in source
+    assert "        if self.shortcut1 is not None:" in source
+    calls = [line.split("=", 1)[1].split("#")[0].strip() for line in source.splitlines() if "= Basic(" in line]
+    assert calls == ["Basic(64, 64)", "Basic(64, 64)", "Basic(64, 128, s=2, project=True)", "Basic(128, 128)",
+                     "Basic(128, 256, s=2, project=True)", "Basic(256, 256)", "Basic(256, 512, s=2, project=True)",
+                     "Basic(512, 512)"]
+
+
+@pytest.mark.parametrize("name,want", [
+    ("dense", ["Concat", "Branch", "DenseLayer", "Transition", "DenseSmall"]),
+    ("mobile", ["Expansion", "Inverted", "InvertedRes", "MobileSmall"]),
+    ("loops", ["Shortcut", "Concat", "Branch", "Unit", "Stage", "Dense", "Sep", "Chain", "Loops"]),
+])
+def test_a_block_whose_calls_differ_is_one_class(name, want):
+    """Input channels differing from call to call (in_c), switches, loops: still one class per definition,
+    whose state_dict and output are the network's (test_forward_matches_independent_reference)."""
+    net = cnndsl.parse(BLOCK_PROGRAMS[name])
+    source = torch_codegen.generate(net)
+    assert classes(source) == want
+    model = torch_codegen.build(net)
+    assert list(model.state_dict()) == [s.name for s in net.tensor_specs()]
+    if name == "dense":  # DenseNet's layer on 16, 24, 32 channels; the transition halves what enters it
+        assert "def __init__(self, in_channels: int, growth: int = 8) -> None:" in source
+        assert "nn.Conv2d(in_channels, 4 * growth, 1, bias=False)" in source
+        assert "nn.Conv2d(in_channels, in_channels // 2, 1, bias=False)" in source
+        assert [type(model.get_submodule(f"dense_layer{i}")).__name__ for i in range(1, 6)] == ["DenseLayer"] * 5
+        assert "self.dense_layer3 = DenseLayer(32)" in source and "DenseLayer(24, growth=4)" in source
+    if name == "mobile":  # the expansion is a module or None, and the channels after it follow
+        assert "self.expansion1 = Expansion(in_channels, t)" in source and "self.expansion1 = None" in source
+        assert "channels = in_channels * t" in source
+        assert "nn.Conv2d(channels, channels, 3, stride=s, padding=1, groups=channels, bias=False)" in source
+        assert model.get_submodule("inverted1").expansion1 is None
+        assert isinstance(model.get_submodule("inverted2").expansion1, torch.nn.Module)
+    if name == "loops":
+        # whether unit1 projects differs between stage's calls: stage takes it and passes it on
+        assert "self.unit1 = Unit(in_channels, c, s=s, project=unit1_project)" in source
+        assert "self.stage2 = Stage(8, 16, 2, unit1_project=True)" in source
+        assert "for i in range(self.num_concat):" in source and 'getattr(self, f"concat{i + 1}")' in source
+        assert "if project[i]:" in source  # a residual in a loop projecting in its first iteration only
+        assert "project=(True, False, False)" in source
+        assert "self.pool_pads[i]" in source  # `pad same` amounts per iteration, each call's own
+        assert 'getattr(self, f"conv{self.pre + 2}")' in source  # named after a switched-off layer or not
 
 
 @pytest.mark.parametrize("path", [ROOT / "examples" / "inception.cnn", ROOT / "examples" / "mobilenet_v1.cnn",
@@ -298,7 +429,8 @@ def test_generated_file_passes_ruff(tmp_path, path):
         pytest.skip("ruff is not installed")
     sources = {"example.py": torch_codegen.generate(cnndsl.load(path)),
                "every.py": torch_codegen.generate(cnndsl.parse(EVERY_CONSTRUCT)),
-               "vector.py": torch_codegen.generate(cnndsl.parse(VECTOR))}
+               "vector.py": torch_codegen.generate(cnndsl.parse(VECTOR)),
+               **{f"{name}.py": torch_codegen.generate(cnndsl.parse(text)) for name, text in BLOCK_PROGRAMS.items()}}
     for name, text in sources.items():
         (tmp_path / name).write_text(text)
     # the project's settings, and ruff's defaults (88 columns aside) as a user's project may have them
