@@ -434,7 +434,8 @@ def test_generated_torch_code_defines_only_the_helpers_it_uses():
     assert "self.shuffle_unit1 = " in source or "ShuffleUnit" in source
     source = torch_codegen.generate(cnndsl.parse(CONVNEXT))
     assert "class LayerNorm2d(nn.LayerNorm)" in source and "class LayerScale(nn.Module)" in source
-    assert "= LayerNorm2d(16, eps=1e-06)" in source and "= LayerScale((16, 1, 1), 1e-06)" in source
+    # the stem's LayerNorm2d; in the block's class (one for convnext(16) and convnext(32)) the scale's shape
+    assert "= LayerNorm2d(16, eps=1e-06)" in source and "= LayerScale((c, 1, 1), 1e-06)" in source
     assert "= nn.LayerNorm(32, eps=1e-06)" not in source  # the head's ln is on a 32x1x1 map: LayerNorm2d
     assert "ChannelShuffle" not in source
     # a block called LayerNorm2d does not take the helper's name
