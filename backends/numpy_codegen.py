@@ -137,6 +137,10 @@ class _Emitter:
         cls = {"max": "GlobalMaxPool", "avg": "GlobalAvgPool"}[node.mode]
         self.leaf(node, var, cls)
 
+    def adaptive_pool_numpy(self, node, var: str) -> None:
+        cls = {"max": "AdaptiveMaxPool2d", "avg": "AdaptiveAvgPool2d"}[node.mode]
+        self.leaf(node, var, cls, f"size={_literal(node.size)}")
+
     def fc_numpy(self, node, var: str) -> None:
         features = int(np.prod(self.shapes.of(node).input))
         self.leaf(node, var, "Linear", str(features), str(node.out_features), f"bias={node.bias}", "dtype=dtype")

@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cnndsl import ir
 from cnndsl.kinds import emitter
+from cnndsl.kinds.base import adaptive_windows
 from cnndsl.weights import resolve_weights
 
 DEFAULT_OPSET = 17  # widely deployed (onnxruntime >= 1.13, TensorRT 8.6); gelu is the erf formula below 20
@@ -209,6 +210,52 @@ class _Builder:
     def global_pool_onnx(self, node: ir.GlobalPool, x: str) -> str:
         op_type = "GlobalMaxPool" if node.mode == "max" else "GlobalAveragePool"
         return self.op(node, op_type, [x], self.shapes.of(node).output)
+
+    def adaptive_pool_onnx(self, node: ir.AdaptivePool, x: str) -> str:
+        # ONNX has no adaptive pool. To 1x1 it is the global pool; else axis by axis (the mean of a
+        # rectangle is the mean over its rows of the means over its columns, and the max likewise):
+        # an axis whose windows are even is a pool of kernel = stride = in/out along it, an uneven one
+        # a Slice (+ ReduceMean/ReduceMax where the window has more than one row) per window, joined
+        # by Concat; out_h + out_w windows, not out_h * out_w.
+        shape = self.shapes.of(node)
+        if shape.output[1:] == (1, 1):
+            return self.global_pool_onnx(node, x)
+        if shape.output == shape.input:
+            return x  # AlexNet's 6x6 on a 6x6 map: the identity
+        pool = "MaxPool" if node.mode == "max" else "AveragePool"
+        current = list(shape.input)
+        axes = [(dim, size, out) for dim, size, out in zip((2, 3), shape.input[1:], shape.output[1:], strict=True)
+                if size != out]
+        if all(size % out == 0 for _, size, out in axes):
+            kernel = [shape.input[1] // shape.output[1], shape.input[2] // shape.output[2]]
+            return self.op(node, pool, [x], shape.output, kernel_shape=kernel, strides=kernel)
+        for index, (dim, size, out) in enumerate(axes):
+            part = None if index == len(axes) - 1 else ("rows", "cols")[dim - 2]  # the last op takes the name
+            before = tuple(current)
+            current[dim - 1] = out
+            if size % out == 0:
+                kernel = [size // out if d == dim else 1 for d in (2, 3)]
+                x = self.op(node, pool, [x], tuple(current), part=part, kernel_shape=kernel, strides=kernel)
+                continue
+            windows = []
+            for i, (begin, end) in enumerate(adaptive_windows(size, out)):
+                cut = [*before]
+                cut[dim - 1] = end - begin
+                bounds = [self.constant([value], np.int64) for value in (begin, end, dim)]  # starts, ends, axes
+                window = self.op(node, "Slice", [x, *bounds], tuple(cut), part=f"{('rows', 'cols')[dim - 2]}{i}")
+                if end - begin > 1:
+                    cut[dim - 1] = 1
+                    window = self._reduce(node, "ReduceMax" if node.mode == "max" else "ReduceMean", window, dim,
+                                          tuple(cut), f"{('rows', 'cols')[dim - 2]}{i}/{node.mode}")
+                windows.append(window)
+            x = self.op(node, "Concat", windows, tuple(current), part=part, axis=dim)
+        return x
+
+    def _reduce(self, node: ir.Node, op_type: str, x: str, axis: int, shape: tuple[int, ...], part: str) -> str:
+        """A ReduceMean/ReduceMax over one axis, kept: its axes are an input from opset 18, before an attribute."""
+        if self.opset >= 18:
+            return self.op(node, op_type, [x, self.constant([axis], np.int64)], shape, part=part, keepdims=1)
+        return self.op(node, op_type, [x], shape, part=part, axes=[axis], keepdims=1)
 
     def fc_onnx(self, node: ir.Linear, x: str) -> str:
         shape = self.shapes.of(node)

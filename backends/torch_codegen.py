@@ -860,6 +860,11 @@ class TorchGenerator:
         func = "nn.AdaptiveMaxPool2d" if node.mode == "max" else "nn.AdaptiveAvgPool2d"
         return self.layer(body, node, func, ["1"], lambda m: f"{m}({src})", dst, fresh=True)
 
+    def adaptive_pool_torch(self, body: _ClassBody, node: ir.AdaptivePool, src: str, dst: str) -> str:
+        func = "nn.AdaptiveMaxPool2d" if node.mode == "max" else "nn.AdaptiveAvgPool2d"
+        size = f"({_num(node.size[0])}, {_num(node.size[1])})"  # as torchvision writes AlexNet's (6, 6)
+        return self.layer(body, node, func, [size], lambda m: f"{m}({src})", dst, fresh=True)
+
     def fc_torch(self, body: _ClassBody, node: ir.Linear, src: str, dst: str) -> str:
         shape = self.shape(node)
         args = [str(math.prod(shape.input)), str(node.out_features)]

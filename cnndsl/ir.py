@@ -25,6 +25,7 @@ from .errors import Source, Span
 from .kinds import (
     ACTIVATIONS,
     Activation,
+    AdaptivePool,
     Add,
     BatchNorm,
     Channels,
@@ -54,6 +55,7 @@ __all__ = ["ACTIVATIONS", "Activation", "Add", "Augment", "BatchNorm", "Concat",
            "Span", "TrainConfig", "walk"]
 __all__ += ["Channels", "GroupNorm", "LayerNorm", "LayerScale", "Shuffle"]  # issue 14's norm and channel kinds
 __all__ += ["Deconv", "Upsample"]  # issue 15's kinds for dense prediction
+__all__ += ["AdaptivePool"]  # issue 13's adaptive pooling
 
 
 class Expect(NamedTuple):

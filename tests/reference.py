@@ -63,8 +63,9 @@ class Pass:
     `masks` {dropout name: array} are the dropout masks (scaled by 1/(1-p)) to apply in training.
     `pieces` fixes the branch each kink takes, as the NumPy backend's pass took it: {relu name:
     0/1 mask of its positive inputs}, {relu6 name: (0/1 mask of inputs in (0, 6), 0/1 mask of
-    inputs >= 6)} and {max pool name: (flat indices of each window's winner
-    into the padded input, (top, bottom, left, right))}. Then rounding cannot make the two
+    inputs >= 6)}, {max pool name: (flat indices of each window's winner
+    into the padded input, (top, bottom, left, right))} and {adaptive max pool name: flat indices of
+    each window's winner into its H x W image}. Then rounding cannot make the two
     implementations take different sides of a kink, and the comparison is of the arithmetic."""
 
     def __init__(self, net, tensors: Mapping[str, Any], train: bool, masks, pieces):
@@ -173,6 +174,27 @@ def _global_pool(run: Pass, node: ir.GlobalPool, x):
         return x.mean(dim=(2, 3), keepdim=True)
     flat = x.flatten(2)
     return flat.gather(2, flat.argmax(2, keepdim=True)).unsqueeze(3)  # the first maximum takes the gradient
+
+
+@rule(ir.AdaptivePool)
+def _adaptive_pool(run: Pass, node: ir.AdaptivePool, x):
+    """Window i of `out` over `size` rows: rows floor(i*size/out) up to, not including,
+    ceil((i+1)*size/out) (docs/language.md), per axis; each window cut out by slicing."""
+    height, width = x.shape[2:]
+    rows = [(i * height // node.size[0], -(-(i + 1) * height // node.size[0])) for i in range(node.size[0])]
+    cols = [(j * width // node.size[1], -(-(j + 1) * width // node.size[1])) for j in range(node.size[1])]
+    if node.name in run.pieces:  # the winners the NumPy backend chose: flat indices into each H x W image
+        index = torch.from_numpy(run.pieces[node.name])
+        return torch.gather(x.flatten(2), 2, index.flatten(2)).view(index.shape)
+    out = []
+    for top, bottom in rows:
+        line = []
+        for left, right in cols:
+            cells = x[:, :, top:bottom, left:right].flatten(2)
+            # max: a tie goes to the window's first maximum in row-major order (its gradient too), as in PyTorch
+            line.append(cells.mean(2) if node.mode == "avg" else cells.gather(2, cells.argmax(2, keepdim=True))[..., 0])
+        out.append(torch.stack(line, dim=2))
+    return torch.stack(out, dim=2)
 
 
 @rule(ir.Linear)

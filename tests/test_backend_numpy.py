@@ -97,6 +97,8 @@ def pieces_of(model) -> dict:
             rows = np.arange(oh).reshape(oh, 1) * layer.stride[0] + winners // layer.kernel[1]
             cols = np.arange(ow).reshape(1, ow) * layer.stride[1] + winners % layer.kernel[1]
             out[layer.name] = (rows * c["xp"].shape[3] + cols, c["full"])
+        elif type(layer).__name__ == "AdaptiveMaxPool2d":  # each window's winner, flat into its H x W image
+            out[layer.name] = layer.cache["winner"]
     return out
 
 

@@ -32,7 +32,7 @@ from .dense import DropPath, Dropout, Flatten, Linear
 from .norm import BatchNorm, GroupNorm, LayerNorm, LayerScale
 from .resample import Deconv, Upsample
 from .structure import Add, Concat, Mul, Residual, Seq
-from .window import Conv, GlobalPool, Pool
+from .window import AdaptivePool, Conv, GlobalPool, Pool
 
 
 def all_kinds(base: type[Node] = Node) -> list[type[Node]]:
@@ -54,3 +54,4 @@ __all__ = [
     "TensorSpec", "Uniform", "Window", "ZERO", "all_kinds", "emitter", "fmt", "same_padding", "window",
 ]
 __all__ += ["Deconv", "Upsample"]  # issue 15's kinds for dense prediction
+__all__ += ["AdaptivePool"]  # issue 13's adaptive pooling

@@ -1,10 +1,11 @@
-"""Sliding-window kinds: `conv`, `pool`, and `pool ... global`."""
+"""Sliding-window kinds: `conv`, `pool`, `pool ... global` and `pool ... adaptive`."""
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING
 
+from ..errors import BadValueError
 from .base import (
     Cost,
     Field,
@@ -15,11 +16,14 @@ from .base import (
     TensorSpec,
     Uniform,
     Window,
+    adaptive_windows,
     effective_kernel,
     fmt,
+    fraction,
     n,
     node,
     pair_text,
+    rational_text,
     same_padding,
     window,
 )
@@ -207,6 +211,8 @@ class Pool(Node):
     @classmethod
     def build(cls, options: Options) -> Node:
         mode = options.word("mode")
+        if "adaptive" in options:
+            return AdaptivePool.build(options)
         if "global" in options:
             for key in ("pad", "ceil"):
                 if key in options:
@@ -264,4 +270,62 @@ class GlobalPool(Node):
         return f"pool {self.mode} global"
 
 
-__all__ = ["Conv", "GlobalPool", "Pool"]
+@node
+class AdaptivePool(Node):
+    """`pool max|avg adaptive HxW`: PyTorch's adaptive pooling to a fixed output size (AlexNet's 6x6
+    at any input size). Per axis, window i covers the input rows floor(i*in/out) up to, not
+    including, ceil((i+1)*in/out) (`adaptive_windows`): even windows where out divides in, else
+    windows one row apart in size that may overlap; an output larger than the input repeats rows."""
+
+    key = "adaptive_pool"
+
+    mode: str  # max | avg
+    size: tuple[int, int]  # the output height and width
+
+    _NO_OPTION = {"pad": "adaptive windows never reach into padding",
+                  "ceil": "adaptive windows cover the input exactly",
+                  "stride": "the windows follow from the input and output sizes"}
+
+    @property
+    def kind(self) -> str:
+        return "pool"
+
+    @classmethod
+    def build(cls, options: Options) -> Node:
+        for key, why in cls._NO_OPTION.items():
+            if key in options:
+                raise options.error(f"an adaptive pool takes no '{key}': {why}", key, hint=f"remove '{key}'")
+        try:
+            size = options.pair("kernel", "the output size of an adaptive pool")
+        except BadValueError as err:
+            err.hint = err.hint or "give the output height x width, e.g. 'pool avg adaptive 6x6' (1x1 is 'global')"
+            raise
+        return cls(name=options.name("pool"), mode=options.word("mode"), size=size, **options.common)
+
+    def infer(self, shape: Shape, shapes: Shapes) -> LayerShape:
+        self.need_spatial(shape, "adaptive pool")
+        return LayerShape(shape, (shape[0], *self.size), in_channels=shape[0], out_channels=shape[0])
+
+    def field(self, before: Field, fields: FieldPass) -> Field:
+        _, height, width = fields.shapes.of(self).input
+        return before.adaptive((height, width), self.size)
+
+    def explain(self, shape: LayerShape) -> tuple[str, ...]:
+        lines = []
+        for axis, what, size, out in zip(("height", "width"), ("rows", "columns"), shape.input[1:], self.size,
+                                         strict=True):
+            if size % out == 0:
+                lines.append(f"{axis}: {size} -> {out}: windows of {size // out}, stride {size // out} "
+                             f"({size} / {out})")
+                continue
+            sizes = sorted({end - begin for begin, end in adaptive_windows(size, out)})
+            lines.append(f"{axis}: {size} -> {out}: window i is {what} floor(i*{size}/{out}) to "
+                         f"ceil((i+1)*{size}/{out}) - 1: {' or '.join(map(str, sizes))} {what}, "
+                         f"{rational_text(fraction(size, out))} apart on average")
+        return tuple(lines)
+
+    def text(self) -> str:
+        return f"pool {self.mode} adaptive {pair_text(self.size)}"
+
+
+__all__ = ["AdaptivePool", "Conv", "GlobalPool", "Pool"]

@@ -15,6 +15,8 @@ from .kernels import crop_forward as crop
 from .layers import (
     ACTIVATION_LAYERS,
     Activation,
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     AvgPool2d,
     BatchNorm,
     Channels,
@@ -45,3 +47,4 @@ __all__ = ["kernels", "concat", "split", "Layer", "Model", "Conv2d", "MaxPool2d"
            "Activation", *ACTIVATION_LAYERS]
 __all__ += ["LayerNorm", "GroupNorm", "LayerScale", "ChannelShuffle", "Channels"]  # issue 14's norm and channel layers
 __all__ += ["Upsample", "ConvTranspose2d", "crop", "uncrop"]  # issue 15's layers for dense prediction
+__all__ += ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d"]  # issue 13's adaptive pools

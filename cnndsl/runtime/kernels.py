@@ -40,6 +40,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..analysis.shapes import window
+from ..kinds.base import adaptive_windows
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right), as LayerShape.pads
 Pair = tuple[int, int]
@@ -473,6 +474,59 @@ def global_max_pool_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
     dx = np.zeros((n, c, h * w), dtype=dy.dtype)
     np.put_along_axis(dx, cache["arg"][..., None], dy.reshape(n, c, 1), axis=2)
     return dx.reshape(n, c, h, w)
+
+
+# Adaptive pools (`pool avg|max adaptive HxW`) separate by axis: a window is a rectangle of rows x
+# columns, its mean the mean over its rows of the means over its columns, its max likewise. The
+# windows are PyTorch's (`adaptive_windows`), uneven and overlapping ones included.
+
+
+def _adaptive_matrix(size: int, out: int, dtype) -> np.ndarray:
+    """(out, size): row i averages window i of an axis."""
+    m = np.zeros((out, size), dtype=dtype)
+    for i, (begin, end) in enumerate(adaptive_windows(size, out)):
+        m[i, begin:end] = 1.0 / (end - begin)
+    return m
+
+
+def adaptive_avg_pool2d_forward(x: np.ndarray, out: Pair) -> tuple[np.ndarray, Cache]:
+    """PyTorch's AdaptiveAvgPool2d: y = A_h @ x @ A_w^T, A averaging each window of an axis."""
+    rows, cols = _adaptive_matrix(x.shape[2], out[0], x.dtype), _adaptive_matrix(x.shape[3], out[1], x.dtype)
+    return np.matmul(np.matmul(rows, x), cols.T), {"rows": rows, "cols": cols}
+
+
+def adaptive_avg_pool2d_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    """The adjoint: dx = A_h^T @ dy @ A_w (each window's gradient spread evenly over it; overlaps add)."""
+    return np.matmul(np.matmul(cache["rows"].T.astype(dy.dtype), dy), cache["cols"].astype(dy.dtype))
+
+
+def adaptive_max_pool2d_forward(x: np.ndarray, out: Pair) -> tuple[np.ndarray, Cache]:
+    """PyTorch's AdaptiveMaxPool2d. The maximum of each window's columns per row first, then of those
+    over its rows, each keeping the first maximal index: the winner is the first maximum of the window
+    in row-major order, the cell PyTorch routes the gradient to."""
+    n, c, h, w = x.shape
+    wide = np.empty((n, c, h, out[1]), dtype=x.dtype)
+    wide_arg = np.empty((n, c, h, out[1]), dtype=np.int64)
+    for j, (begin, end) in enumerate(adaptive_windows(w, out[1])):
+        arg = x[..., begin:end].argmax(axis=3)
+        wide_arg[..., j] = arg + begin
+        wide[..., j] = np.take_along_axis(x[..., begin:end], arg[..., None], axis=3)[..., 0]
+    y = np.empty((n, c, *out), dtype=x.dtype)
+    rows = np.empty((n, c, *out), dtype=np.int64)
+    for i, (begin, end) in enumerate(adaptive_windows(h, out[0])):
+        arg = wide[:, :, begin:end].argmax(axis=2)
+        rows[:, :, i] = arg + begin
+        y[:, :, i] = np.take_along_axis(wide[:, :, begin:end], arg[:, :, None], axis=2)[:, :, 0]
+    cols = np.take_along_axis(wide_arg, rows, axis=2)
+    return y, {"x_shape": x.shape, "winner": rows * w + cols}  # flat index into each H x W image
+
+
+def adaptive_max_pool2d_backward(dy: np.ndarray, cache: Cache) -> np.ndarray:
+    """Each output's gradient to its window's winner; windows that share a winner add up."""
+    n, c, h, w = cache["x_shape"]
+    image = np.arange(n * c).reshape(n, c, 1, 1) * (h * w)
+    dx = np.bincount((image + cache["winner"]).ravel(), weights=dy.ravel(), minlength=n * c * h * w)
+    return dx.astype(dy.dtype, copy=False).reshape(n, c, h, w)
 
 
 # ---------------------------------------------------------------- fully connected, flatten, dropout

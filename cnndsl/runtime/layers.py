@@ -144,6 +144,30 @@ class GlobalMaxPool(Layer):
         return K.global_max_pool_backward(dy, cache)
 
 
+class AdaptiveAvgPool2d(Layer):
+    """`pool avg adaptive HxW`: PyTorch's AdaptiveAvgPool2d to the output size `size`."""
+
+    def __init__(self, name: str, size: Pair):
+        super().__init__(name)
+        self.size = tuple(size)
+
+    def forward(self, x, train):
+        return K.adaptive_avg_pool2d_forward(x, self.size)
+
+    def grad(self, dy, cache, input_grad=True):
+        return K.adaptive_avg_pool2d_backward(dy, cache)
+
+
+class AdaptiveMaxPool2d(AdaptiveAvgPool2d):
+    """`pool max adaptive HxW`: PyTorch's AdaptiveMaxPool2d (the gradient goes to each window's first maximum)."""
+
+    def forward(self, x, train):
+        return K.adaptive_max_pool2d_forward(x, self.size)
+
+    def grad(self, dy, cache, input_grad=True):
+        return K.adaptive_max_pool2d_backward(dy, cache)
+
+
 class Linear(Layer):
     def __init__(self, name: str, in_features: int, out_features: int, bias: bool = True, dtype: Any = np.float32):
         super().__init__(name, dtype)
