@@ -169,6 +169,20 @@ _HELPERS = {
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unflatten(1, (self.groups, -1))  # N x groups x C/groups x ...
         return x.transpose(1, 2).flatten(1, 2)''',
+    "DropPath": '''class {name}(nn.Module):
+    """Stochastic depth (torchvision's StochasticDepth(p, "row")): in training each sample's residual body
+    is dropped with probability p and kept ones are scaled by 1/(1 - p); the identity in evaluation."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)''',
     "Channels": '''class {name}(nn.Module):
     """Channels start..stop-1 of the input (ShuffleNetV2's split)."""
 
@@ -290,6 +304,15 @@ _ARGUMENT_NAMES = {("nn.Conv2d", 0): "in_channels", ("nn.Conv2d", 1): "out_chann
                    ("nn.Linear", 0): "in_features", ("nn.Linear", 1): "out_features", ("nn.BatchNorm2d", 0): "channels",
                    ("nn.BatchNorm1d", 0): "channels"}
 _KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(?!=)(.*)\Z", re.S)
+
+
+def _form(call: str) -> str:
+    """A forward expression with its numbers left out: two that differ only in numbers have one form."""
+    tree = ast.parse(call, mode="eval")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            node.value = 0
+    return ast.dump(tree)
 
 
 def _split_argument(arg: str) -> tuple[str | None, str]:
@@ -626,23 +649,68 @@ class TorchGenerator:
                 raise AssertionError(f"torch backend: the emitter of {type(node).__name__} built "
                                      f"{len(recorder.built)} modules, not one")
             built.append(recorder.built[0])
-        funcs = sorted({b.func for b in built})
-        if len(funcs) > 1:
-            raise ValueError(f"torch backend: the statement at line {stmt.span.line} of block {body.cls.block.name} "
-                             f"is {' in some calls and '.join(funcs)} in others (inputs of different ranks); one "
-                             f"class cannot build both")
         part = self.part(body, nodes)
-        label = part.static or part.prefix.rstrip("_")
-        args = self.arguments(body, stmt, built[0].func, [b.args for b in built], label)
-        call = self.forward_call(body, [b.call for b in built], label)
         comment = self.comment(nodes[0], body=body)
-        ref = body.register(body.scope.parts + (part,), built[0].func, args, comment)
-        body.line(f"{dst} = {call.replace(_MODULE, ref)}", comment)
-        body.fresh = built[0].fresh
+        forms: dict[tuple[str, str], list[int]] = {}  # instances that build the same module, run the same way
+        for index, b in enumerate(built):
+            forms.setdefault((b.func, _form(b.call)), []).append(index)
+        if len(forms) == 1:
+            self.module(body, stmt, part, built, comment, dst)
+        else:
+            self.forms(body, stmt, nodes, part, built, list(forms.values()), comment, dst)
         options = [e for es in self.options(body, stmt).values() for e in es]
         products = [mul(body.cur, e) for e in options] if body.cur is not None else []
         body.cur = self.channels(body, [self.shape(n).output[0] for n in nodes], [body.cur, *options, *products])
         return dst
+
+    def module(self, body: _ClassBody, stmt: S.Statement | None, part: Part, built: list[_Built], comment: str,
+               dst: str) -> None:
+        """One module for what every instance built, and its line of `forward`."""
+        label = part.static or part.prefix.rstrip("_")
+        args = self.arguments(body, stmt, built[0].func, [b.args for b in built], label)
+        call = self.forward_call(body, [b.call for b in built], label)
+        ref = body.register(body.scope.parts + (part,), built[0].func, args, comment)
+        body.line(f"{dst} = {call.replace(_MODULE, ref)}", comment)
+        body.fresh = built[0].fresh
+
+    def forms(self, body: _ClassBody, stmt: S.Statement | None, nodes: list[ir.Node], part: Part,
+              built: list[_Built], forms: list[list[int]], comment: str, dst: str) -> None:
+        """A statement that builds different modules in different calls (a block called on images and on
+        vectors: BatchNorm2d and BatchNorm1d): each form under `if`/`elif` on a constructor argument."""
+        label = part.static or part.prefix.rstrip("_")
+        ranks = [len(self.shape(n).input) for n in nodes]
+        if len(forms) == 2 and all(len({ranks[i] for i in form}) == 1 for form in forms) and \
+                ranks[forms[0][0]] != ranks[forms[1][0]]:
+            forms.sort(key=lambda form: -ranks[form[0]])  # images first: the argument says "spatial"
+            flag = self.resolve(body, [rank == 3 for rank in ranks], [], f"{label}_spatial")
+            tests = ["{}", None]
+        else:
+            which = [next(k for k, form in enumerate(forms) if index in form) for index in range(len(built))]
+            flag = self.resolve(body, which, [], f"{label}_form")
+            tests = [f"{{}} == {k}" for k in range(len(forms) - 1)] + [None]
+        insts, fresh, lines, heads = body.insts, True, [], []
+        for k, (form, test) in enumerate(zip(forms, tests, strict=True)):
+            head = "else:" if test is None else f"{'if' if k == 0 else 'elif'} {test}:"
+            body.init_line(head.format(body.code(flag)), comment if k == 0 else None)
+            at = len(body.forward)
+            heads.append(at)
+            body.line(head, comment if k == 0 else None)
+            body.insts = [insts[i] for i in form]
+            body.init_depth += 1
+            body.forward_depth += 1
+            self.module(body, stmt, part, [built[i] for i in form], comment, dst)
+            lines.append(body.forward[at + 1:])
+            fresh = fresh and body.fresh
+            body.init_depth -= 1
+            body.forward_depth -= 1
+        if all(form == lines[0] for form in lines):  # every form runs the same way: one line, no test
+            del body.forward[len(body.forward) - sum(len(form) + 1 for form in lines):]
+            body.forward.extend(line.replace(INDENT, "", 1) for line in lines[0])
+        else:  # `forward` reads the argument through an attribute
+            test = body.code(body.forward_expr(flag))
+            for at in heads:
+                body.forward[at] = body.forward[at].replace("{}", test, 1)
+        body.insts, body.fresh = insts, fresh
 
     def shape(self, node: ir.Node) -> LayerShape:
         return self.shapes.of(node)
@@ -860,11 +928,6 @@ class TorchGenerator:
         func = "nn.AdaptiveMaxPool2d" if node.mode == "max" else "nn.AdaptiveAvgPool2d"
         return self.layer(body, node, func, ["1"], lambda m: f"{m}({src})", dst, fresh=True)
 
-    def adaptive_pool_torch(self, body: _ClassBody, node: ir.AdaptivePool, src: str, dst: str) -> str:
-        func = "nn.AdaptiveMaxPool2d" if node.mode == "max" else "nn.AdaptiveAvgPool2d"
-        size = f"({_num(node.size[0])}, {_num(node.size[1])})"  # as torchvision writes AlexNet's (6, 6)
-        return self.layer(body, node, func, [size], lambda m: f"{m}({src})", dst, fresh=True)
-
     def fc_torch(self, body: _ClassBody, node: ir.Linear, src: str, dst: str) -> str:
         shape = self.shape(node)
         args = [str(math.prod(shape.input)), str(node.out_features)]
@@ -880,6 +943,11 @@ class TorchGenerator:
     def dropout_torch(self, body: _ClassBody, node: ir.Dropout, src: str, dst: str) -> str:
         # identity in evaluation, so its output may be its input: not fresh
         return self.layer(body, node, "nn.Dropout", [_num(node.p)], lambda m: f"{m}({src})", dst, fresh=False)
+
+    def droppath_torch(self, body: _ClassBody, node: ir.DropPath, src: str, dst: str) -> str:
+        # identity in evaluation, so its output may be its input: not fresh
+        return self.layer(body, node, self.helper("DropPath"), [_num(node.p)], lambda m: f"{m}({src})", dst,
+                          fresh=False)
 
     def bn_torch(self, body: _ClassBody, node: ir.BatchNorm, src: str, dst: str) -> str:
         shape = self.shape(node)
@@ -1055,6 +1123,13 @@ class TorchGenerator:
         body.fresh = len(outs) > 1
         return dst
 
+    def mul_torch(self, body: _ClassBody, node: ir.Mul, src: str, dst: str) -> str:
+        outs = self.branches(body, node, src)  # a Cx1x1 gate broadcasts over HxW
+        self.join(body, node, dst, "", " * ".join(outs), outs, op="*")
+        self.release(body, outs, src)
+        body.fresh = len(outs) > 1
+        return dst
+
     def branches(self, body: _ClassBody, node: ir.Node, src: str) -> list[str]:
         """The branches of a join (`concat`, `add`, ...), each reading `src`; their output variables."""
         stmt, nodes = body.site
@@ -1089,7 +1164,8 @@ class TorchGenerator:
         for out in set(outs) - {src}:
             body.locals.release(out)
 
-    def join(self, body: _ClassBody, node: ir.Node, dst: str, func: str, expr: str, outs: list[str]) -> None:
+    def join(self, body: _ClassBody, node: ir.Node, dst: str, func: str, expr: str, outs: list[str], op: str = "+"
+             ) -> None:
         line = f"{dst} = {func}{expr}"
         indent = body.indent(False)
         comment = self.comment(node, body=body)
@@ -1097,7 +1173,7 @@ class TorchGenerator:
             body.line(line, comment)
             return
         body.forward.append(f"{indent}# {comment}")
-        sep = "," if func else " +"
+        sep = "," if func else f" {op}"
         close = "], 1)" if func else ")"
         body.forward.append(f"{indent}{dst} = {func}{'[' if func else '('}")
         for i, out in enumerate(outs):
@@ -1241,7 +1317,7 @@ class TorchGenerator:
         body.fresh = False
         self.statement(body, stmt.stmt, items, var, var)
         if ch is not None:
-            update = self.resolve(body, leaving, [body.cur], "channels")
+            update = self.resolve(body, leaving, [body.cur], f"{kind}_out_channels")
             if code(update) != ch:
                 body.init.append(self.channel_line(body, ch, update))
         body.init_depth -= 1

@@ -169,11 +169,22 @@ pool avg global
 fc 10
 """
 
-BLOCK_PROGRAMS = {"dense": DENSE, "mobile": MOBILE, "loops": LOOPS}
+# A block called on images and on vectors: BatchNorm2d or BatchNorm1d, fc on a flattened map or a vector
+RANKS = """
+block head(n) { fc n; bn; relu }
+block norm() { bn; relu }
+network ranks
+input 4x6x6
+norm
+head(10); head(8)
+norm
+"""
+
+BLOCK_PROGRAMS = {"dense": DENSE, "mobile": MOBILE, "loops": LOOPS, "ranks": RANKS}
 
 
-@pytest.mark.parametrize("text", [EVERY_CONSTRUCT, VECTOR, POOLS, DENSE, MOBILE, LOOPS],
-                         ids=["every_construct", "vector", "pools", "dense", "mobile", "loops"])
+@pytest.mark.parametrize("text", [EVERY_CONSTRUCT, VECTOR, POOLS, DENSE, MOBILE, LOOPS, RANKS],
+                         ids=["every_construct", "vector", "pools", "dense", "mobile", "loops", "ranks"])
 def test_forward_matches_independent_reference(text):
     net = cnndsl.parse(text)
     weights = random_weights(net)
@@ -389,6 +400,7 @@ def test_resnet18_is_two_classes_and_each_call_builds_basic_with_its_values():
     ("dense", ["Concat", "Branch", "DenseLayer", "Transition", "DenseSmall"]),
     ("mobile", ["Expansion", "Inverted", "InvertedRes", "MobileSmall"]),
     ("loops", ["Shortcut", "Concat", "Branch", "Unit", "Stage", "Dense", "Sep", "Chain", "Loops"]),
+    ("ranks", ["Norm", "Head", "Ranks"]),
 ])
 def test_a_block_whose_calls_differ_is_one_class(name, want):
     """Input channels differing from call to call (in_c), switches, loops: still one class per definition,
@@ -419,6 +431,9 @@ def test_a_block_whose_calls_differ_is_one_class(name, want):
         assert "project=(True, False, False)" in source
         assert "self.pool_pads[i]" in source  # `pad same` amounts per iteration, each call's own
         assert 'getattr(self, f"conv{self.pre + 2}")' in source  # named after a switched-off layer or not
+    if name == "ranks":  # the module each call needs, chosen by an argument; forward the same for both
+        assert "if bn1_spatial:" in source and "self.norm1 = Norm(4, bn1_spatial=True)" in source
+        assert "if self.fc1_spatial:" in source  # on a map, fc flattens it first
 
 
 @pytest.mark.parametrize("path", [ROOT / "examples" / "inception.cnn", ROOT / "examples" / "mobilenet_v1.cnn",
