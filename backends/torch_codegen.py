@@ -169,6 +169,20 @@ _HELPERS = {
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unflatten(1, (self.groups, -1))  # N x groups x C/groups x ...
         return x.transpose(1, 2).flatten(1, 2)''',
+    "DropPath": '''class {name}(nn.Module):
+    """Stochastic depth (torchvision's StochasticDepth(p, "row")): in training each sample's residual body
+    is dropped with probability p and kept ones are scaled by 1/(1 - p); the identity in evaluation."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)''',
     "Channels": '''class {name}(nn.Module):
     """Channels start..stop-1 of the input (ShuffleNetV2's split)."""
 
@@ -935,6 +949,11 @@ class TorchGenerator:
         # identity in evaluation, so its output may be its input: not fresh
         return self.layer(body, node, "nn.Dropout", [_num(node.p)], lambda m: f"{m}({src})", dst, fresh=False)
 
+    def droppath_torch(self, body: _ClassBody, node: ir.DropPath, src: str, dst: str) -> str:
+        # identity in evaluation, so its output may be its input: not fresh
+        return self.layer(body, node, self.helper("DropPath"), [_num(node.p)], lambda m: f"{m}({src})", dst,
+                          fresh=False)
+
     def bn_torch(self, body: _ClassBody, node: ir.BatchNorm, src: str, dst: str) -> str:
         shape = self.shape(node)
         func = "nn.BatchNorm2d" if len(shape.input) == 3 else "nn.BatchNorm1d"
@@ -1109,6 +1128,13 @@ class TorchGenerator:
         body.fresh = len(outs) > 1
         return dst
 
+    def mul_torch(self, body: _ClassBody, node: ir.Mul, src: str, dst: str) -> str:
+        outs = self.branches(body, node, src)  # a Cx1x1 gate broadcasts over HxW
+        self.join(body, node, dst, "", " * ".join(outs), outs, op="*")
+        self.release(body, outs, src)
+        body.fresh = len(outs) > 1
+        return dst
+
     def branches(self, body: _ClassBody, node: ir.Node, src: str) -> list[str]:
         """The branches of a join (`concat`, `add`, ...), each reading `src`; their output variables."""
         stmt, nodes = body.site
@@ -1143,7 +1169,8 @@ class TorchGenerator:
         for out in set(outs) - {src}:
             body.locals.release(out)
 
-    def join(self, body: _ClassBody, node: ir.Node, dst: str, func: str, expr: str, outs: list[str]) -> None:
+    def join(self, body: _ClassBody, node: ir.Node, dst: str, func: str, expr: str, outs: list[str], op: str = "+"
+             ) -> None:
         line = f"{dst} = {func}{expr}"
         indent = body.indent(False)
         comment = self.comment(node, body=body)
@@ -1151,7 +1178,7 @@ class TorchGenerator:
             body.line(line, comment)
             return
         body.forward.append(f"{indent}# {comment}")
-        sep = "," if func else " +"
+        sep = "," if func else f" {op}"
         close = "], 1)" if func else ")"
         body.forward.append(f"{indent}{dst} = {func}{'[' if func else '('}")
         for i, out in enumerate(outs):

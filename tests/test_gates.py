@@ -119,3 +119,21 @@ def test_numpy_model_is_deterministic_per_seed():
     first.seed(3)
     second.seed(3)
     np.testing.assert_array_equal(first.forward(x, train=True), second.forward(x, train=True))
+
+
+def test_torch_matches_the_reference_in_evaluation_and_drops_whole_samples_in_training():
+    torch = require("torch")
+    net = cnndsl.parse(SE_NET)
+    weights = net.init_weights(5)
+    x = np.random.default_rng(5).standard_normal((3, *net.ir.input_shape))
+    module = net.to_torch(weights).double().eval()
+    tensors = {k: torch.tensor(np.asarray(v, np.float64)) for k, v in weights.items()}
+    expected = reference.forward(net, tensors, torch.tensor(x))
+    torch.testing.assert_close(module(torch.tensor(x)), expected, rtol=1e-10, atol=1e-12)
+    # training: a droppath keeps or drops each sample's body whole, scaled by 1/(1 - p)
+    droppath = next(m for name, m in module.named_modules() if name.endswith("droppath1"))
+    droppath.train()
+    torch.manual_seed(0)
+    y = droppath(torch.ones(4000, 2, 3, 3, dtype=torch.float64)).reshape(4000, -1)
+    assert set(y.unique().tolist()) == {0.0, 2.0} and bool((y == y[:, :1]).all())
+    assert abs(float((y[:, 0] > 0).double().mean()) - 0.5) < 0.03

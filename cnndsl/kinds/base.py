@@ -55,6 +55,8 @@ def number_text(value: int | float) -> str:
     if isinstance(value, int):
         return str(value)
     text = f"{value:g}"
+    if float(text) != value:  # 0.2*1/17: twelve digits, which read back within 1e-12
+        text = f"{value:.12g}"
     return text.replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
 
 
