@@ -192,6 +192,7 @@ def _literal_value(tree: ast.expr) -> Any:
         return _NOT_LITERAL
 
 
+@lru_cache(maxsize=4096)
 def literal_value(text: str) -> Any:
     """The value of a literal written by an emitter (`64`, `(1, 2)`, `1e-05`, `float("-inf")`)."""
     value = _literal_value(ast.parse(text, mode="eval").body)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import hashlib
 import itertools
 import keyword
@@ -306,6 +307,7 @@ _ARGUMENT_NAMES = {("nn.Conv2d", 0): "in_channels", ("nn.Conv2d", 1): "out_chann
 _KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(?!=)(.*)\Z", re.S)
 
 
+@functools.lru_cache(maxsize=4096)
 def _form(call: str) -> str:
     """A forward expression with its numbers left out: two that differ only in numbers have one form."""
     tree = ast.parse(call, mode="eval")
