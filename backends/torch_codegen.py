@@ -91,6 +91,26 @@ if TYPE_CHECKING:
 FILE_GLOBALS = ("torch", "nn", "F", "build")
 RESERVED = frozenset(dir(builtins)) | frozenset(FILE_GLOBALS) | frozenset(("self", "x"))
 
+# nn.Module's own attributes (torch 2.13): the plain attributes a class sets (`self.pre`) keep off them
+_MODULE_ATTRIBUTES = frozenset("""
+    T_destination _apply _backward_hooks _backward_pre_hooks _buffers _call_impl _compiled_call_impl
+    _forward_hooks _forward_hooks_always_called _forward_hooks_with_kwargs _forward_pre_hooks
+    _forward_pre_hooks_with_kwargs _get_backward_hooks _get_backward_pre_hooks _get_name
+    _is_full_backward_hook _load_from_state_dict _load_state_dict_post_hooks
+    _load_state_dict_pre_hooks _maybe_warn_non_full_backward_hook _modules _named_members
+    _non_persistent_buffers_set _parameters _register_load_state_dict_pre_hook
+    _register_state_dict_hook _replicate_for_data_parallel _save_to_state_dict _slow_forward
+    _state_dict_hooks _state_dict_pre_hooks _version _wrapped_call_impl add_module apply bfloat16
+    buffers call_super_init children compile cpu cuda double dump_patches eval extra_repr float
+    forward get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict modules
+    mtia named_buffers named_children named_modules named_parameters parameters
+    register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
+    register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter
+    register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
+    set_submodule share_memory state_dict to to_empty train training type xpu zero_grad
+""".split())
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # IR node names end in their per-scope counter (`conv1`, `basic3`, `branch2`), which keeps them off
 # every nn.Module attribute (`training`, `forward`, `to`): only such names become plain attributes.
@@ -385,7 +405,7 @@ class _Class:
     name: str
     block: S.BlockDef | None = None
     names: _Namespace = field(default_factory=lambda: _Namespace(RESERVED | set(HELPER_SOURCE)))  # __init__'s
-    attributes: _Namespace = field(default_factory=_Namespace)  # plain attributes (`self.num_conv`)
+    attributes: _Namespace = field(default_factory=lambda: _Namespace(RESERVED | _MODULE_ATTRIBUTES))  # `self.pre`
     cnndsl_names: dict[str, str] = field(default_factory=dict)  # block parameter or in_c -> Python name
     in_channels: str | None = None
     args: list[_Arg] = field(default_factory=list)

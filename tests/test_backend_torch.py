@@ -493,12 +493,14 @@ block __init__(c) { build(c) }
 block __mangled(c) { __init__(c) }
 block x(c) { __mangled(c) }
 block Torch(c) { x(c) }
+block attrs(training, forward=1, in_channels=1) { conv 1x1 -> 4 x training; conv 1x1 -> 4 x forward; conv 1x1 -> 4 }
 
 network F
 input 3x8x8
 conv 3x3 pad1 -> 4\r; relu
 Torch(4)
 __mangled(8)
+attrs(1); attrs(0, forward=0, in_channels=2)
 fc 3
 """
 
@@ -515,6 +517,8 @@ def test_hostile_names_cannot_inject_or_shadow(tmp_path):
     model = torch_codegen.build(net, random_weights(net)).eval()
     assert list(model.state_dict()) == [s.name for s in net.tensor_specs()]
     assert any(name.startswith("__mangled1.") for name in model.state_dict())  # not Python-mangled
+    # parameters named after nn.Module's attributes: forward reads them as self.training_1, never self.training
+    assert "self.training_1 = training" in source and "self.training =" not in source
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference.forward(net, random_weights(net), x), rtol=1e-4, atol=1e-5)
