@@ -181,6 +181,16 @@ def test_lenet_offsets_in_json_from_the_command_line():
     assert ["1/2", "1/2"] in offsets and ["9/2", "9/2"] in offsets and [0, 0] in offsets
 
 
+def test_table_prints_fractions_readably(tmp_path):
+    path = tmp_path / "t.cnn"
+    path.write_text("network t\ninput 1x7x8\npool max 2/2\npool avg adaptive 3x3\n")
+    out = subprocess.run([sys.executable, "-m", "cnndsl.cli", "analyze", str(path)], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    row = next(line for line in out.splitlines() if "pool avg adaptive 3x3" in line)
+    assert [cell.strip() for cell in row.split("│")[-4:-1]] == ["2x4", "2x8/3", "0.5x5/6"], row
+    assert "receptive field 2x4, jump 2x8/3, offset 0.5x5/6" in out, out
+
+
 def test_alignment_is_compared_exactly():
     same = "concat { branch { pool avg adaptive 3x3 } branch { pool max adaptive 3x3 } }"
     report = net_of(same, "2x7x7").analyze()
