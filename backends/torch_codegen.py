@@ -324,6 +324,12 @@ _HINTS: dict[object, str] = {("nn.Conv2d", 0): "in", ("nn.Conv2d", 1): "out", ("
 _ARGUMENT_NAMES = {("nn.Conv2d", 0): "in_channels", ("nn.Conv2d", 1): "out_channels", ("nn.Conv2d", 2): "kernel_size",
                    ("nn.Linear", 0): "in_features", ("nn.Linear", 1): "out_features", ("nn.BatchNorm2d", 0): "channels",
                    ("nn.BatchNorm1d", 0): "channels"}
+# issue 15's layers: nn.ConvTranspose2d reads as nn.Conv2d does; nn.Upsample's size or factor is an option
+_KEYWORD_DEFAULTS.update({"output_padding": "0"})
+_HINTS.update({("nn.ConvTranspose2d", 0): "in", ("nn.ConvTranspose2d", 1): "out", ("nn.ConvTranspose2d", 2): "kernel",
+               "output_padding": "outpad", "scale_factor": "factor", "size": "to"})
+_ARGUMENT_NAMES.update({("nn.ConvTranspose2d", 0): "in_channels", ("nn.ConvTranspose2d", 1): "out_channels",
+                        ("nn.ConvTranspose2d", 2): "kernel_size"})
 _KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(?!=)(.*)\Z", re.S)
 
 
@@ -1031,6 +1037,32 @@ class TorchGenerator:
         # not fresh: a slice is a view of its input
         return self.layer(body, node, self.helper("Channels"), args, lambda m: f"{m}({src})", dst, fresh=False)
 
+    def upsample_torch(self, body: _ClassBody, node: ir.Upsample, src: str, dst: str) -> str:
+        # F.interpolate's rules: a factor scales positions by 1/factor, a size by in/out (align_corners=False)
+        if node.factor is not None:
+            args = [f"scale_factor={node.factor}"]
+        else:
+            args = [f"size={_pair(self.shape(node).output[1:])}"]
+        args.append(f'mode="{node.mode}"')
+        if node.mode == "bilinear":
+            args.append("align_corners=False")
+        return self.layer(body, node, "nn.Upsample", args, lambda m: f"{m}({src})", dst, fresh=True)
+
+    def deconv_torch(self, body: _ClassBody, node: ir.Deconv, src: str, dst: str) -> str:
+        shape = self.shape(node)
+        args = [str(shape.in_channels), str(shape.out_channels), _pair(node.kernel)]
+        if node.stride != (1, 1):
+            args.append(f"stride={_pair(node.stride)}")
+        if node.pads != (0, 0):
+            args.append(f"padding={_pair(node.pads)}")
+        if node.outpad != (0, 0):
+            args.append(f"output_padding={_pair(node.outpad)}")
+        if shape.groups != 1:
+            args.append(f"groups={shape.groups}")
+        if not node.bias:
+            args.append("bias=False")
+        return self.layer(body, node, "nn.ConvTranspose2d", args, lambda m: f"{m}({src})", dst, fresh=True)
+
     # ------------------------------------------------------------ structure
     def seq_torch(self, body: _ClassBody, node: ir.Seq, src: str, dst: str) -> str:
         """A block call: the block's class, built with this call's values (`Basic(64, 128, s=2, project=True)`)."""
@@ -1137,11 +1169,36 @@ class TorchGenerator:
         body.insts = insts
 
     def concat_torch(self, body: _ClassBody, node: ir.Concat, src: str, dst: str) -> str:
+        _, nodes = body.site  # every instance of the statement (read before the branches move the site on)
         outs = self.branches(body, node, src)
-        self.join(body, node, dst, "torch.cat(", f"[{', '.join(outs)}], 1)", outs)
+        joined = self.cropped(body, nodes, outs) if node.crop else outs
+        self.join(body, node, dst, "torch.cat(", f"[{', '.join(joined)}], 1)", joined)
         self.release(body, outs, src)
         body.fresh = True
         return dst
+
+    def cropped(self, body: _ClassBody, nodes: list[ir.Concat], outs: list[str]) -> list[str]:
+        """`concat crop`: each larger branch's centre by slicing (`branch1[:, :, 88:480, 88:480]`); where the
+        calls of a block crop differently, the bounds are constructor arguments."""
+        part = nodes[0].name.rsplit(".", 1)[-1]
+        out = []
+        for index, var in enumerate(outs):
+            bounds = []
+            for instance in nodes:
+                top, bottom, left, right = instance.crops(self.shapes)[index]
+                _, h, w = self.shape(instance.branches[index]).output
+                bounds.append((top, h - bottom, left, w - right) if top or bottom or left or right else None)
+            if all(b is None for b in bounds):
+                out.append(var)
+            elif len(set(bounds)) == 1:  # rows and columns first:end of every call
+                row, row_end, col, col_end = bounds[0]
+                out.append(f"{var}[:, :, {row}:{row_end}, {col}:{col_end}]")
+            else:
+                sizes = [(0, self.shape(n.branches[index]).output[1], 0, self.shape(n.branches[index]).output[2])
+                         if b is None else b for n, b in zip(nodes, bounds, strict=True)]
+                e = body.code(self.resolve(body, sizes, [], f"{part}_crop{index + 1}", forward=True))
+                out.append(f"{var}[:, :, {e}[0]:{e}[1], {e}[2]:{e}[3]]")
+        return out
 
     def add_torch(self, body: _ClassBody, node: ir.Add, src: str, dst: str) -> str:
         outs = self.branches(body, node, src)

@@ -2,7 +2,7 @@
 
     python benchmarks/numpy_backend.py [--threads N] [--repeat R] [--resnet-batch B] [--resnet-size S]
                                        [--mobilenet-batch B] [--mobilenet-size S]
-                                       [--train-net STEM] [--train-batch B] [--only NAME ...]
+                                       [--train-net STEM] [--train-batch B] [--unet-batch B] [--only NAME ...]
 
 Measures (NumPy and PyTorch alternating, after a warm-up):
   - LeNet-5 training step, batch 64: forward (train mode), softmax cross-entropy gradient,
@@ -12,9 +12,11 @@ Measures (NumPy and PyTorch alternating, after a warm-up):
   - a MobileNet training step at 3x32x32 as LeNet's, batch B (default 32; R/2 runs): on
     `examples/mobilenet_v3_small.cnn` when the torch backend builds it, else (or with
     `--train-net mobilenet_v2`) on MobileNetV2;
+  - the small U-Net's training step (`examples/unet_small.cnn`, 1x64x64, a class per pixel, the mean
+    cross-entropy over pixels), batch B (default 8; R/2 runs);
 and prints the median time per step of each, the ratio NumPy / PyTorch of the medians and of the
-fastest runs, and the target (LeNet <= 2x, ResNet-18 <= 3x, the MobileNets <= 2x). `--only`
-picks rows by name (lenet, resnet, mobilenet, train).
+fastest runs, and the target (LeNet <= 2x, ResNet-18 <= 3x, the MobileNets and the U-Net <= 2x).
+`--only` picks rows by name (lenet, resnet, mobilenet, train, unet).
 
 BLAS and torch run with the same thread count (`--threads`, default: the cores this process may
 use). OpenBLAS's worker threads spin while they wait; on a machine whose cores are busy with
@@ -64,14 +66,15 @@ def lenet_step(repeat: int) -> Times:
 
 
 def train_step(net: cnndsl.Net, batch: int, repeat: int) -> Times:
-    """One SGD step on a random batch: forward in training mode, mean cross-entropy, backward, update."""
+    """One SGD step on a random batch: forward in training mode, mean cross-entropy (over the pixels too,
+    for a network that scores every pixel), backward, update."""
     import torch
 
     weights = net.init_weights(seed=0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *net.ir.input_shape)).astype(np.float32)
     classes = net.report.output[0]
-    labels = rng.integers(0, classes, batch)
+    labels = rng.integers(0, classes, (batch, *net.report.output[1:]))  # a class per pixel for a U-Net
 
     model = net.to_numpy(weights)
     lr = np.float32(0.01)
@@ -80,9 +83,10 @@ def train_step(net: cnndsl.Net, batch: int, repeat: int) -> Times:
         logits = model.forward(x, train=True)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        p[np.arange(batch), labels] -= 1  # d(mean cross-entropy)/d(logits), times the batch
+        # d(mean cross-entropy)/d(logits), times the number of terms (samples, or samples x pixels)
+        np.put_along_axis(p, labels[:, None], np.take_along_axis(p, labels[:, None], 1) - 1, 1)
         model.zero_grad()
-        model.backward(p / batch)
+        model.backward(p / labels.size)
         for name, param in model.params.items():
             param -= lr * model.grads[name]
 
@@ -137,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the example whose 3x32x32 training step is timed (default: mobilenet_v3_small, "
                         "or mobilenet_v2 where the torch backend cannot build it)")
     parser.add_argument("--train-batch", type=int, default=32)
-    parser.add_argument("--only", nargs="+", choices=("lenet", "resnet", "mobilenet", "train"),
-                        default=("lenet", "resnet", "mobilenet", "train"))
+    parser.add_argument("--unet-batch", type=int, default=8)
+    parser.add_argument("--only", nargs="+", choices=("lenet", "resnet", "mobilenet", "train", "unet"),
+                        default=("lenet", "resnet", "mobilenet", "train", "unet"))
     args = parser.parse_args(argv)
     train_net = args.train_net
     if "train" in args.only and (problem := torch_builds(train_net)):
@@ -168,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         if "train" in args.only:
             times = train_step(resized(train_net, 32), args.train_batch, max(args.repeat // 2, 3))
             rows.append((f"{train_net} train step, batch {args.train_batch} at 32", times, 2.0))
+        if "unet" in args.only:
+            times = train_step(cnndsl.load(EXAMPLES / "unet_small.cnn"), args.unet_batch, max(args.repeat // 2, 3))
+            rows.append((f"small U-Net train step, batch {args.unet_batch} at 64", times, 2.0))
 
     print(f"{'':44} {'numpy':>10} {'torch':>10} {'ratio':>7} {'fastest':>10} {'target':>7}")
     print(f"{'':44} {'(median)':>10} {'(median)':>10} {'':>7} {'runs':>10}")
