@@ -466,7 +466,7 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
     body = ir.Seq(name="", span=statements[0].span, items=tuple(items))
     expander.shapes.infer(body, input_shape)
     _check_droppaths(body)
-    expander.shapes.input = input_shape
+    expander.shapes.body = body
     name = header.name if header else _default_name(source.path)
     return ir.Network(
         name=name,

@@ -32,8 +32,8 @@ from .kinds import (
     Concat,
     Conv,
     Deconv,
-    DropPath,
     Dropout,
+    DropPath,
     Flatten,
     GlobalPool,
     GroupNorm,
@@ -50,12 +50,12 @@ from .kinds import (
     Upsample,
 )
 
-__all__ = ["ACTIVATIONS", "Activation", "Add", "Augment", "BatchNorm", "Concat", "Conv", "DropPath", "Dropout", "Expect",
-           "Flatten", "GlobalPool", "Linear", "Mul", "Network", "Node", "Padding", "Pool", "Preprocess", "Residual", "Seq",
-           "Span", "TrainConfig", "walk"]
-__all__ += ["Channels", "GroupNorm", "LayerNorm", "LayerScale", "Shuffle"]  # issue 14's norm and channel kinds
-__all__ += ["Deconv", "Upsample"]  # issue 15's kinds for dense prediction
-__all__ += ["AdaptivePool"]  # issue 13's adaptive pooling
+__all__ = [
+    "ACTIVATIONS", "Activation", "AdaptivePool", "Add", "Augment", "BatchNorm", "Channels", "Concat", "Conv",
+    "Deconv", "Dropout", "DropPath", "Expect", "Flatten", "GlobalPool", "GroupNorm", "LayerNorm", "LayerScale",
+    "Linear", "Mul", "Network", "Node", "Padding", "Pool", "Preprocess", "Residual", "Seq", "Shuffle", "Span",
+    "TrainConfig", "Upsample", "walk",
+]
 
 
 class Expect(NamedTuple):

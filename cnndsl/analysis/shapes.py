@@ -23,6 +23,7 @@ class Shapes(dict):
         super().__init__()
         self.warnings = Warnings()
         self.input: Shape | None = None  # the network input these shapes are at
+        self.body: ir.Seq | None = None  # and the body they are of
 
 
     def of(self, node: ir.Node) -> LayerShape:
@@ -41,10 +42,11 @@ class Shapes(dict):
 def infer_shapes(network: ir.Network, input_shape: Shape | None = None) -> Shapes:
     """Every node's input and output shape at `input_shape` (the network's own by default)."""
     shape = tuple(input_shape or network.input_shape)
-    if isinstance(network.shapes, Shapes) and network.shapes.input == shape:
-        return network.shapes  # computed while expanding
+    known = network.shapes
+    if isinstance(known, Shapes) and known.input == shape and known.body is network.body:
+        return known  # computed while expanding
     shapes = Shapes()
-    shapes.input = shape
+    shapes.input, shapes.body = shape, network.body
     try:
         shapes.infer(network.body, shape)
     except CnnDslError as err:

@@ -28,7 +28,7 @@ from .base import (
     window,
 )
 from .channel import Channels, Shuffle
-from .dense import DropPath, Dropout, Flatten, Linear
+from .dense import Dropout, DropPath, Flatten, Linear
 from .norm import BatchNorm, GroupNorm, LayerNorm, LayerScale
 from .resample import Deconv, Upsample
 from .structure import Add, Concat, Mul, Residual, Seq
@@ -48,7 +48,8 @@ def all_kinds(base: type[Node] = Node) -> list[type[Node]]:
 STATEMENTS: dict[str, type[Node]] = {cls.statement: cls for cls in all_kinds() if cls.statement}
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "ActivationFn", "Add", "BatchNorm", "Channels", "Concat", "Conv", "Cost", "DropPath", "Dropout",
+    "ACTIVATIONS", "Activation", "ActivationFn", "Add", "BatchNorm", "Channels", "Concat", "Conv", "Cost", "DropPath",
+    "Dropout",
     "Field", "Flatten", "GlobalPool", "GroupNorm", "INPUT_FIELD", "Init", "LayerNorm", "LayerScale", "LayerShape",
     "Linear", "Mul", "Node", "Padding", "Pointwise", "Pool", "Residual", "STATEMENTS", "Seq", "Shape", "Shuffle",
     "TensorSpec", "Uniform", "Window", "ZERO", "all_kinds", "emitter", "fmt", "same_padding", "window",
