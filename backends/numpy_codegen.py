@@ -266,6 +266,11 @@ def _lines(pairs, side: int) -> list[str]:
         if len(line) > LINE_LIMIT:
             out.append(f"{INDENT * 2}# {comment}"[:LINE_LIMIT])
             line = f"{INDENT * 2}{code}"
+        if len(line) > LINE_LIMIT and code.endswith(")") and "(" in code:
+            # a deeply nested layer's attribute: the call's arguments go on the next line
+            head, args = code.rsplit("(", 1)
+            out += [f"{INDENT * 2}{head}(", f"{INDENT * 3}{args[:-1]}", f"{INDENT * 2})"]
+            continue
         out.append(line)
     return out
 

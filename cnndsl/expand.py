@@ -166,7 +166,10 @@ class _Expander:
                                     calls=frame.calls, hint="round it, e.g. with integer arithmetic")
             value = int(value)
         if value < minimum:
-            raise BadValueError(f"{what} must be at least {minimum}, got {value}", expr.span, calls=frame.calls)
+            hint = (f"use {minimum} or more" if type(expr) is S.Num
+                    else f"the expression gives {value} here; check the block's arguments (or use max({minimum}, ...))")
+            raise BadValueError(f"{what} must be at least {minimum}, got {value}", expr.span, calls=frame.calls,
+                                hint=hint)
         return value
 
     def number(self, expr: S.Expr, frame: _Frame, what: str, low: float, high: float) -> float:

@@ -563,6 +563,8 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
         hint = f"did you mean '-> {token}'? ({hint})"
     elif str(token).isidentifier() and (suggestion := _suggest(str(token))) and suggestion != str(token):
         hint = f"did you mean '{suggestion}'? ({hint})"
+    if token.type == "COMMA" and expected == {"RPAR"}:
+        hint = "a pair has two values, height and width: '(kh, kw)'; remove the extra one"
     if "_SEP" in expected and token.type not in ("_SEP", "RBRACE") and not arrow:
         hint += "; two statements on one line are separated by ';'"
     return CnnSyntaxError(message, span, hint=hint)
