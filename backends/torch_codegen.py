@@ -216,6 +216,19 @@ _HELPERS = {
 }
 
 
+def _conv_args(shape, node, *options: tuple[str, tuple[int, int], tuple[int, int]]) -> list[str]:
+    """nn.Conv2d's and nn.ConvTranspose2d's arguments: the channels and kernel, then the stride and
+    `options` (keyword, value, PyTorch's default) where they are not the default, groups, bias."""
+    args = [str(shape.in_channels), str(shape.out_channels), _pair(node.kernel)]
+    args += [f"{key}={_pair(value)}" for key, value, default in (("stride", node.stride, (1, 1)), *options)
+             if value != default]
+    if shape.groups != 1:
+        args.append(f"groups={shape.groups}")
+    if not node.bias:
+        args.append("bias=False")
+    return args
+
+
 def _plain_attribute(name: str) -> bool:
     return bool(_PLAIN_MODULE_NAME.match(name)) and not keyword.iskeyword(name) and not name.startswith("__")
 
@@ -919,17 +932,8 @@ class TorchGenerator:
         top, bottom, left, right = shape.pads
         # one form for every instance: F.pad where any instance's pads are asymmetric
         symmetric = all(_symmetric(s.pads) for _, s in self.instances(body, node))
-        args = [str(shape.in_channels), str(shape.out_channels), _pair(node.kernel)]
-        if node.stride != (1, 1):
-            args.append(f"stride={_pair(node.stride)}")
-        if symmetric and (top or left):
-            args.append(f"padding={_pair((top, left))}")
-        if node.dilation != (1, 1):
-            args.append(f"dilation={_pair(node.dilation)}")
-        if shape.groups != 1:
-            args.append(f"groups={shape.groups}")
-        if not node.bias:
-            args.append("bias=False")
+        padding = (top, left) if symmetric else (0, 0)
+        args = _conv_args(shape, node, ("padding", padding, (0, 0)), ("dilation", node.dilation, (1, 1)))
         x = src if symmetric else self.pad(src, shape.pads)
         return self.layer(body, node, "nn.Conv2d", args, lambda m: f"{m}({x})", dst, fresh=True)
 
@@ -1050,17 +1054,7 @@ class TorchGenerator:
 
     def deconv_torch(self, body: _ClassBody, node: ir.Deconv, src: str, dst: str) -> str:
         shape = self.shape(node)
-        args = [str(shape.in_channels), str(shape.out_channels), _pair(node.kernel)]
-        if node.stride != (1, 1):
-            args.append(f"stride={_pair(node.stride)}")
-        if node.pads != (0, 0):
-            args.append(f"padding={_pair(node.pads)}")
-        if node.outpad != (0, 0):
-            args.append(f"output_padding={_pair(node.outpad)}")
-        if shape.groups != 1:
-            args.append(f"groups={shape.groups}")
-        if not node.bias:
-            args.append("bias=False")
+        args = _conv_args(shape, node, ("padding", node.pads, (0, 0)), ("output_padding", node.outpad, (0, 0)))
         return self.layer(body, node, "nn.ConvTranspose2d", args, lambda m: f"{m}({src})", dst, fresh=True)
 
     # ------------------------------------------------------------ structure

@@ -195,6 +195,12 @@ class Padding(NamedTuple):
         return f"pad {self.top}x{self.left}"
 
 
+def window_words(keyword: str, kernel: tuple[int, int], stride: tuple[int, int], padding: Padding) -> list[str]:
+    """The printed start of a windowed statement: `conv 3x3/2`, `pad1` (stride and padding only where set)."""
+    strided = f"/{pair_text(stride, '')}" if stride != (1, 1) else ""
+    return [f"{keyword} {pair_text(kernel)}{strided}", padding.text()]
+
+
 # ---------------------------------------------------------------- what the rules return
 
 

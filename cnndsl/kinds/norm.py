@@ -55,7 +55,20 @@ def _zero_macs() -> str:
 
 
 @node
-class LayerNorm(Pointwise):
+class AffineNorm(Pointwise):
+    """A norm of the sample's own statistics with a weight (starting at 1) and a bias (at 0) per
+    channel: 2·C parameters, no buffers, no MACs (`ln`, `gn`)."""
+
+    def cost(self, shape: LayerShape) -> Cost:
+        return Cost(2 * shape.input[0], 0, 0)
+
+    def tensors(self, shape: LayerShape) -> tuple[TensorSpec, ...]:
+        channels = (shape.input[0],)
+        return (self.spec("weight", channels, 1.0), self.spec("bias", channels, 0.0))
+
+
+@node
+class LayerNorm(AffineNorm):
     """`ln [eps E]`: layer norm over the channels at each position (ConvNeXt's LayerNorm2d: each pixel's
     C values normalised, then a per-channel weight and bias); over the features of a vector
     (`nn.LayerNorm`). The statistics are per sample and position, so the field is unchanged."""
@@ -68,13 +81,6 @@ class LayerNorm(Pointwise):
     @classmethod
     def build(cls, options: Options) -> LayerNorm:
         return cls(name=options.name("ln"), eps=options.number("eps", "eps", 1e-12, 1.0, 1e-6), **options.common)
-
-    def cost(self, shape: LayerShape) -> Cost:
-        return Cost(2 * shape.input[0], 0, 0)
-
-    def tensors(self, shape: LayerShape) -> tuple[TensorSpec, ...]:
-        channels = (shape.input[0],)
-        return (self.spec("weight", channels, 1.0), self.spec("bias", channels, 0.0))
 
     def explain(self, shape: LayerShape) -> tuple[str, ...]:
         over = "the channels at each position" if len(shape.input) == 3 else "the features"
@@ -90,7 +96,7 @@ def _divisors(value: int) -> list[int]:
 
 
 @node
-class GroupNorm(Pointwise):
+class GroupNorm(AffineNorm):
     """`gn G [eps E]`: PyTorch's GroupNorm(G, C): each sample's channels in G groups of C/G, each group
     normalised over its channels and positions, then a per-channel weight and bias.
 
@@ -125,13 +131,6 @@ class GroupNorm(Pointwise):
                              hint=f"use a group count that divides {channels}, e.g. {near}"
                                   + (f" (the divisors of {channels}: {listed})" if listed else ""))
         return LayerShape(shape, shape, in_channels=channels, out_channels=channels, groups=self.groups)
-
-    def cost(self, shape: LayerShape) -> Cost:
-        return Cost(2 * shape.input[0], 0, 0)
-
-    def tensors(self, shape: LayerShape) -> tuple[TensorSpec, ...]:
-        channels = (shape.input[0],)
-        return (self.spec("weight", channels, 1.0), self.spec("bias", channels, 0.0))
 
     def explain(self, shape: LayerShape) -> tuple[str, ...]:
         channels = shape.input[0]

@@ -40,6 +40,7 @@ from .base import (
     n,
     node,
     pair_text,
+    window_words,
 )
 
 if TYPE_CHECKING:
@@ -304,9 +305,7 @@ class Deconv(Node):
                 f"macs: {c_in}*{kh}*{kw} * {per} * {h}*{w} = {n(cost.macs)} (every input pixel, as fvcore counts)")
 
     def text(self) -> str:
-        words = [f"deconv {pair_text(self.kernel)}" + (f"/{pair_text(self.stride, '')}" if self.stride != (1, 1)
-                                                       else "")]
-        words.append(self.padding.text())
+        words = window_words("deconv", self.kernel, self.stride, self.padding)
         if self.outpad != (0, 0):
             words.append(f"outpad{self.outpad[0]}" if self.outpad[0] == self.outpad[1]
                          else f"outpad {pair_text(self.outpad)}")

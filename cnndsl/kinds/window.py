@@ -26,6 +26,7 @@ from .base import (
     rational_text,
     same_padding,
     window,
+    window_words,
 )
 
 if TYPE_CHECKING:
@@ -176,9 +177,7 @@ class Conv(Node):
                                          f"macs: {c_out}*{h}*{w} * ({fan}*{kh}*{kw}) = {n(cost.macs)}")
 
     def text(self) -> str:
-        words = [f"conv {pair_text(self.kernel)}" + (f"/{pair_text(self.stride, '')}" if self.stride != (1, 1)
-                                                     else "")]
-        words.append(self.padding.text())
+        words = window_words("conv", self.kernel, self.stride, self.padding)
         if self.dilation != (1, 1):
             words.append(f"dil{pair_text(self.dilation, '')}" if self.dilation[0] == self.dilation[1]
                          else f"dil {pair_text(self.dilation)}")
