@@ -10,10 +10,10 @@ torchvision's `BasicBlock(inplanes, planes, stride, downsample)`: its constructo
 entering the call, the block's parameters and what else differs between calls (whether a residual
 projects, the pads of `pad same`); see `backends/templates.py` for how each value finds its
 expression. Every layer is an attribute named after its IR node, so the module hierarchy spells the
-dotted IR names and `state_dict()` keys are exactly `net.tensor_specs()`, in the same order. Branches
-and projecting shortcuts are containers (`Branch`, `Shortcut`, ...): their layers run in the
-`forward` of the enclosing class, one line per statement, each with its `.cnn` source line in a
-comment.
+dotted IR names and `state_dict()` keys are exactly `net.tensor_specs()`, in the same order. A
+branch or a projecting shortcut is an `nn.Sequential` of its layers (torchvision's `downsample`), a
+join (`concat1`, `mul1`) an `nn.ModuleDict` of its branches; their layers run in the `forward` of the
+enclosing class, one line per statement, each with its `.cnn` source line in a comment.
 
 `build()` does not have a second code path: it executes the generated text (registered with
 `linecache`, so tracebacks and `inspect.getsource` show the generated lines) and loads weights.
@@ -153,12 +153,7 @@ class _Namespace:
 
 # What each container holds; its layers run in the forward of the module that holds the container.
 _CONTAINER_DOCS = {
-    "branch": "A branch of a concat or add: its layers, run by the forward of the module that holds it.",
-    "shortcut": "The projection of a residual: its layers, run by the forward of the module that holds it.",
-    "concat": "A concat: its branches, run by the forward of the module that holds it.",
-    "add": "An add: its branches, run by the forward of the module that holds it.",
     "preprocess": "The preprocessing constants (buffers): scale, and with standardize mean and std.",
-    "": "Layers run by the forward of the module that holds them.",
 }
 
 # Module classes torch.nn lacks, written into the file once each and only where a layer needs one
@@ -1434,10 +1429,14 @@ class TorchGenerator:
         body.cur = self.channels(body, final, [name(ch) if ch else None, entry])
 
     def container_class(self, part: str) -> str:
-        """The class of the module that holds a branch's or a shortcut's layers (`branch2` -> `Branch`),
-        written once at the top of the file."""
+        """The module that holds a branch's or a shortcut's layers (`branch2`: an `nn.Sequential`, as
+        torchvision's `downsample`), a join's branches (`concat1`: an `nn.ModuleDict`), or the
+        preprocessing buffers (a class written once at the top of the file)."""
         role = re.sub(r"\d+$", "", part)
-        role = role if role in _CONTAINER_DOCS else ""
+        if role in ("branch", "shortcut"):
+            return "nn.Sequential"
+        if role != "preprocess":
+            return "nn.ModuleDict"
         if role not in self.containers:
             self.containers[role] = self.globals.create(class_name(role or "container"))
         return self.containers[role]
@@ -1474,8 +1473,9 @@ class TorchGenerator:
             "# Do not edit: change the .cnn file and compile again (cnndsl compile FILE --target torch).",
             "# Parameter and buffer names are the .cnn layer names (docs/backends.md), so weights load by name:",
             '#     model = build()  # or build("weights.safetensors"), loaded with safetensors.torch',
-            "# A block's class is built once per call with that call's values; branches and projecting shortcuts",
-            "# are containers (Branch, Shortcut, ...) whose layers run in the forward of the class holding them.",
+            "# A block's class is built once per call with that call's values. A branch or a projecting shortcut",
+            "# is an nn.Sequential of its layers, a join an nn.ModuleDict of its branches; their layers run in",
+            "# the forward of the class holding them, one line per statement.",
         ]
         imports = ["import torch"]
         if self.uses_functional:
