@@ -48,11 +48,9 @@ def all_kinds(base: type[Node] = Node) -> list[type[Node]]:
 STATEMENTS: dict[str, type[Node]] = {cls.statement: cls for cls in all_kinds() if cls.statement}
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "ActivationFn", "Add", "BatchNorm", "Channels", "Concat", "Conv", "Cost", "DropPath",
-    "Dropout",
-    "Field", "Flatten", "GlobalPool", "GroupNorm", "INPUT_FIELD", "Init", "LayerNorm", "LayerScale", "LayerShape",
-    "Linear", "Mul", "Node", "Padding", "Pointwise", "Pool", "Residual", "STATEMENTS", "Seq", "Shape", "Shuffle",
-    "TensorSpec", "Uniform", "Window", "ZERO", "all_kinds", "emitter", "fmt", "same_padding", "window",
+    "ACTIVATIONS", "INPUT_FIELD", "STATEMENTS", "ZERO", "Activation", "ActivationFn", "AdaptivePool", "Add",
+    "all_kinds", "BatchNorm", "Channels", "Concat", "Conv", "Cost", "Deconv", "Dropout", "DropPath", "emitter",
+    "Field", "Flatten", "fmt", "GlobalPool", "GroupNorm", "Init", "LayerNorm", "LayerScale", "LayerShape", "Linear",
+    "Mul", "Node", "Padding", "Pointwise", "Pool", "Residual", "same_padding", "Seq", "Shape", "Shuffle",
+    "TensorSpec", "Uniform", "Upsample", "Window", "window",
 ]
-__all__ += ["Deconv", "Upsample"]  # issue 15's kinds for dense prediction
-__all__ += ["AdaptivePool"]  # issue 13's adaptive pooling
