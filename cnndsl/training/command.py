@@ -27,7 +27,9 @@ def _user_errors(command):
               help="Train the generated PyTorch module or the generated NumPy model (default: torch, or the "
                    "resumed run's).")
 @click.option("--data", help="digits (default: scikit-learn's 8x8 digits), an image folder DIR/<class>/*.png, "
-                             "or FILE.npz with x_train, y_train[, x_test, y_test].")
+                             "or FILE.npz with x_train, y_train[, x_test, y_test]; for a network with a CxHxW "
+                             "output: shapes (the default, generated from the seed) or FILE.npz with x, y "
+                             "(label maps).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the train section's epochs.")
 @click.option("--batch", type=click.IntRange(min=1), help="Override the (global) batch size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the learning rate.")
@@ -57,5 +59,7 @@ def train(file: str, backend: str | None, data: str | None, epochs: int | None, 
     result = run(net, options)
     if int(os.environ.get("RANK", "0")) == 0:
         accuracy = "no test split" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
+        if result.test_miou is not None:
+            accuracy += f", mean IoU {result.test_miou:.4f}"
         click.echo(f"{net.name}: test accuracy {accuracy} after {result.epochs} epochs; "
                    f"weights in {result.run_dir / 'model.safetensors'}")

@@ -204,6 +204,8 @@ def load_npz(path: Path, input_shape: tuple[int, ...], test_fraction: float) -> 
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError) as err:
         raise CnnDslError(f"cannot read {path}: {err}", hint="give an .npz written by numpy.savez") from None
+    if "x" in arrays and "y" in arrays and "x_train" not in arrays:
+        return load_segmentation_npz(path, arrays, input_shape, test_fraction)
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise CnnDslError(f"{path} has no array '{key}' (it has: {', '.join(arrays) or 'none'})",
@@ -223,8 +225,10 @@ def load_npz(path: Path, input_shape: tuple[int, ...], test_fraction: float) -> 
     return Dataset(x_train, y_train, x_test, y_test, [str(i) for i in range(k)], os.fspath(path))
 
 
-def load_data(spec: str | None, input_shape: tuple[int, ...], test_fraction: float = 0.2) -> Dataset:
-    """`spec`: None or 'digits', a folder, or a .npz file."""
+def load_data(spec: str | None, input_shape: tuple[int, ...], test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """`spec`: None or 'digits', 'shapes' (generated from `seed`), a folder, or a .npz file."""
+    if spec == "shapes":
+        return load_shapes(tuple(input_shape), test_fraction, seed)
     if spec is None or spec == "digits":
         return load_digits_data(tuple(input_shape), test_fraction)
     path = Path(spec)
@@ -235,6 +239,79 @@ def load_data(spec: str | None, input_shape: tuple[int, ...], test_fraction: flo
             raise CnnDslError(f"no data file {spec}", hint="check the path")
         return load_npz(path, tuple(input_shape), test_fraction)
     if not path.exists():
-        raise CnnDslError(f"no data set '{spec}'", hint="give digits, a folder with one sub-folder per class, "
+        raise CnnDslError(f"no data set '{spec}'", hint="give digits, shapes, a folder with one sub-folder per class, "
                                                         "or a .npz file with x_train, y_train[, x_test, y_test]")
     raise CnnDslError(f"cannot read {spec} as training data", hint="give digits, an image folder or a .npz file")
+
+
+# ---- segmentation: per-pixel labels ---------------------------------------------------------------
+
+SHAPES_TRAIN, SHAPES_TEST = 512, 128  # images of the embedded `shapes` set
+SHAPES_CLASSES = ["background", "circle", "square", "triangle"]
+
+
+def make_shapes(n: int, channels: int, height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` images (float32 N x C x H x W) and label maps (int64 N x H x W), a pure function of the
+    arguments: on Gaussian noise (std 0.15 around 0) one to three filled shapes, each a circle
+    (class 1), an axis-aligned square (2) or an upward triangle (3) of size s ~ U(H/10, H/5)
+    (radius, half side, half height) at a random centre, filled with a brightness ~ U(0.6, 1),
+    later shapes drawn over earlier ones; every channel gets the same picture with its own noise."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 16]))
+    size = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    x = np.zeros((n, height, width), dtype=np.float64)
+    y = np.zeros((n, height, width), dtype=np.int64)
+    for i in range(n):
+        for _ in range(int(rng.integers(1, 4))):
+            kind = int(rng.integers(1, 4))
+            s = rng.uniform(size / 10, size / 5)
+            cy, cx = rng.uniform(s, height - s), rng.uniform(s, width - s)
+            value = rng.uniform(0.6, 1.0)
+            dy, dx = yy - cy, xx - cx
+            if kind == 1:
+                inside = dy ** 2 + dx ** 2 <= s ** 2
+            elif kind == 2:
+                inside = (np.abs(dy) <= 0.85 * s) & (np.abs(dx) <= 0.85 * s)
+            else:  # apex at cy - s, base at cy + s, half width s at the base
+                inside = (dy >= -s) & (dy <= s) & (np.abs(dx) <= (dy + s) / 2)
+            x[i][inside] = value
+            y[i][inside] = kind
+    images = x[:, None] + rng.normal(0.0, 0.15, size=(n, max(channels, 1), height, width))
+    return images.astype(np.float32), y
+
+
+def _check_segmentation_input(input_shape: tuple[int, ...], what: str) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise CnnDslError(f"{what} feeds a CxHxW input, the network input is {_fmt(input_shape)}")
+    c, h, w = (int(d) for d in input_shape)
+    return c, h, w
+
+
+def load_shapes(input_shape: tuple[int, ...], test_fraction: float, seed: int) -> Dataset:
+    """The embedded segmentation set: SHAPES_TRAIN + SHAPES_TEST images from `make_shapes` at the
+    network's input size and channel count, generated from `seed`; `test_fraction` 0 keeps all
+    for training."""
+    c, h, w = _check_segmentation_input(input_shape, "the shapes data set")
+    total = SHAPES_TRAIN + SHAPES_TEST
+    x, y = make_shapes(total, c, h, w, seed)
+    k = int(round(total * test_fraction))
+    cut = total - k
+    return Dataset(x[:cut], y[:cut], x[cut:], y[cut:], list(SHAPES_CLASSES), "shapes")
+
+
+def load_segmentation_npz(path: Path, arrays: dict[str, np.ndarray], input_shape: tuple[int, ...],
+                          test_fraction: float) -> Dataset:
+    """`x` (N x C x H x W, or N x H x W for one channel) and `y` (N x H x W integer label maps);
+    round(test_fraction * N) images, chosen by a permutation seeded with SPLIT_SEED, are the test part."""
+    _check_segmentation_input(input_shape, f"{path}")
+    x = _check_array(arrays["x"], input_shape, f"{path}: x")
+    y = np.asarray(arrays["y"])
+    if y.shape != (len(x),) + tuple(input_shape[1:]):
+        raise CnnDslError(f"{path}: y has shape {_fmt(y.shape)}, expected {len(x)} label maps of "
+                          f"{_fmt(input_shape[1:])}", hint="store one integer class index per pixel: N x H x W")
+    y = _labels(y.reshape(-1), y.size, f"{path}: y").reshape(y.shape)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    k = int(round(len(x) * test_fraction))
+    test, train = np.sort(order[:k]), np.sort(order[k:])
+    classes = int(y.max(initial=0)) + 1
+    return Dataset(x[train], y[train], x[test], y[test], [str(i) for i in range(classes)], os.fspath(path))

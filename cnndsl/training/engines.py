@@ -43,6 +43,18 @@ def _flat_logits(out):
     return out.reshape(out.shape[0], -1)
 
 
+def dense_output(net: Net) -> bool:
+    """True for a network whose output is CxHxW with HxW larger than 1x1: one score per class and pixel."""
+    output = tuple(net.analyze().output)
+    return len(output) == 3 and output[1:] != (1, 1)
+
+
+def _pixel_rows(out):
+    """N x C x H x W scores as (N*H*W) x C rows (numpy or torch), one row per pixel."""
+    return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]) if hasattr(out, "permute") else \
+        out.transpose(0, 2, 3, 1).reshape(-1, out.shape[1])
+
+
 class NumpyEngine:
     name = "numpy"
 
@@ -52,6 +64,7 @@ class NumpyEngine:
         self.model = net.to_numpy(weights)
         self.skip_input_grad = "input_grad" in inspect.signature(self.model.backward).parameters
         self.softmax_out = ends_in_softmax(net)
+        self.dense = dense_output(net)
         self.optimizer = numpy_optimizer(config, decayed(net.tensor_specs()))
         self.steps = 0
 
@@ -62,21 +75,31 @@ class NumpyEngine:
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, scale: float) -> tuple[float, int]:
         self.model.zero_grad()
         out = self.model.forward(x, train=True)
-        flat = _flat_logits(out)
-        if self.softmax_out:
-            loss, grad = nll_of_probabilities(flat, y, self.config.label_smoothing, scale)
+        pixels = 1
+        if self.dense:  # per-pixel: every pixel a row, the loss the mean over a sample's pixels
+            pixels = out.shape[2] * out.shape[3]
+            flat, labels = _pixel_rows(out), y.reshape(-1)
         else:
-            loss, grad = cross_entropy(flat, y, self.config.label_smoothing, scale)
+            flat, labels = _flat_logits(out), y
+        if self.softmax_out:
+            loss, grad = nll_of_probabilities(flat, labels, self.config.label_smoothing, scale / pixels)
+        else:
+            loss, grad = cross_entropy(flat, labels, self.config.label_smoothing, scale / pixels)
+        if self.dense:
+            n, c, h, w = out.shape
+            grad = np.ascontiguousarray(grad.reshape(n, h, w, c).transpose(0, 3, 1, 2))
         if self.skip_input_grad:  # training needs no d(loss)/d(input): the model skips that work
             self.model.backward(grad.reshape(out.shape), input_grad=False)
         else:
             self.model.backward(grad.reshape(out.shape))
         self.optimizer.step(self.model.params, self.model.grads, lr)
         self.steps += 1
-        return loss, int((flat.argmax(1) == y).sum())
+        correct = int((flat.argmax(1) == labels).sum())
+        return loss, (correct / pixels if self.dense else correct)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        outs = [_flat_logits(self.model.forward(x[i:i + EVAL_BATCH], train=False))
+        shape = (lambda o: o) if self.dense else _flat_logits
+        outs = [shape(self.model.forward(x[i:i + EVAL_BATCH], train=False))
                 for i in range(0, len(x), EVAL_BATCH)]
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
@@ -108,6 +131,7 @@ class TorchEngine:
         self.module = net.to_torch(weights)
         self.module.float()
         self.softmax_out = ends_in_softmax(net)
+        self.dense = dense_output(net)
         self.named = list(self.module.named_parameters())
         expected = {s.name for s in net.tensor_specs() if s.trainable}
         if {n for n, _ in self.named} != expected:
@@ -130,7 +154,11 @@ class TorchEngine:
 
     def _loss(self, out, y, scale: float):
         torch = self.torch
-        flat = out.reshape(out.shape[0], -1)
+        if self.dense:  # per-pixel: every pixel a row, the loss the mean over a sample's pixels
+            scale = scale / (out.shape[2] * out.shape[3])
+            flat, y = _pixel_rows(out), y.reshape(-1)
+        else:
+            flat = out.reshape(out.shape[0], -1)
         if self.softmax_out:
             classes = flat.shape[1]
             target = torch.nn.functional.one_hot(y, classes).to(flat.dtype)
@@ -152,13 +180,15 @@ class TorchEngine:
         optim.set_torch_lr(self.optimizer, lr)
         self.optimizer.step()
         self.steps += 1
-        return float(loss.detach()), int((flat.detach().argmax(1) == yb).sum())
+        correct = int((flat.detach().argmax(1) == yb.reshape(-1)).sum())
+        return float(loss.detach()), (correct / (out.shape[2] * out.shape[3]) if self.dense else correct)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
         self.module.eval()
         with torch.no_grad():
-            outs = [_flat_logits(self.module(torch.from_numpy(np.ascontiguousarray(x[i:i + EVAL_BATCH])))).numpy()
+            shape = (lambda o: o) if self.dense else _flat_logits
+            outs = [shape(self.module(torch.from_numpy(np.ascontiguousarray(x[i:i + EVAL_BATCH])))).numpy()
                     for i in range(0, len(x), EVAL_BATCH)]
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 

@@ -23,7 +23,8 @@ from ..errors import CnnDslError
 from . import checkpoint as ckpt
 from .augment import augment_batch, check_augment
 from .data import Dataset, load_data
-from .engines import NumpyEngine, TorchEngine, derived_seed
+from .engines import NumpyEngine, TorchEngine, dense_output, derived_seed
+from .loss import mean_iou
 from .optim import Schedule, check_schedule, lr_at
 
 BACKENDS = ("numpy", "torch")
@@ -57,9 +58,10 @@ class TrainOptions:
 class TrainResult:
     run_dir: Path
     epochs: int
-    test_accuracy: float | None  # None without a test split
+    test_accuracy: float | None  # None without a test split (pixel accuracy for a segmenter)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    test_miou: float | None = None  # a segmenter's mean IoU on the test split
 
 
 def _parse_schedule(text: str) -> tuple[str, tuple[float, ...]]:
@@ -108,6 +110,22 @@ def config_record(cfg: ir.TrainConfig, options: TrainOptions, world: int) -> dic
 
 def _check_classes(net: Net, data: Dataset) -> int:
     output = tuple(net.analyze().output)
+    if dense_output(net):
+        classes = int(output[0])
+        if data.y_train.ndim != 3 or tuple(data.y_train.shape[1:]) != output[1:]:
+            raise CnnDslError(f"the network outputs {'x'.join(map(str, output))} (scores per pixel) but the data "
+                              f"have {'x'.join(map(str, data.y_train.shape[1:])) or 'one'} label(s) per image",
+                              hint="give label maps of the output's HxW: --data shapes or FILE.npz with x, y")
+        needed = int(max(data.y_train.max(initial=0), data.y_test.max(initial=0))) + 1
+        if data.source == "shapes":
+            needed = len(data.classes)
+        if classes < needed:
+            raise CnnDslError(f"the data have {needed} classes but the network outputs {classes} channels",
+                              hint=f"end the network with `conv 1x1 -> {needed}`")
+        return classes
+    if data.y_train.ndim != 1:
+        raise CnnDslError("the data have a label map per image but the network outputs one score per class",
+                          hint="a segmenter's output is CxHxW, one score per class and pixel")
     classes = int(np.prod(output)) if output else 0
     if len(output) not in (1, 3) or (len(output) == 3 and output[1:] != (1, 1)):
         raise CnnDslError(f"training needs a network that outputs one score per class, its output is "
@@ -209,6 +227,16 @@ def _accuracy(engine, x: np.ndarray, y: np.ndarray) -> float | None:
     return float((engine.predict(x).argmax(1) == y).mean())
 
 
+def _scores(engine, x: np.ndarray, y: np.ndarray, classes: int) -> tuple[float | None, float | None]:
+    """(accuracy, mean IoU): pixel accuracy and mean IoU for a segmenter, (accuracy, None) otherwise."""
+    if not getattr(engine, "dense", False):
+        return _accuracy(engine, x, y), None
+    if len(x) == 0:
+        return None, None
+    predicted = engine.predict(x).argmax(1)
+    return float((predicted == y).mean()), mean_iou(predicted, y, classes)
+
+
 def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
     """Train `net` (a cnndsl.Net) as `cnndsl train` does; return the run folder and figures."""
     options = options or TrainOptions()
@@ -247,10 +275,18 @@ def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
         raise CnnDslError(f"{run_dir} already holds a training run", hint=f"continue it with --resume {run_dir}, "
                                                                           "or choose another --out")
     check_augment(net.ir.augment, net.ir.input_shape)
-    data = load_data(options.data, net.ir.input_shape, cfg.val_split)
+    dense = dense_output(net)
+    if dense:
+        aug = net.ir.augment
+        if aug is not None and (aug.flip or aug.rotate or aug.zoom or aug.skew or aug.crop is not None):
+            raise CnnDslError("a segmenter's augment may only use brightness and contrast (a geometric op would "
+                              "have to move the label map too)", aug.span, hint="remove flip/rotate/zoom/skew/crop")
+        if options.data is None:
+            options = dataclasses.replace(options, data="shapes")
+    data = load_data(options.data, net.ir.input_shape, cfg.val_split, cfg.seed)
     if len(data.x_train) == 0:
         raise CnnDslError("the training split is empty")
-    _check_classes(net, data)
+    classes = _check_classes(net, data)
 
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,14 +358,17 @@ def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
             progress.advance(batch_loss)
         if world > 1:  # each rank added its share of every global batch; the sum is the whole
             loss_sum, correct = engine.all_reduce([loss_sum, float(correct)])
-        val_acc = _accuracy(engine, data.x_test, data.y_test)
+        val_acc, miou = _scores(engine, data.x_test, data.y_test, classes)
         seconds = time.perf_counter() - began
         entry = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                  "val_acc": val_acc, "lr": lr, "seconds": round(seconds, 4)}
+        if dense:
+            entry["miou"] = miou
         metrics.append(entry)
         test = f"{100 * val_acc:.2f}%" if val_acc is not None else "-"
+        iou = (f"  miou {miou:.4f}" if miou is not None else "  miou -") if dense else ""
         line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {entry['loss']:.4f}  train {100 * entry['train_acc']:.2f}%  "
-                f"test {test}  lr {lr:.4g}  {seconds:.1f}s")
+                f"test {test}{iou}  lr {lr:.4g}  {seconds:.1f}s")
         if rank == 0:
             ckpt.append_metrics(run_dir, entry)
             state = {"network": net.name, "source": os.fspath(net.source.path), "config": record,
@@ -338,11 +377,14 @@ def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
             ckpt.save_checkpoint(run_dir, epoch + 1, engine.weights(), engine.optimizer_arrays(), state)
         progress.end(line)
 
-    final_acc = metrics[-1]["val_acc"] if metrics else _accuracy(engine, data.x_test, data.y_test)
+    if metrics:
+        final_acc, final_miou = metrics[-1]["val_acc"], metrics[-1].get("miou")
+    else:
+        final_acc, final_miou = _scores(engine, data.x_test, data.y_test, classes)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         if started_group:
             dist.destroy_process_group()
-    return TrainResult(run_dir, cfg.epochs, final_acc, metrics, engine.weights())
+    return TrainResult(run_dir, cfg.epochs, final_acc, metrics, engine.weights(), final_miou)

@@ -44,3 +44,14 @@ def nll_of_probabilities(probs: np.ndarray, labels: np.ndarray, smoothing: float
     loss = float(-(target * np.log(p)).sum() * factor)
     grad = -target / p * factor
     return loss, grad.astype(probs.dtype)
+
+
+def mean_iou(predicted: np.ndarray, truth: np.ndarray, classes: int) -> float | None:
+    """Mean over classes of |pred ∩ truth| / |pred ∪ truth| (integer label maps of one shape);
+    a class with no pixel in either is left out of the mean (None when no class is left)."""
+    p, t = predicted.reshape(-1).astype(np.int64), truth.reshape(-1).astype(np.int64)
+    confusion = np.bincount(t * classes + p, minlength=classes * classes).reshape(classes, classes)
+    hits = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    present = union > 0
+    return float((hits[present] / union[present]).mean()) if present.any() else None
