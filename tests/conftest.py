@@ -6,6 +6,7 @@ packages a test imports are declared with `extras.needs(...)` or `extras.require
 
 from __future__ import annotations
 
+import pytest
 from extras import require
 
 
@@ -23,3 +24,15 @@ def pytest_runtest_setup(item):
     for mark in item.iter_markers("needs"):
         for name in mark.args:
             require(name)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored afterwards: on this shared 2-core machine spinning
+    threads make small ops slower, and no figure depends on the thread count. Modules that need it
+    say `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    torch = require("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -40,13 +40,7 @@ PUBLISHED_GMACS = 152.717  # its meta["_ops"] at 520x520, with aux
 HEAD = "fcn_head1.conv2"  # the head's last conv (the 1x1 classifier)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread (the budget is set for a loaded 2-core machine), restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- torchvision's fcn_resnet50, written out

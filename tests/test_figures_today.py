@@ -28,13 +28,7 @@ PUBLISHED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread (the file's budget is set for a 2-core machine), restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def report(name: str):

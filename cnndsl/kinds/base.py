@@ -195,6 +195,11 @@ class Padding(NamedTuple):
         return f"pad {self.top}x{self.left}"
 
 
+def glued(keyword: str, values: tuple[int, int]) -> str:
+    """An option with a pair: glued where square (`dil2`, `outpad1`), else `dil 1x2`."""
+    return f"{keyword}{values[0]}" if values[0] == values[1] else f"{keyword} {pair_text(values)}"
+
+
 def window_words(keyword: str, kernel: tuple[int, int], stride: tuple[int, int], padding: Padding) -> list[str]:
     """The printed start of a windowed statement: `conv 3x3/2`, `pad1` (stride and padding only where set)."""
     strided = f"/{pair_text(stride, '')}" if stride != (1, 1) else ""

@@ -37,6 +37,7 @@ from .base import (
     exact,
     fmt,
     fraction,
+    glued,
     n,
     node,
     pair_text,
@@ -307,8 +308,7 @@ class Deconv(Node):
     def text(self) -> str:
         words = window_words("deconv", self.kernel, self.stride, self.padding)
         if self.outpad != (0, 0):
-            words.append(f"outpad{self.outpad[0]}" if self.outpad[0] == self.outpad[1]
-                         else f"outpad {pair_text(self.outpad)}")
+            words.append(glued("outpad", self.outpad))
         if self.groups != 1:
             words.append(f"groups{self.groups}")
         words.append(f"-> {self.out_channels}")

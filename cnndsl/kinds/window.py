@@ -20,6 +20,7 @@ from .base import (
     effective_kernel,
     fmt,
     fraction,
+    glued,
     n,
     node,
     pair_text,
@@ -179,8 +180,7 @@ class Conv(Node):
     def text(self) -> str:
         words = window_words("conv", self.kernel, self.stride, self.padding)
         if self.dilation != (1, 1):
-            words.append(f"dil{pair_text(self.dilation, '')}" if self.dilation[0] == self.dilation[1]
-                         else f"dil {pair_text(self.dilation)}")
+            words.append(glued("dil", self.dilation))
         if self.groups != 1:
             words.append(f"groups{self.groups}")
         if self.depthwise:
