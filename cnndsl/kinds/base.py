@@ -20,7 +20,7 @@ Backends find their emitter for a node by one convention, `<key>_<backend>` (`co
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from math import gcd
+from math import gcd, sqrt
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ..errors import ShapeError, Span
@@ -472,6 +472,13 @@ class Node:
         if len(shape) != 3:
             raise self.error(f"{what} needs a CxHxW input, but its input is the vector {fmt(shape)}",
                              hint=f"move the {what} before 'flatten'/'fc', or remove the flatten")
+
+    def weight_and_bias(self, dims: tuple[int, ...], fan_in: int, outputs: int, bias: bool) -> tuple[TensorSpec, ...]:
+        """A weight of `dims` and, with `bias`, one bias per output, drawn as PyTorch's conv and linear
+        layers draw them: uniform in +-1/sqrt(fan_in)."""
+        bound = Uniform(1.0 / sqrt(fan_in))
+        weight = self.spec("weight", dims, bound)
+        return (weight, self.spec("bias", (outputs,), bound)) if bias else (weight,)
 
     def spec(self, role: str, dims: tuple[int, ...], init: Init, trainable: bool = True,
              dtype: str = "float32") -> TensorSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .base import Cost, Field, LayerShape, Node, Pointwise, Shape, TensorSpec, Uniform, n, node, number_text
+from .base import Cost, Field, LayerShape, Node, Pointwise, Shape, TensorSpec, n, node, number_text
 
 if TYPE_CHECKING:
     from ..analysis.receptive_field import FieldPass
@@ -40,9 +40,7 @@ class Linear(Node):
 
     def tensors(self, shape: LayerShape) -> tuple[TensorSpec, ...]:
         fan_in = math.prod(shape.input)
-        bound = Uniform(1.0 / math.sqrt(fan_in))
-        weight = self.spec("weight", (self.out_features, fan_in), bound)
-        return (weight, self.spec("bias", (self.out_features,), bound)) if self.bias else (weight,)
+        return self.weight_and_bias((self.out_features, fan_in), fan_in, self.out_features, self.bias)
 
     def explain(self, shape: LayerShape) -> tuple[str, ...]:
         cost = self.cost(shape)

@@ -33,7 +33,6 @@ from .base import (
     Shape,
     Spans,
     TensorSpec,
-    Uniform,
     exact,
     fmt,
     fraction,
@@ -287,10 +286,8 @@ class Deconv(Node):
         return Cost(params, 0, c_in * taps * (shape.out_channels // shape.groups) * h * w)
 
     def tensors(self, shape: LayerShape) -> tuple[TensorSpec, ...]:
-        kh, kw = self.kernel
-        bound = Uniform(1.0 / math.sqrt(self.fan_in(shape)))
-        weight = self.spec("weight", (shape.in_channels, shape.out_channels // shape.groups, kh, kw), bound)
-        return (weight, self.spec("bias", (shape.out_channels,), bound)) if self.bias else (weight,)
+        dims = (shape.in_channels, shape.out_channels // shape.groups, *self.kernel)  # ConvTranspose2d's layout
+        return self.weight_and_bias(dims, self.fan_in(shape), shape.out_channels, self.bias)
 
     def explain(self, shape: LayerShape) -> tuple[str, ...]:
         cost = self.cost(shape)

@@ -14,7 +14,6 @@ from .base import (
     Padding,
     Shape,
     TensorSpec,
-    Uniform,
     Window,
     adaptive_windows,
     effective_kernel,
@@ -163,10 +162,8 @@ class Conv(Node):
         return Cost((fan_in + self.bias) * c_out, 0, c_out * h * w * fan_in)
 
     def tensors(self, shape: LayerShape) -> tuple[TensorSpec, ...]:
-        kh, kw = self.kernel
-        bound = Uniform(1.0 / math.sqrt(self.fan_in(shape)))
-        weight = self.spec("weight", (shape.out_channels, shape.in_channels // shape.groups, kh, kw), bound)
-        return (weight, self.spec("bias", (shape.out_channels,), bound)) if self.bias else (weight,)
+        dims = (shape.out_channels, shape.in_channels // shape.groups, *self.kernel)
+        return self.weight_and_bias(dims, self.fan_in(shape), shape.out_channels, self.bias)
 
     def explain(self, shape: LayerShape) -> tuple[str, ...]:
         cost = self.cost(shape)
