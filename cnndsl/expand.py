@@ -184,7 +184,7 @@ class _Expander:
         value = float(self.eval(expr, frame))
         if not low <= value <= high:
             raise BadValueError(f"{what} must be between {low:g} and {high:g}, got {value:g}", expr.span,
-                                calls=frame.calls)
+                                calls=frame.calls, hint=f"use a value from {low:g} to {high:g}")
         return value
 
     def pair(self, exprs: tuple[S.Expr, ...], frame: _Frame, what: str, minimum: int = 1) -> tuple[int, int]:
@@ -193,7 +193,7 @@ class _Expander:
             return (values[0], values[0])
         if len(values) != 2:
             raise BadValueError(f"{what} takes one size or HxW, got {len(values)} sizes", exprs[0].span,
-                                calls=frame.calls)
+                                calls=frame.calls, hint="write one size (3) or a pair (3x5 or (3, 5))")
         return (values[0], values[1])
 
     # ------------------------------------------------------------ statements
@@ -225,13 +225,15 @@ class _Expander:
                 out.extend(nodes)
                 # Every repetition expands to as many nodes as the first: fail now, not after the limit.
                 if index == 0 and self.nodes + (count - 1) * (self.nodes - before) > MAX_NODES:
-                    raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span,
+                    raise LimitError(f"the network expands to more than {MAX_NODES:,} nodes", stmt.span,
                                      calls=frame.calls, hint=f"this repeat makes {count:,} x {self.nodes - before:,} "
                                      f"= {count * (self.nodes - before):,} nodes; is the count a typo?")
             return out, shape
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span, calls=frame.calls)
+            raise LimitError(f"the network expands to more than {MAX_NODES:,} nodes", stmt.span, calls=frame.calls,
+                             hint="lower a repeat count or the number of block calls; a network this large is "
+                                  "almost surely a typo")
         if isinstance(stmt, S.Layer):
             node = self.layer(stmt, scope, frame)
             return [node], self.infer(node, shape)
@@ -293,7 +295,8 @@ class _Expander:
             raise LimitError(f"block {stmt.block} calls itself ({chain}), which would never end", stmt.span,
                              calls=frame.calls, hint="a block may call other blocks, not itself")
         if len(frame.calls) >= MAX_CALL_DEPTH:
-            raise LimitError(f"block calls nest deeper than {MAX_CALL_DEPTH}", stmt.span, calls=frame.calls)
+            raise LimitError(f"block calls nest deeper than {MAX_CALL_DEPTH}", stmt.span, calls=frame.calls,
+                             hint="call fewer blocks inside one another; real networks nest a few levels")
         in_c = shape[0] if shape is not None else None
         env = self.bind(block, stmt, frame, in_c)
         inner_frame = _Frame(env, frame.calls + (stmt.span,), frame.blocks_on_stack + (stmt.block,), block.name, in_c)
@@ -321,7 +324,8 @@ class _Expander:
                     f"block {block.name} has no parameter '{kw.name}'", kw.span, calls=frame.calls,
                     hint=(f"did you mean '{close}'? " if close else "") + f"the block is {signature}")
             if kw.name in env:
-                raise UnknownNameError(f"parameter '{kw.name}' is given twice", kw.span, calls=frame.calls)
+                raise UnknownNameError(f"parameter '{kw.name}' is given twice", kw.span, calls=frame.calls,
+                                       hint=f"give '{kw.name}' once, by position or by name")
             env[kw.name] = self.eval(kw.value, frame)
         # Defaults may refer to earlier parameters: block b(c, mid=c/4).
         for param in block.params:
@@ -589,7 +593,8 @@ def _require_known(word: str, choices: tuple[str, ...], what: str, span: Span) -
 def _expect(stmt: S.ExpectStmt) -> ir.Expect:
     _require_known(stmt.what, EXPECTATIONS, "expectation", stmt.what_span)
     if stmt.what != "output" and len(stmt.value) > 1:
-        raise BadValueError(f"expect {stmt.what} takes one number", stmt.span)
+        raise BadValueError(f"expect {stmt.what} takes one number", stmt.span,
+                            hint=f"write e.g. 'expect {stmt.what} < 5M'; only 'expect output' takes a shape")
     return ir.Expect(stmt.what, stmt.comparison, stmt.value, stmt.span)
 
 
@@ -676,7 +681,8 @@ def _train(section: S.Section | None) -> ir.TrainConfig:
                 elif opt == "betas":
                     betas = tuple(_const(v, "a beta", 0, 0.999999) for v in value)
                     if len(betas) != 2:
-                        raise BadValueError("betas takes two numbers: betas (0.9, 0.999)", setting.span)
+                        raise BadValueError("betas takes two numbers", setting.span,
+                                            hint="write 'betas (0.9, 0.999)'")
                     fields["betas"] = betas
                 else:
                     fields[opt] = _const(value, opt, 0, 10)

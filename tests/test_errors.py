@@ -219,6 +219,7 @@ def test_error(case: Case):
         assert word in err.message, err.render()
     for word in case.hint:
         assert err.hint and word in err.hint, err.render()
+    assert err.hint, f"no fix: {err.render()}"  # every message says what to do
     rendered = err.render()
     assert rendered.startswith(f"case.cnn:{case.line}:{case.column}: error: ")
     assert "^" in rendered  # the caret under the source line
