@@ -11,6 +11,7 @@ and a "did you mean" for misspelled keywords.
 from __future__ import annotations
 
 import functools
+import re
 
 from . import syntax as S
 from .errors import MAX_ERRORS, CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
@@ -22,8 +23,8 @@ from .grammar.cnndsl_lalr import (
     TOP_KEYWORDS,
     Lark,
     Lark_StandAlone,
+    Shift,
     Token,
-    Tree,
     UnexpectedCharacters,
     UnexpectedEOF,
     UnexpectedInput,
@@ -58,20 +59,28 @@ _TERMINAL_WORDS = {
 
 @functools.cache
 def _parser() -> Lark:
-    return Lark_StandAlone(propagate_positions=True)
+    """lark's stand-alone LALR parser, with its reduce actions replaced by `_callback`s: parsing
+    builds the syntax nodes directly."""
+    parser = Lark_StandAlone()
+    table_parser = parser.parser.parser.parser  # ParsingFrontend -> LALR_Parser -> _Parser
+    table_parser.callbacks = {rule: _callback(rule, _TRANSFORMER) for rule in table_parser.callbacks}
+    return parser
 
 
-def _span(meta_or_token) -> Span:
-    if isinstance(meta_or_token, Token):
-        return Span(meta_or_token.line, meta_or_token.column, meta_or_token.end_line, meta_or_token.end_column)
-    if getattr(meta_or_token, "empty", False):
-        return Span(0, 0)
-    m = meta_or_token
-    return Span(m.line, m.column, m.end_line, m.end_column)
+_new_tuple = tuple.__new__  # Span(...) without NamedTuple's Python-level __new__: one per token and node
+
+
+def _span(token: Token) -> Span:
+    return _new_tuple(Span, (token.line, token.column, token.end_line, token.end_column))
+
+
+_SCALES = {"K": 10**3, "M": 10**6, "G": 10**9}
 
 
 def _number(text: str) -> int | float:
-    scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1])
+    if text.isdigit():
+        return int(text)
+    scale = _SCALES.get(text[-1])
     if scale:
         text = text[:-1]
     if not scale:
@@ -85,7 +94,7 @@ def _number(text: str) -> int | float:
 
 def _dims(token: Token) -> tuple[S.Num, ...]:
     span = _span(token)
-    return tuple(S.Num(int(part), span) for part in token.split("x"))
+    return tuple([S.Num(int(part), span) for part in token.split("x")])
 
 
 class _LooseShortcut(S.Node):
@@ -116,88 +125,84 @@ def _attach_shortcuts(items) -> tuple:
 
 
 class _ToSyntax:
-    """One method per grammar rule, called bottom-up with the rule's position (lark's `Meta`) and its
-    children already converted; each returns a `syntax` node carrying its span. What lark's
-    `Transformer` with `v_args(meta=True)` does, without its per-node indirections (half the time)."""
+    """One method per grammar rule, called by the parser as it reduces the rule (no parse tree is
+    built), with the rule's span and its children already converted; each returns a `syntax` node
+    carrying its span."""
 
-    def transform(self, tree: Tree):
-        children = [self.transform(c) if isinstance(c, Tree) else c for c in tree.children]
-        return getattr(self, tree.data)(tree.meta, children)
-
-    def start(self, meta, items):
+    def start(self, span, items):
         return S.Program(_attach_shortcuts(items))
 
-    def network(self, meta, items):
-        return S.NetworkHeader(str(items[0]), _span(meta))
+    def network(self, span, items):
+        return S.NetworkHeader(str(items[0]), span)
 
-    def input(self, meta, items):
+    def input(self, span, items):
         return S.InputHeader(tuple(int(p) for p in str(items[0]).split("x")), _span(items[0]))
 
     # ------------------------------------------------------------ blocks
-    def block_def(self, meta, items):
+    def block_def(self, span, items):
         name, *rest = items
         params = rest[0] if len(rest) == 2 else ()
-        return S.BlockDef(str(name), params, rest[-1], _span(meta))
+        return S.BlockDef(str(name), params, rest[-1], span)
 
-    def params(self, meta, items):
+    def params(self, span, items):
         return tuple(items)
 
-    def param(self, meta, items):
-        return S.Param(str(items[0]), items[1] if len(items) > 1 else None, _span(meta))
+    def param(self, span, items):
+        return S.Param(str(items[0]), items[1] if len(items) > 1 else None, span)
 
-    def body(self, meta, items):
+    def body(self, span, items):
         return _attach_shortcuts(items)
 
-    def repeat(self, meta, items):
+    def repeat(self, span, items):
         if isinstance(items[0], _LooseShortcut):
             raise _misplaced_shortcut(items[0].span)
-        return S.Repeat(items[0], items[1], _span(meta))
+        return S.Repeat(items[0], items[1], span)
 
-    def loose_shortcut(self, meta, items):
-        return _LooseShortcut(items[-1], len(items) == 2, _span(meta))
+    def loose_shortcut(self, span, items):
+        return _LooseShortcut(items[-1], len(items) == 2, span)
 
-    def call(self, meta, items):
+    def call(self, span, items):
         args = items[1] if len(items) > 1 else ()
         positional = tuple(a for a in args if not isinstance(a, S.KeywordArg))
         keywords = tuple(a for a in args if isinstance(a, S.KeywordArg))
-        return S.Call(str(items[0]), positional, keywords, _span(meta))
+        return S.Call(str(items[0]), positional, keywords, span)
 
-    def call_args(self, meta, items):
+    def call_args(self, span, items):
         return tuple(items)
 
-    def positional_arg(self, meta, items):
+    def positional_arg(self, span, items):
         return items[0]
 
-    def keyword_arg(self, meta, items):
-        return S.KeywordArg(str(items[0]), items[1], _span(meta))
+    def keyword_arg(self, span, items):
+        return S.KeywordArg(str(items[0]), items[1], span)
 
-    def residual(self, meta, items):
+    def residual(self, span, items):
         body = items[0]
         shortcut, always = (items[1] if len(items) > 1 else (None, False))
-        return S.Residual(body, shortcut, always, _span(meta))
+        return S.Residual(body, shortcut, always, span)
 
-    def shortcut(self, meta, items):
+    def shortcut(self, span, items):
         return (items[-1], len(items) == 2)
 
-    def concat(self, meta, items):
+    def concat(self, span, items):
         kind = "concat_crop" if len(items) == 2 else "concat"  # `concat crop { ... }`
-        return S.Branches(kind, tuple(b for b, _ in items[-1]), tuple(s for _, s in items[-1]), _span(meta))
+        return S.Branches(kind, tuple(b for b, _ in items[-1]), tuple(s for _, s in items[-1]), span)
 
-    def add(self, meta, items):
-        return S.Branches("add", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), _span(meta))
+    def add(self, span, items):
+        return S.Branches("add", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), span)
 
-    def mul(self, meta, items):
-        return S.Branches("mul", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), _span(meta))
+    def mul(self, span, items):
+        return S.Branches("mul", tuple(b for b, _ in items[0]), tuple(s for _, s in items[0]), span)
 
-    def branches(self, meta, items):
+    def branches(self, span, items):
         return tuple(items)
 
-    def branch(self, meta, items):
-        return (items[0], _span(meta))
+    def branch(self, span, items):
+        return (items[0], span)
 
     # ------------------------------------------------------------ layers
-    def _layer(self, op, meta, options):
-        return S.Layer(op, tuple(options), _span(meta))
+    def _layer(self, op, span, options):
+        return S.Layer(op, tuple(options), span)
 
     def _flag(self, token: Token) -> S.Option:
         return S.Option(str(token).lower(), True, _span(token))
@@ -205,16 +210,16 @@ class _ToSyntax:
     def _options(self, items):
         return [self._flag(i) if isinstance(i, Token) else i for i in items]
 
-    def conv(self, meta, items):
-        return self._layer("conv", meta, self._options(items))
+    def conv(self, span, items):
+        return self._layer("conv", span, self._options(items))
 
-    def deconv(self, meta, items):
-        return self._layer("deconv", meta, self._options(items))
+    def deconv(self, span, items):
+        return self._layer("deconv", span, self._options(items))
 
-    def outpad(self, meta, items):
-        return S.Option("outpad", self._pair(items[0]), _span(meta))
+    def outpad(self, span, items):
+        return S.Option("outpad", self._pair(items[0]), span)
 
-    def upsample(self, meta, items):
+    def upsample(self, span, items):
         options = []
         for item in items:
             if isinstance(item, tuple):  # `to (h, w)`
@@ -227,108 +232,108 @@ class _ToSyntax:
                 options.append(S.Option("to", _dims(item), _span(item)))
             else:
                 options.append(S.Option("mode", str(item), _span(item)))
-        return self._layer("upsample", meta, options)
+        return self._layer("upsample", span, options)
 
-    def kernel(self, meta, items):
-        return S.Option("kernel", self._pair(items[0]), _span(meta))
+    def kernel(self, span, items):
+        return S.Option("kernel", self._pair(items[0]), span)
 
-    def stride(self, meta, items):
-        return S.Option("stride", self._pair(items[0]), _span(meta))
+    def stride(self, span, items):
+        return S.Option("stride", self._pair(items[0]), span)
 
     def _pair(self, item):
         if isinstance(item, Token):
             return _dims(item)
         return item if type(item) is tuple else (item,)
 
-    def pair(self, meta, items):
+    def pair(self, span, items):
         return tuple(items)  # (height, width)
 
-    def out(self, meta, items):
-        return S.Option("out", items[0], _span(meta))
+    def out(self, span, items):
+        return S.Option("out", items[0], span)
 
-    def mult(self, meta, items):
-        return S.Option("mult", S.Num(int(str(items[0])[:-1]), _span(items[0])), _span(meta))
+    def mult(self, span, items):
+        return S.Option("mult", S.Num(int(str(items[0])[:-1]), _span(items[0])), span)
 
-    def pad(self, meta, items):
+    def pad(self, span, items):
         (item,) = items
         if isinstance(item, Token) and item.type in ("SAME", "VALID"):
-            return S.Option("pad", str(item), _span(meta))
-        return S.Option("pad", self._pair(item), _span(meta))
+            return S.Option("pad", str(item), span)
+        return S.Option("pad", self._pair(item), span)
 
-    def dil(self, meta, items):
-        return S.Option("dil", self._pair(items[0]), _span(meta))
+    def dil(self, span, items):
+        return S.Option("dil", self._pair(items[0]), span)
 
-    def groups(self, meta, items):
-        return S.Option("groups", items[0], _span(meta))
+    def groups(self, span, items):
+        return S.Option("groups", items[0], span)
 
-    def pool(self, meta, items):
+    def pool(self, span, items):
         mode, *rest = items
         options = [S.Option("mode", str(mode), _span(mode))]
         options += self._options(rest)  # global, adaptive, ceil: flags; the kernel, stride, pad: options
-        return self._layer("pool", meta, options)
+        return self._layer("pool", span, options)
 
-    def fc(self, meta, items):
-        options = [S.Option("out", items[0], _span(meta))] + self._options(items[1:])
-        return self._layer("fc", meta, options)
+    def fc(self, span, items):
+        options = [S.Option("out", items[0], span)] + self._options(items[1:])
+        return self._layer("fc", span, options)
 
-    def flatten(self, meta, items):
-        return self._layer("flatten", meta, [])
+    def flatten(self, span, items):
+        return self._layer("flatten", span, [])
 
-    def dropout(self, meta, items):
-        return self._layer("dropout", meta, [S.Option("p", items[0], _span(meta))] if items else [])
+    def dropout(self, span, items):
+        return self._layer("dropout", span, [S.Option("p", items[0], span)] if items else [])
 
-    def bn(self, meta, items):
-        return self._layer("bn", meta, items)
+    def bn(self, span, items):
+        return self._layer("bn", span, items)
 
-    def ln(self, meta, items):
-        return self._layer("ln", meta, items)
+    def ln(self, span, items):
+        return self._layer("ln", span, items)
 
-    def gn(self, meta, items):
-        return self._layer("gn", meta, [S.Option("groups", items[0], items[0].span), *items[1:]])
+    def gn(self, span, items):
+        return self._layer("gn", span, [S.Option("groups", items[0], items[0].span), *items[1:]])
 
     def _single(op, key):  # noqa: N805 - a method factory: a statement with one value, e.g. `shuffle G`
-        def method(self, meta, items):
-            return self._layer(op, meta, [S.Option(key, items[0], items[0].span)])
+        def method(self, span, items):
+            return self._layer(op, span, [S.Option(key, items[0], items[0].span)])
         return method
 
     layerscale = _single("layerscale", "init")
     droppath = _single("droppath", "p")
     shuffle = _single("shuffle", "groups")
 
-    def channels(self, meta, items):
-        return self._layer("channels", meta, items)
+    def channels(self, span, items):
+        return self._layer("channels", span, items)
 
-    def channel_from(self, meta, items):
-        return S.Option("start", items[0], _span(meta))
+    def channel_from(self, span, items):
+        return S.Option("start", items[0], span)
 
-    def channel_to(self, meta, items):
-        return S.Option("stop", items[0], _span(meta))
+    def channel_to(self, span, items):
+        return S.Option("stop", items[0], span)
 
-    def eps(self, meta, items):
-        return S.Option("eps", items[0], _span(meta))
+    def eps(self, span, items):
+        return S.Option("eps", items[0], span)
 
-    def momentum(self, meta, items):
-        return S.Option("momentum", items[0], _span(meta))
+    def momentum(self, span, items):
+        return S.Option("momentum", items[0], span)
 
-    def activation(self, meta, items):
+    def activation(self, span, items):
         options = [S.Option("kind", str(items[0]), _span(items[0]))]
         if len(items) > 1:
             options.append(S.Option("alpha", items[1], items[1].span))
-        return self._layer("act", meta, options)
+        return self._layer("act", span, options)
 
     # ------------------------------------------------------------ arithmetic
-    def number(self, meta, items):
+    def number(self, span, items):
         return S.Num(_number(str(items[0])), _span(items[0]))
 
-    def var(self, meta, items):
+    def var(self, span, items):
         return S.Var(str(items[0]), _span(items[0]))
 
-    def neg(self, meta, items):
-        return S.Neg(items[0], _span(meta))
+    def neg(self, span, items):
+        return S.Neg(items[0], span)
 
     def _binop(op):  # noqa: N805 - a method factory used in the class body
-        def method(self, meta, items):
-            return S.BinOp(op, items[0], items[1], _span(meta))
+        def method(self, span, items):
+            return S.BinOp(op, items[0], items[1], span)
         return method
 
     binop_add = _binop("+")
@@ -337,25 +342,25 @@ class _ToSyntax:
     binop_div = _binop("/")
     binop_floordiv = _binop("//")
 
-    def func(self, meta, items):
+    def func(self, span, items):
         name, *args = items
-        return S.Func(str(name), tuple(args), _span(meta))
+        return S.Func(str(name), tuple(args), span)
 
     # ------------------------------------------------------------ expect and sections
-    def expect(self, meta, items):
+    def expect(self, span, items):
         what = items[0]
         comparison = items[1] if len(items) == 3 else "=="
         raw = str(items[-1])
         value = tuple(int(p) for p in raw.split("x")) if items[-1].type == "DIMS" else (_number(raw),)
-        return S.ExpectStmt(str(what), "==" if comparison == "=" else comparison, value, _span(meta),
+        return S.ExpectStmt(str(what), "==" if comparison == "=" else comparison, value, span,
                             _span(what))
 
-    def comparison(self, meta, items):
+    def comparison(self, span, items):
         return str(items[0])
 
     def _section(kind):  # noqa: N805
-        def method(self, meta, items):
-            return S.Section(kind, tuple(items), _span(meta))
+        def method(self, span, items):
+            return S.Section(kind, tuple(items), span)
         return method
 
     preprocess = _section("preprocess")
@@ -363,9 +368,9 @@ class _ToSyntax:
     train = _section("train")
 
     def _setting(key):  # noqa: N805
-        def method(self, meta, items):
+        def method(self, span, items):
             values = tuple(str(i) if isinstance(i, Token) else i for i in items)
-            return S.Setting(key, values, (), _span(meta))
+            return S.Setting(key, values, (), span)
         return method
 
     scale = _setting("scale")
@@ -376,39 +381,247 @@ class _ToSyntax:
     contrast = _setting("contrast")
     flip = _setting("flip")
 
-    def crop(self, meta, items):
+    def crop(self, span, items):
         options = (("pad", items[1]),) if len(items) > 1 else ()
-        return S.Setting("crop", (items[0],), options, _span(meta))
+        return S.Setting("crop", (items[0],), options, span)
 
-    def standardize(self, meta, items):
+    def standardize(self, span, items):
         options = (("mean", items[0]), ("std", items[1])) if items else ()
-        return S.Setting("standardize", (), options, _span(meta))
+        return S.Setting("standardize", (), options, span)
 
-    def tuple(self, meta, items):
+    def tuple(self, span, items):
         return tuple(items)
 
-    def optimizer(self, meta, items):
+    def optimizer(self, span, items):
         name, *opts = items
         options = tuple(("nesterov", True) if isinstance(o, Token) else o for o in opts)
-        return S.Setting("optimizer", (str(name),), options, _span(meta))
+        return S.Setting("optimizer", (str(name),), options, span)
 
-    def opt_lr(self, meta, items):
+    def opt_lr(self, span, items):
         return ("lr", items[0])
 
-    def opt_momentum(self, meta, items):
+    def opt_momentum(self, span, items):
         return ("momentum", items[0])
 
-    def opt_betas(self, meta, items):
+    def opt_betas(self, span, items):
         return ("betas", items[0])
 
-    def setting(self, meta, items):
-        return S.Setting(str(items[0]), (items[1],), (), _span(meta))
+    def setting(self, span, items):
+        return S.Setting(str(items[0]), (items[1],), (), span)
 
-    def schedule(self, meta, items):
-        return S.Setting("schedule", (str(items[0]), *items[1:]), (), _span(meta))
+    def schedule(self, span, items):
+        return S.Setting("schedule", (str(items[0]), *items[1:]), (), span)
+
+
+class _Spliced(list):
+    """The children of an inlined rule (`_stmt`, `_atom`, a `x*` repetition): its parent takes
+    them as its own, as lark's tree builder would."""
+
+
+def _first_token(children: list) -> Token | None:
+    for child in children:
+        first = child if type(child) is Token else child[1]
+        if first is not None:
+            return first
+    return None
+
+
+def _last_token(children: list) -> Token | None:
+    for child in reversed(children):
+        last = child if type(child) is Token else child[2]
+        if last is not None:
+            return last
+    return None
+
+
+def _callback(rule, transformer: _ToSyntax):
+    """The parser's action when it reduces `rule`: what lark's tree builder does (drop the
+    keywords and separators, splice inlined rules, pass a lone child of a `?rule` through), but
+    calling `transformer`'s method for the rule at once instead of building a tree node.
+
+    Every value on the parser's stack is a Token or a triple (value, first token, last token):
+    the rule's span runs from its first token to its last (Span(0, 0) for an empty one)."""
+    keep = tuple(i for i, symbol in enumerate(rule.expansion)
+                 if rule.options.keep_all_tokens or not (symbol.is_term and symbol.filter_out))
+    inline = rule.origin.name.startswith("_")
+    expand1 = rule.options.expand1
+    method = None if inline else getattr(transformer, rule.alias or rule.origin.name, None)
+    if method is None and not (inline or expand1):
+        raise AssertionError(f"the grammar's rule '{rule.origin.name}' has no method in _ToSyntax")
+    token_type, new_tuple = Token, tuple.__new__
+    if expand1 and keep == (0,) and len(rule.expansion) == 1:
+        def collapse(children: list):  # `?expr: _sum`: the lone child is the value
+            child = children[0]
+            if type(child) is token_type:
+                return (child, child, child)
+            value = child[0]
+            if type(value) is _Spliced:
+                if len(value) == 1:
+                    return (value[0], child[1], child[2])
+                span = Span(child[1].line, child[1].column, child[2].end_line, child[2].end_column)
+                return (method(span, value), child[1], child[2])
+            return child
+        return collapse
+
+    def reduce(children: list):
+        values: list = []
+        for index in keep:
+            child = children[index]
+            if type(child) is token_type:
+                values.append(child)
+                continue
+            value = child[0]
+            if type(value) is _Spliced:
+                if values:
+                    values.extend(value)
+                else:
+                    values = value  # left recursion (`a*`): extend the same list, linear in its length
+            else:
+                values.append(value)
+        if children:
+            first, last = children[0], children[-1]
+            if type(first) is not token_type:
+                first = first[1] if first[1] is not None else _first_token(children)
+            if type(last) is not token_type:
+                last = last[2] if last[2] is not None else _last_token(children)
+        else:
+            first = last = None
+        if inline:
+            return (values if type(values) is _Spliced else _Spliced(values), first, last)
+        if expand1 and len(values) == 1:
+            return (values[0], first, last)
+        span = (new_tuple(Span, (first.line, first.column, last.end_line, last.end_column)) if first is not None
+                else Span(0, 0))
+        return (method(span, values), first, last)
+
+    return reduce
 
 
 _TRANSFORMER = _ToSyntax()
+
+
+class _Irregular(Exception):
+    """The fast path met a token or character the grammar does not allow: lark's own parse of the
+    text then raises the error, with everything its messages need."""
+
+
+@functools.cache
+def _tables():
+    """lark's LALR table for the fast path: state -> token type -> (True, next state) for a shift,
+    (False, (length, action, rule name)) for a reduce; the start and accepting states; and the
+    contextual lexer's lexer of each state."""
+    parser = _parser()
+    table_parser = parser.parser.parser.parser
+    table = table_parser.parse_table
+    actions = table_parser.callbacks
+    def entry(action, arg):
+        if action == Shift:
+            return (True, arg)
+        return (False, (len(arg.expansion), _passes_through(arg) or actions[arg], arg.origin.name))
+
+    states = {state: {symbol: entry(*action) for symbol, action in entries.items()}
+              for state, entries in table.states.items()}
+    return states, table.start_states["start"], table.end_states["start"], parser.parser.lexer.lexers
+
+
+def _passes_through(rule) -> bool:
+    """Whether reducing `rule` leaves its one child as it is (`_atom: number`, `_stmt: repeat`): an
+    inlined rule of one symbol, kept. The fast path then only changes the parser's state."""
+    return (rule.origin.name.startswith("_") and len(rule.expansion) == 1
+            and not (rule.expansion[0].is_term and rule.expansion[0].filter_out and not rule.options.keep_all_tokens))
+
+
+def _parse(text: str) -> S.Program:
+    """Lex and parse `text` in one loop over lark's tables, reducing into syntax nodes: what lark's
+    contextual lexer and LALR parser do, without their per-token objects and indirections (a third
+    of the time). Anything irregular is left to lark (`_Irregular`), whose errors the messages read."""
+    try:
+        return _parse_fast(text)
+    except _Irregular:
+        return _parser().parse(text)[0]  # raises lark's UnexpectedInput
+
+
+_BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
+
+
+def _parse_fast(text: str) -> S.Program:
+    states, state, end_state, lexers = _tables()
+    scanners: dict[int, tuple] = {}
+    new_token, token_type, skip_blanks = str.__new__, Token, _BLANKS
+    state_stack: list[int] = [state]
+    value_stack: list = []
+    pos, line, line_start, size_of_text = 0, 1, 0, len(text)
+    token = None
+    while True:
+        while pos < size_of_text:
+            scanner = scanners.get(state)
+            if scanner is None:
+                lexer = lexers[state]
+                patterns = lexer.scanner._mres
+                if len(patterns) != 1:
+                    raise _Irregular  # lark splits a scanner of over 100 terminals: none here
+                scanner = scanners[state] = (patterns[0].match, lexer.callback, lexer.newline_types,
+                                             lexer.ignore_types)
+            match, callback, newline_types, ignore_types = scanner
+            if text[pos] in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
+                pos = skip_blanks(text, pos).end()
+                if pos == size_of_text:
+                    continue  # to the end of the file
+            found = match(text, pos)
+            if found is None:
+                raise _Irregular
+            value, kind = found.group(), found.lastgroup
+            start, column = pos, pos - line_start + 1
+            start_line = line
+            pos += len(value)
+            if kind in newline_types and "\n" in value:
+                line += value.count("\n")
+                line_start = start + value.rindex("\n") + 1
+            if kind in ignore_types:
+                continue
+            token = new_token(token_type, value)
+            token.type, token.value, token.start_pos, token.end_pos = kind, value, start, pos
+            token.line, token.column, token.end_line, token.end_column = start_line, column, line, pos - line_start + 1
+            if kind in callback:
+                token = callback[kind](token)
+            break
+        else:
+            end = new_token(token_type, "")
+            end.type, end.value = "$END", ""
+            if token is None:
+                end.start_pos, end.line, end.column, end.end_line, end.end_column, end.end_pos = 0, 1, 1, 1, 1, 0
+            else:
+                end.start_pos, end.line, end.column = token.start_pos, token.line, token.column
+                end.end_line, end.end_column, end.end_pos = token.end_line, token.end_column, token.end_pos
+            token = end
+        kind = token.type
+        while True:
+            action = states[state].get(kind)
+            if action is None:
+                raise _Irregular
+            shift, arg = action
+            if shift:
+                state = arg
+                state_stack.append(state)
+                value_stack.append(token)
+                break
+            size, reduce, name = arg
+            if reduce is True:  # the child stays on the stack as the rule's value
+                state_stack.pop()
+                state = states[state_stack[-1]][name][1]
+                state_stack.append(state)
+                continue
+            if size:
+                children = value_stack[-size:]
+                del value_stack[-size:]
+                del state_stack[-size:]
+            else:
+                children = []
+            value_stack.append(reduce(children))
+            state = states[state_stack[-1]][name][1]
+            state_stack.append(state)
+            if state == end_state and kind == "$END":
+                return value_stack[-1][0]
 
 
 def parse_program(text: str, source: Source | None = None) -> S.Program:
@@ -424,7 +637,7 @@ def parse_program(text: str, source: Source | None = None) -> S.Program:
     current = text
     while True:
         try:
-            program = _TRANSFORMER.transform(_parser().parse(current))
+            program = _parse(current)
         except UnexpectedInput as err:
             error, position, final = _syntax_error(err, current)
         except CnnDslError as err:  # raised by a rule's method

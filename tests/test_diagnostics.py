@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -175,3 +176,36 @@ def test_every_error_the_code_makes_has_a_fix():
     sites += list(_error_sites(backends))
     assert len(sites) > 90  # the walk finds them
     assert [f"{path}:{line}" for path, line, has_hint in sites if not has_hint] == []
+
+
+# ---------------------------------------------------------------- linear-time checking
+
+
+def _calls_to_check(text: str) -> int:
+    """Python and C function calls made by parse + expand + analyze of `text`: a count of work that,
+    unlike a timing, does not depend on the machine."""
+    import sys
+
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        cnndsl.parse(text).analyze()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_checking_is_linear_in_the_program_size():
+    spec = importlib.util.spec_from_file_location(
+        "check_scale", Path(__file__).resolve().parent.parent / "benchmarks" / "check_scale.py")
+    check_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_scale)
+    cnndsl.parse(check_scale.program(100)).analyze()  # the parser's tables and lexers, built once
+    small, large = (_calls_to_check(check_scale.program(n)) for n in (1_500, 6_000))
+    assert 3.8 < large / small < 4.2, (small, large)

@@ -110,8 +110,42 @@ def test_regenerating_gives_a_parser_that_parses_like_lark(tmp_path):
 
 
 def test_committed_parser_parses_like_lark():
+    from cnndsl.grammar.cnndsl_lalr import Lark_StandAlone
+
+    committed = Lark_StandAlone(propagate_positions=True)
     for text in [*TEXTS.values(), *(case.text for case in CASES), "conv 3x3 pad1 -> 64 x2", "pool max 3x3/2 ceil"]:
-        assert _outcome(_parser(), text) == _outcome(STOCK, text)
+        assert _outcome(committed, text) == _outcome(STOCK, text)
+
+
+def _from_lark_tree(tree):
+    """The syntax the parser should build, made the slow way: lark builds its tree (with positions),
+    then each node becomes a syntax node through the same `_ToSyntax` methods."""
+    from cnndsl.grammar.cnndsl_lalr import Token
+    from cnndsl.parser import _TRANSFORMER
+
+    children = [_from_lark_tree(c) if isinstance(c, lark.Tree) else
+                Token(c.type, str(c), c.start_pos, c.line, c.column, c.end_line, c.end_column, c.end_pos)
+                for c in tree.children]
+    meta = tree.meta
+    span = Span(0, 0) if meta.empty else Span(meta.line, meta.column, meta.end_line, meta.end_column)
+    return getattr(_TRANSFORMER, tree.data)(span, children)
+
+
+def test_nodes_built_while_parsing_equal_those_from_lark_tree():
+    # The parser reduces straight into syntax nodes (no tree): lark's tree, then converted, must agree.
+    checked = 0
+    for text in [*TEXTS.values(), *(case.text for case in CASES)]:
+        try:
+            tree = STOCK.parse(text)
+        except lark.exceptions.UnexpectedInput:
+            continue
+        try:
+            expected = _from_lark_tree(tree)
+        except cnndsl.CnnDslError:
+            continue  # a misplaced shortcut: no program either way
+        assert parse_program(text) == expected, text
+        checked += 1
+    assert checked > 80  # every example and fuzz text, the valid-syntax cases
 
 
 def test_every_rule_of_the_tree_has_a_method():
