@@ -276,8 +276,16 @@ def _lines(pairs, side: int) -> list[str]:
     return out
 
 
-def generate(net) -> str:
-    """The NumPy model of `net` as Python source (needs only numpy and cnndsl.runtime)."""
+def generate(net, weights: str | os.PathLike | None = None, seed: int = 0) -> str:
+    """The NumPy model of `net` as Python source (needs only numpy and cnndsl.runtime). `weights` (a
+    .safetensors path, checked against the network now) becomes `build()`'s default, as in the torch
+    source, and `seed` the default seed of its fresh initialisation."""
+    weights_path = None
+    if weights is not None:
+        from ..weights import load_weights
+
+        load_weights(net, weights)  # a missing file or a mismatched tensor fails the compile, not the user's run
+        weights_path = os.path.abspath(weights)
     cls = class_name(net.name)
     em = _Emitter(net)
     pre = net.ir.preprocess
@@ -335,7 +343,7 @@ def generate(net) -> str:
         "        return dx",
         "",
         "",
-        f"def build(weights=None, dtype=np.float32, seed=0) -> {cls}:",
+        f"def build(weights={weights_path!r}, dtype=np.float32, seed={int(seed)}) -> {cls}:",
         f'    """{cls} with cnndsl\'s seeded initialisation (the numbers every backend starts from),',
         '    or with the tensors of a .safetensors file."""',
         f"    model = {cls}(dtype)",

@@ -5,10 +5,11 @@
     onnx_builder.save(model, "net.onnx")             # external data when the weights pass 2 GB
 
 The graph reads one input `input` (batch x C x H x W, batch dynamic) and writes one output `output`.
-Initializers carry exactly the names of `net.tensor_specs()` (the PyTorch `state_dict()` keys), in
-the same order and layout, so a model's weights can be read back by name (BN's int64
-`num_batches_tracked` included: no node reads it, and onnxruntime says so at warning level; helper
-constants are `Constant` nodes, never initializers). Every ONNX node is named
+Initializers carry the names of `net.tensor_specs()` (the PyTorch `state_dict()` keys), in the same
+order and layout, so a model's weights can be read back by name (`read_weights`), except BN's int64
+`num_batches_tracked`: no node reads it (onnxruntime warned once per BN about an unused
+initializer), so it is left out and every weight reader recreates it as 0; helper constants are
+`Constant` nodes, never initializers. Every ONNX node is named
 `<IR node name>@line<N>` after the source line of its statement and carries
 `<file>:<line>: <statement>` (plus the block calls that produced it) as its `doc_string`.
 
@@ -415,7 +416,7 @@ class _Builder:
                                 for name, shape in self.value_shapes.items())
         if not initializers:
             return
-        for spec in net.tensor_specs():
+        for spec in stored_specs(net):
             array = _little_endian(self.weights[spec.name])
             tensor = graph.initializer.add()
             tensor.name = spec.name
@@ -522,7 +523,7 @@ def serialize(net, weights: str | os.PathLike | dict | None = None, *, seed: int
     init_tag, raw_tag = _tag(onnx.GraphProto, "initializer"), _tag(TensorProto, "raw_data")
     pieces: list[bytes | memoryview] = []
     size = 0
-    for spec in net.tensor_specs():
+    for spec in stored_specs(net):
         array = _little_endian(tensors[spec.name])
         header = TensorProto(name=spec.name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
                              dims=array.shape).SerializeToString()
@@ -545,10 +546,29 @@ def write(net, path: str | os.PathLike, weights: str | os.PathLike | dict | None
     from cnndsl.outputs import write_output
 
     path = Path(path)
-    if sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in net.tensor_specs()) > EXTERNAL_DATA_THRESHOLD:
+    if sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in stored_specs(net)) > EXTERNAL_DATA_THRESHOLD:
         return save(build(net, weights, seed=seed, opset=opset), path, net=net, force=force, external=True)
     write_output(path, serialize(net, weights, seed=seed, opset=opset), net, force=force)
     return [path]
+
+
+def stored_specs(net) -> list:
+    """The tensors an ONNX model stores as initializers: all but what no node reads (BN's
+    `num_batches_tracked`, which `read_weights` and `cnndsl.weights.check_weights` recreate as 0)."""
+    return [spec for spec in net.tensor_specs() if spec.role != "num_batches_tracked"]
+
+
+def read_weights(model: onnx.ModelProto | str | os.PathLike, net=None) -> dict[str, np.ndarray]:
+    """The weights of an ONNX model cnndsl wrote, by tensor name, as every backend reads them; with
+    `net`, checked against it and completed (`num_batches_tracked` as 0) in its tensor order."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model))
+    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if net is None:
+        return tensors
+    from cnndsl.weights import check_weights
+
+    return check_weights(net, tensors, origin="the ONNX model's initializers")
 
 
 def _describe(weights) -> str:

@@ -177,15 +177,30 @@ def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) ->
 
 
 def generate(net: Net, target: str, weights=None, seed: int = 0) -> bytes:
-    """The compiled artefact for `target` as bytes: Python source, or a serialized ONNX model."""
+    """The compiled artefact for `target` as bytes: Python source, or a serialized ONNX model.
+
+    `weights` (a .safetensors path) is checked against the network; the Python sources make it
+    their `build()`'s default, ONNX bakes the tensors in. `seed` chooses the fresh initial weights
+    where there are no `weights`: ONNX bakes them, the NumPy source makes it `build()`'s default
+    seed. The torch source starts from PyTorch's own initialisation (torch's global generator), so
+    a seed other than 0 is refused there rather than ignored."""
     if target == "torch":
+        if seed != 0:
+            raise CnnDslError(
+                "--seed does not apply to the torch target: its build() draws PyTorch's default initialisation "
+                "from torch's global generator",
+                hint="call torch.manual_seed(N) before build(), use net.to_torch() for cnndsl's seeded weights, "
+                     "or compile with --weights")
         from .backends import torch_codegen
 
         return torch_codegen.generate(net, weights).encode()
     if target == "numpy":
+        if weights is not None and not isinstance(weights, (str, os.PathLike)):
+            raise CnnDslError("the numpy source can name a weights file, not hold tensors",
+                              hint="save the tensors with safetensors.numpy.save_file and pass that path")
         from .backends import numpy_codegen
 
-        return numpy_codegen.generate(net).encode()
+        return numpy_codegen.generate(net, weights, seed).encode()
     if target == "onnx":
         from .backends import onnx_builder
 

@@ -32,13 +32,30 @@ def _shape(value: str | None) -> tuple[int, ...] | None:
     return dims
 
 
+EXTRAS = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnx", "sklearn": "train", "PIL": "train"}
+"""Optional packages by top-level module, and the extra of cnndsl that installs each."""
+
+
+def missing_extra(err: ImportError) -> CnnDslError | None:
+    """The user error for an optional package that is not installed (None: not one of ours)."""
+    module = (getattr(err, "name", None) or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    return CnnDslError(f"this needs the optional package '{module}', which is not installed",
+                       hint=f"pip install 'cnndsl[{extra}]'")
+
+
 def _user_errors(command):
     """Turn CnnDslError into a rendered message and exit 1; anything else is our bug, said plainly."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            try:
+                return command(*args, **kwargs)
+            except ImportError as err:
+                raise missing_extra(err) or err from None
         except CnnDslError as err:
             for each in err.errors:
                 click.echo(each.render(), err=True)
@@ -152,8 +169,10 @@ def analyze(file: str, input_shape: str | None, as_json: bool, explain: bool) ->
 @click.option("--target", "-t", type=click.Choice(["torch", "numpy", "onnx"]), required=True,
               help="What to generate.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Output file (default: next to FILE).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="A .safetensors file to load (onnx bakes it in).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initial weights (onnx).")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="A .safetensors file: onnx bakes it in; the torch and numpy sources load it by default.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the fresh initial weights: baked into onnx, build()'s default in numpy; not torch.")
 @click.option("--force", is_flag=True, help="Replace OUT even if cnndsl did not write it.")
 @click.option("--input", "input_shape", help="Compile for another input shape, e.g. 3x64x64.")
 @_user_errors

@@ -45,6 +45,11 @@ def check_weights(net, tensors: dict[str, Any], origin: str = "the weights") -> 
     specs = net.tensor_specs()
     expected = {s.name: s for s in specs}
     arrays = {name: as_array(value) for name, value in tensors.items()}
+    for spec in specs:
+        # A count of training steps that no computation reads: an ONNX model leaves it out (and a
+        # file without it is otherwise complete), so it starts again at 0.
+        if spec.role == "num_batches_tracked" and spec.name not in arrays:
+            arrays[spec.name] = np.zeros(spec.shape, np.dtype(spec.dtype))
     missing = [n for n in expected if n not in arrays]
     unexpected = [n for n in arrays if n not in expected]
     if missing or unexpected:

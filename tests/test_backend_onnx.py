@@ -185,7 +185,8 @@ def test_initializers_are_exactly_the_tensor_specs():
     net = cnndsl.load(ROOT / "examples" / "cifar_tiny.cnn")
     weights = net.init_weights(7)
     model = onnx_builder.build(net, weights)
-    specs = net.tensor_specs()
+    specs = [s for s in net.tensor_specs() if s.role != "num_batches_tracked"]  # read by no node: left out
+    assert len(specs) < len(net.tensor_specs())
     assert [t.name for t in model.graph.initializer] == [s.name for s in specs]
     for tensor, spec in zip(model.graph.initializer, specs, strict=True):
         array = onnx.numpy_helper.to_array(tensor)
@@ -397,8 +398,13 @@ def test_batchnorm_on_images_and_vectors_uses_running_statistics():
     bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
     assert len(bns) == 2
     assert {a.name: round(a.f, 6) for a in bns[0].attribute} == {"epsilon": 0.001, "momentum": 0.99}
-    assert [t.name for t in model.graph.initializer if "num_batches_tracked" in t.name] == [
-        "bn1.num_batches_tracked", "bn2.num_batches_tracked"]
+    # No initializer that no node reads (onnxruntime warned about each); the readers recreate them as 0.
+    assert [t.name for t in model.graph.initializer if "num_batches_tracked" in t.name] == []
+    read = onnx_builder.read_weights(model, net)
+    assert list(read) == [s.name for s in net.tensor_specs()]
+    assert read["bn1.num_batches_tracked"].dtype == np.int64 and int(read["bn2.num_batches_tracked"]) == 0
+    np.testing.assert_array_equal(read["bn1.running_mean"], weights["bn1.running_mean"])
+    assert net.to_numpy(onnx_builder.read_weights(model)).buffers["bn1.num_batches_tracked"] == 0
 
 
 @pytest.mark.parametrize("opset", [17, 20])

@@ -204,3 +204,112 @@ def test_analyze_every_example_in_every_mode():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ALL-OK" in proc.stdout
+
+
+# ---------------------------------------------------------------- rough edges after a core install
+
+_WITHOUT = """\
+import sys
+
+
+class Missing:
+    # the packages named on the command line are not installed, as after `pip install cnndsl`
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named '{{name}}'", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Missing())
+sys.argv = ["cnndsl", *sys.argv[1:]]
+from cnndsl.cli import run
+run()
+"""
+
+
+def cnndsl_without(modules: set[str], *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    script = tmp_path / "without.py"
+    script.write_text(_WITHOUT.format(blocked=modules))
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("modules", "args", "extra"), [
+    ({"onnx", "onnxruntime"}, ("compile", "lenet5.cnn", "--target", "onnx"), "onnx"),
+    ({"torch"}, ("train", "lenet5.cnn", "--backend", "torch", "--epochs", "1"), "torch"),
+])
+def test_a_missing_extra_names_it(modules, args, extra, tmp_path):
+    (tmp_path / "lenet5.cnn").write_text((EXAMPLES / "lenet5.cnn").read_text())
+    args = tuple(str(tmp_path / a) if a.endswith(".cnn") else a for a in args)
+    proc = cnndsl_without(modules, *args, tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    no_traceback(proc)
+    assert f"pip install 'cnndsl[{extra}]'" in proc.stderr
+    assert "not installed" in proc.stderr
+
+
+def test_compile_numpy_honours_weights_and_seed(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import cnndsl as api
+
+    net = api.load(EXAMPLES / "lenet5.cnn")
+    trained = {name: array + 1 for name, array in net.init_weights(seed=11).items()}
+    save_file(trained, str(tmp_path / "w.safetensors"))
+
+    def built(*options: str):
+        out = tmp_path / f"m{len(list(tmp_path.glob('m*.py')))}.py"
+        proc = cnndsl("compile", str(EXAMPLES / "lenet5.cnn"), "-t", "numpy", "-o", str(out), *options)
+        assert proc.returncode == 0, proc.stderr
+        namespace: dict = {}
+        exec(compile(out.read_text(), str(out), "exec"), namespace)  # noqa: S102 - our own generated code
+        return namespace["build"]().params
+
+    with_weights = built("--weights", str(tmp_path / "w.safetensors"))
+    np.testing.assert_array_equal(with_weights["conv1.weight"], trained["conv1.weight"])
+    seeded, default = built("--seed", "3"), built()
+    np.testing.assert_array_equal(seeded["conv1.weight"], net.init_weights(seed=3)["conv1.weight"])
+    assert not np.array_equal(seeded["conv1.weight"], default["conv1.weight"])
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("-t", "numpy", "--weights", "missing.safetensors"), "no weights file"),
+    (("-t", "torch", "--weights", "missing.safetensors"), "no weights file"),
+    (("-t", "torch", "--seed", "3"), "--seed does not apply to the torch target"),
+])
+def test_compile_refuses_what_it_cannot_honour(args, words, tmp_path):
+    proc = cnndsl("compile", str(EXAMPLES / "lenet5.cnn"), "-o", str(tmp_path / "out.py"), *args)
+    assert proc.returncode == 1
+    no_traceback(proc)
+    assert words in proc.stderr and "fix: " in proc.stderr
+    assert not (tmp_path / "out.py").exists()
+
+
+def test_onnxruntime_loads_our_models_without_warnings(tmp_path):
+    out = tmp_path / "resnet18.onnx"
+    assert cnndsl("compile", str(EXAMPLES / "resnet18.cnn"), "-t", "onnx", "-o", str(out)).returncode == 0
+    code = ("import onnxruntime, sys\n"
+            "options = onnxruntime.SessionOptions(); options.log_severity_level = 2  # warnings and up\n"
+            f"onnxruntime.InferenceSession({str(out)!r}, options, providers=['CPUExecutionProvider'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "num_batches_tracked" not in proc.stderr and "[W:" not in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- README listings
+
+
+def test_readme_listings_equal_the_example_files():
+    """Every README code block that names an example file (`examples/NAME.cnn`) just before it shows
+    that file exactly."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = 0
+    # A listing is introduced by a line naming the file and ending in ':', then a blank line.
+    for match in re.finditer(r"(examples/[\w.-]+\.cnn)[^\n]*:\n\n```[^\n]*\n(.*?)```", readme, re.DOTALL):
+        path, listing = ROOT / match.group(1), match.group(2)
+        if path.exists():
+            assert listing == path.read_text(encoding="utf-8"), f"the README's listing of {match.group(1)} differs"
+            found += 1
+    assert found >= 2  # LeNet-5 and ResNet-18
