@@ -118,44 +118,11 @@ def read(model: onnx.ModelProto, path: str, input_shape: tuple[int, ...] | None 
                           "computes shapes, parameters and fields at one input size", source=source,
                           hint="give the size: 'cnndsl import model.onnx --input 3x224x224'")
 
-    # Shape inference on a light copy: big initializers become typed inputs (same shapes, no data).
-    light = onnx.ModelProto(ir_version=model.ir_version)
-    light.opset_import.extend(model.opset_import)
-    lg = light.graph
-    lg.node.extend(graph.node)
-    batch = onnx.TypeProto()
-    batch.CopyFrom(given.type)
-    shape_proto = batch.tensor_type.shape
-    for d, value in zip(shape_proto.dim, dims, strict=True):
-        if value is not None:
-            d.Clear()
-            d.dim_value = value
-    lg.input.append(onnx.ValueInfoProto(name=given.name, type=batch))
-    for tensor in graph.initializer:
-        if int(np.prod(tensor.dims)) <= SMALL_CONSTANT and tensor.data_location != onnx.TensorProto.EXTERNAL:
-            lg.initializer.append(tensor)
-        else:
-            lg.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-    lg.output.extend(graph.output)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
-    except Exception as err:  # noqa: BLE001 - onnx raises its own InferenceError subclasses
-        raise CnnDslError(f"ONNX shape inference fails on the model: {err}", source=source,
-                          hint="check the model with onnx.checker.check_model") from None
-
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    for info in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
-            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                      for d in info.type.tensor_type.shape.dim)
-    shapes[given.name] = tuple(dims)
-
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    constants = {t.name: tensor_array(t) for t in graph.initializer}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    nodes = list(graph.node)
     data = {given.name}
     kept = []
-    for node in nodes:
+    for node in graph.node:
         if node.op_type == "Constant":
             constants[node.output[0]] = _constant_value(node)
             continue
@@ -169,9 +136,62 @@ def read(model: onnx.ModelProto, path: str, input_shape: tuple[int, ...] | None 
                 constants[node.output[0]] = folded
                 continue
         kept.append(node)  # shape arithmetic (Shape, Gather, Concat of sizes): read, not recognised
+
+    # Shape inference on a light copy, after folding (so a Resize's folded scales size its output):
+    # small constants are initializers it can read, big ones typed inputs (same shapes, no data copied).
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    lg = light.graph
+    lg.node.extend(kept)
+    batch = onnx.TypeProto()
+    batch.CopyFrom(given.type)
+    for d, value in zip(batch.tensor_type.shape.dim, dims, strict=True):
+        if value is not None:
+            d.Clear()
+            d.dim_value = value
+    lg.input.append(onnx.ValueInfoProto(name=given.name, type=batch))
+    read_by = {v for node in kept for v in node.input}
+    for name, value in constants.items():
+        if name not in read_by:
+            continue
+        if value.size <= SMALL_CONSTANT:
+            lg.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        else:
+            lg.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
+                                                          list(value.shape)))
+    lg.output.extend(graph.output)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except Exception as err:  # noqa: BLE001 - onnx raises its own InferenceError subclasses
+        raise CnnDslError(f"ONNX shape inference fails on the model: {err}", source=source,
+                          hint="check the model with onnx.checker.check_model") from None
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for info in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                      for d in info.type.tensor_type.shape.dim)
+    shapes[given.name] = tuple(dims)
+    for value in data:
+        if value in shapes and None in shapes[value][1:]:
+            index = next(i for i, n in enumerate(kept) if value in n.output)
+            partial = OnnxGraph(graph.name, path, tuple(kept), constants, shapes, given.name, "", opset,
+                                frozenset(data))
+            raise partial.error(index, "ONNX shape inference cannot size its output at this input size, and cnndsl "
+                                       "computes every shape", hint="export the model at a fixed input size, or "
+                                       "give one with --input")
     output = graph.output[0].name
     return OnnxGraph(name=graph.name, path=path, nodes=tuple(kept), constants=constants, shapes=shapes,
                      input=given.name, output=output, opset=opset, data=frozenset(data))
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """An initializer as numpy: a view of its raw little-endian bytes where it has them (numpy_helper
+    copies each weight several times: 2 s of VGG-16's 550 MB), else numpy_helper's reading."""
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type) if tensor.data_type else None
+    if tensor.HasField("raw_data") and dtype is not None and np.dtype(dtype).kind != "O" and \
+            tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return np.frombuffer(tensor.raw_data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(tuple(tensor.dims))
+    return numpy_helper.to_array(tensor)
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:

@@ -117,7 +117,7 @@ def program(name: str, input_shape: tuple[int, ...], preprocess: dict[str, np.nd
     text = head + [""]
     for block in blocks:
         params = ", ".join(p if d is None else f"{p}={number_text(d)}" for p, d in block.params)
-        text.append(f"block {block.name}({params}) {{")
+        text.append(f"block {block.name}{f'({params})' if params else ''} {{")
         text.extend(lines(block.body, block.exprs, block_params, INDENT))
         text.extend(["}", ""])
     text += [f"network {name}", f"input {'x'.join(map(str, input_shape))}"]

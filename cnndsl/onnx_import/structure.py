@@ -14,6 +14,7 @@ spatial slices).
 
 from __future__ import annotations
 
+from .. import ir
 from ..errors import CnnDslError, Source
 from .graph import OnnxGraph
 from .layers import Branching, Crop, Item, Join, Layer, leaves
@@ -70,7 +71,24 @@ def decompose(layers: list[Layer], output: str, graph: OnnxGraph) -> tuple[Item,
         items.reverse()
         return items
 
-    return tuple(build(graph.input, output))
+    return simplify(tuple(build(graph.input, output)))
+
+
+def simplify(items: tuple[Item, ...]) -> tuple[Item, ...]:
+    """A `flatten` right before an `fc` goes: `fc` flattens a CxHxW input itself (`pool avg global; fc
+    1000`, as people write it), with the same weights, parameters and MACs."""
+    out: list[Item] = []
+    for index, item in enumerate(items):
+        following = items[index + 1] if index + 1 < len(items) else None
+        if isinstance(item, Layer) and isinstance(item.node, ir.Flatten) and isinstance(following, Layer) and \
+                isinstance(following.node, ir.Linear):
+            continue
+        if isinstance(item, Branching):
+            item = Branching(item.kind, tuple(simplify(b) for b in item.branches),
+                             simplify(item.shortcut) if item.shortcut is not None else None, item.always,
+                             item.in_shape, item.out_shape)
+        out.append(item)
+    return tuple(out)
 
 
 def _construct(layer: Layer, branches: list[tuple[Item, ...]], graph: OnnxGraph, shape) -> Branching:

@@ -48,7 +48,7 @@ def name_weights(net, body: tuple[Item, ...], preprocess: dict[str, np.ndarray])
                 tensors[spec.name] = np.zeros((), np.int64)
                 continue
             array = np.asarray(layer.weights[spec.role])
-            tensors[spec.name] = np.ascontiguousarray(array.reshape(spec.shape).astype(spec.dtype))
+            tensors[spec.name] = np.ascontiguousarray(array.reshape(spec.shape).astype(spec.dtype, copy=False))
     for spec in net.tensor_specs():
         if spec.node == "preprocess":
             tensors[spec.name] = np.asarray(preprocess[spec.role], np.float32).reshape(spec.shape)
