@@ -12,6 +12,7 @@ Transpose). Identity-like nodes (Dropout, Identity, a no-op Reshape) are aliased
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -120,8 +121,10 @@ class Recogniser:
             if handler is None:
                 raise self.g.error(index, f"the language has no {node.op_type} operation")
             handler(index)
-        self.layers.sort(key=lambda layer: layer.origin)
-        return merge_adaptive(self.layers, self.g)
+        # aliases found after a layer was made (a Dropout after the activations phase) apply to it too
+        layers = [dataclasses.replace(layer, inputs=tuple(self.resolve(v) for v in layer.inputs))
+                  for layer in sorted(self.layers, key=lambda layer: layer.origin)]
+        return merge_adaptive(layers, self.g)
 
     def find_preprocess(self) -> None:
         """`preprocess { scale S; standardize mean (...) std (...) }` as cnndsl emits it: Mul, Sub, Div."""
