@@ -153,6 +153,10 @@ class Recogniser:
 
     def find_activation(self, end: int) -> None:
         g = self.g
+        inputs = {v for v in g.nodes[end].input if v in g.data}
+        if len(inputs) > 1 and not any(g.nodes[g.producer[v]].op_type in ELEMENTWISE for v in inputs
+                                       if v in g.producer):
+            return  # a join of two computed values (a residual's add): no single-input function
         for leaf in self._leaf_candidates(end):
             cone = self._cone(end, leaf)
             if cone is None:
