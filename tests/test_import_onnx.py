@@ -124,6 +124,42 @@ def test_every_sketch_program_round_trips(name):
     round_trip(cnndsl.parse(sketch_programs()[name], f"{name}.cnn"))
 
 
+EVERY_KIND = """\
+network every_kind
+input 3x29x29
+preprocess { scale 1/255; standardize mean (0.5, 0.4, 0.3) std (0.2, 0.25, 0.3) }
+
+conv 3x3/2 pad same -> 8; leaky 0.2
+conv 3x3 pad2 dil2 groups2 -> 8 nobias; gn 4; elu 0.5
+conv 3x3 pad1 depthwise -> 2x; ln; gelu
+pool max 3x3/2 pad1 ceil
+layerscale 0.5
+concat crop {
+  branch {}
+  branch { pool max 2; conv 3x3 -> 8; hardswish; deconv 2x2/2 -> 8 }
+}
+shuffle 4
+concat { branch { channels :12 } branch { channels 12:; conv 1x1 -> 4; tanh } }
+pool avg 3x3/2 pad1 ceil
+upsample to 9x9 bilinear
+upsample 2x
+conv 1x1 -> 6; sigmoid; silu; hardsigmoid; relu6
+pool avg adaptive 4x5
+fc 12; ln eps 1e-5; softmax
+"""
+
+
+def test_every_kind_round_trips():
+    """One small program with every statement the importer reads back (gn, ln on a map and a
+    vector, a cropping concat crop, ceil pools, uneven adaptive windows, bilinear resizing, ...)."""
+    text = round_trip(cnndsl.parse(EVERY_KIND, "every_kind.cnn")).text
+    for part in ("gn 4; elu 0.5", "depthwise -> 16; ln; gelu", "concat crop {", "shuffle 4", "channels 12:",
+                 "pool avg 3x3/2 pad1 ceil", "upsample 3x bilinear", "pool avg adaptive 4x5",
+                 "fc 12; ln eps 1e-5; softmax", "layerscale 0.5", "leaky 0.2",
+                 "preprocess { scale 0.003921569; standardize mean (0.5, 0.4, 0.3) std (0.2, 0.25, 0.3) }"):
+        assert part in text, (part, text)
+
+
 @pytest.mark.slow
 def test_resnet50_imports_as_a_short_program_with_a_block():
     text = round_trip(cnndsl.load(ROOT / "examples" / "resnet50.cnn", (3, 64, 64))).text
