@@ -160,6 +160,17 @@ def test_every_kind_round_trips():
         assert part in text, (part, text)
 
 
+def test_a_folding_mistake_falls_back_to_the_program_written_out(monkeypatch):
+    from cnndsl.onnx_import import printer
+
+    net = cnndsl.load(ROOT / "examples" / "resnet18.cnn", (3, 32, 32))
+    monkeypatch.setattr(printer, "call_text", lambda call, params: "no_such_block")
+    result = cnndsl.import_onnx(onnx_builder.build(net))
+    assert any("could not be folded" in note for note in result.notes)
+    assert not re.search(r"^block ", result.text, re.M) and "residual {" in result.text
+    assert cnndsl.parse(result.text).report.params == net.report.params
+
+
 @pytest.mark.slow
 def test_resnet50_imports_as_a_short_program_with_a_block():
     text = round_trip(cnndsl.load(ROOT / "examples" / "resnet50.cnn", (3, 64, 64))).text

@@ -69,7 +69,6 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto, input_shape: tuple[i
     from .printer import program
     from .recognise import recognise
     from .structure import decompose
-    from .tensors import name_weights
 
     proto, path = load_model(model)
     graph = read(proto, path, input_shape)
@@ -79,19 +78,37 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto, input_shape: tuple[i
         if isinstance(layer.node, (Join, Crop, AxisAdaptive)):
             raise graph.error(layer.origin, "a step the language has only inside a construct (a join, a crop before "
                                             "a concat, one axis of an adaptive pool) stands on its own here")
-    blocks, body = fold(tree)
     net_name = name or network_name(graph.name, path)
-    text = program(net_name, graph.shape(graph.input), preprocess, blocks, body, os.path.basename(path), notes)
+    shape, origin = graph.shape(graph.input), os.path.basename(path)
+    blocks, body = fold(tree)
     try:
-        net = parse(text, f"{net_name}.cnn")
-    except CnnDslError as err:
-        raise RuntimeError(f"the imported program does not parse: {err.render()}\n{text}") from None
+        text, weights = _checked(program(net_name, shape, preprocess, blocks, body, origin, notes), body, preprocess,
+                                 graph, parse)
+    except _FoldingFailed as failure:  # a folding bug must not cost the user the import: write it out
+        notes = [*notes, f"the repeated blocks could not be folded ({failure}); the program is written out in full"]
+        text, weights = _checked(program(net_name, shape, preprocess, (), tree, origin, notes), tree, preprocess,
+                                 graph, parse)
+    return Imported(text, weights, tuple(notes))
+
+
+class _FoldingFailed(Exception):
+    pass
+
+
+def _checked(text: str, body, preprocess, graph, parse) -> tuple[str, dict]:
+    """The text, parsed back by cnndsl and checked against the graph, and the weights it names."""
+    from .tensors import name_weights
+
+    try:
+        net = parse(text, "imported.cnn")
+        weights = name_weights(net, body, preprocess)
+    except (CnnDslError, RuntimeError) as err:
+        raise _FoldingFailed(str(err).splitlines()[0]) from None
     expected = graph.shape(graph.output)
     if tuple(net.report.output) != tuple(expected):
         raise CnnDslError(f"the imported program gives {'x'.join(map(str, net.report.output))} where the model "
-                          f"gives {'x'.join(map(str, expected))}", source=Source("", path))
-    weights = name_weights(net, body, preprocess)
-    return Imported(text, weights, tuple(notes))
+                          f"gives {'x'.join(map(str, expected))}", source=Source("", graph.path))
+    return text, weights
 
 
 __all__ = ["Imported", "import_onnx", "network_name"]
