@@ -52,6 +52,8 @@ def run(model, x: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # graph optimisations cost more than they save on one small batch (U-Net: 2.8 s against 1.7 s)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options)
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
@@ -72,13 +74,15 @@ def sketch_programs() -> dict[str, str]:
 
 
 def small_input(net):
-    """A smaller input where the network takes one (the figures are compared at that size)."""
+    """A smaller input where the network takes one (the figures are compared at that size): 64x64,
+    or 188x188 for the original U-Net, whose valid convolutions need 16k + 124."""
     c, *hw = net.ir.input_shape
-    if hw and hw[0] >= 200:
-        try:
-            return cnndsl.parse(net.source.text, net.source.path, (c, 64, 64))
-        except CnnDslError:
-            return net
+    for size in (64, 188):
+        if hw and hw[0] > size:
+            try:
+                return cnndsl.parse(net.source.text, net.source.path, (c, size, size))
+            except CnnDslError:
+                continue
     return net
 
 
@@ -106,7 +110,7 @@ def round_trip(net, seed: int = 0):
     assert (b.params, b.macs, b.output, b.rf, b.jump, b.offset) == (a.params, a.macs, a.output, a.rf, a.jump,
                                                                    a.offset)
     same_rows(a, b)
-    x = np.random.default_rng(1).standard_normal((2, *net.ir.input_shape)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((1, *net.ir.input_shape)).astype(np.float32)
     want = run(model, x)
     got = run(onnx_builder.build(back, result.weights), x)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
