@@ -406,13 +406,40 @@ class UNet(nn.Module):
         return self.out(y)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """ConvNeXt's: each pixel's channels normalised (channels last and back)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Norms(nn.Module):
+    """Group and layer norms, GELU, hardswish, a ceil-mode pool and `x.reshape(x.size(0), -1)`."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.gn = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8)
+        self.c2, self.ln = nn.Conv2d(8, 8, 3, padding=1), LayerNorm2d(8, eps=1e-6)
+        self.c3 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc, self.ln2 = nn.Linear(16 * 4 * 4, 10), nn.LayerNorm(10)
+
+    def forward(self, x):
+        x = F.gelu(self.gn(self.c1(x)))
+        x = F.hardswish(self.ln(self.c2(x)))
+        x = F.avg_pool2d(F.leaky_relu(self.c3(x), 0.1), 2, ceil_mode=True)
+        return torch.softmax(self.ln2(self.fc(x.reshape(x.size(0), -1))), 1)
+
+
 # what each import must read as: the language's constructs, found from the graph alone
 STRUCTURE = {"resnet18": ("residual {", "} shortcut {", "resblock(64) x2", "block resblock(c, s=1)"),
              "mobilenet_v2_se": ("mul {", "relu6", "silu", "depthwise", "sigmoid"),
              "inception": ("concat {", "pool avg 3x3/1 pad1", "mixed x2", "pool avg global"),
-             "unet": ("deconv 2x2/2 -> 16", "upsample 2x bilinear", "concat {")}
+             "unet": ("deconv 2x2/2 -> 16", "upsample 2x bilinear", "concat {"),
+             "norms": ("conv 3x3 pad1 -> 8; gn 4; gelu", "conv 3x3 pad1 -> 8; ln; hardswish", "leaky 0.1",
+                       "pool avg 2x2/2 ceil", "fc 10; ln eps 1e-5; softmax")}
 TORCH_MODELS = {"resnet18": (ResNet18, (3, 64, 64)), "mobilenet_v2_se": (MobileNetV2SE, (3, 64, 64)),
-                "inception": (InceptionNet, (3, 63, 63)), "unet": (UNet, (1, 32, 32))}
+                "inception": (InceptionNet, (3, 63, 63)), "unet": (UNet, (1, 32, 32)),
+                "norms": (Norms, (3, 16, 16))}
 
 
 def exported(module, x, fold: bool, dynamic_size: bool = False):
@@ -441,6 +468,9 @@ def test_torch_exports_import_with_equal_outputs(name, fold):
     torch.manual_seed(0)
     cls, shape = TORCH_MODELS[name]
     module = trained_looking(cls())
+    if name == "norms":  # away from the norms' initial 1 and 0
+        for parameter in module.parameters():
+            parameter.data.uniform_(-0.5, 0.5)
     x = torch.randn(2, *shape)
     result = cnndsl.import_onnx(exported(module, x, fold))
     net = cnndsl.parse(result.text)

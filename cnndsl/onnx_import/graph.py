@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 from ..errors import CnnDslError, Source
 
 SMALL_CONSTANT = 64  # elements: initializers this small stay in the copy, so shape inference can read their values
-FOLDABLE = {"Identity", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Transpose", "Concat", "Gather", "Sqrt",
+FOLDABLE = {"Slice", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Transpose", "Concat", "Gather", "Sqrt",
             "Div", "Mul", "Add", "Sub", "Neg", "Reciprocal"}
 SHAPE_OPS = {"Shape", "Size"}  # their outputs describe data, they are not data
 
@@ -137,8 +137,28 @@ def read(model: onnx.ModelProto, path: str, input_shape: tuple[int, ...] | None 
                 continue
         kept.append(node)  # shape arithmetic (Shape, Gather, Concat of sizes): read, not recognised
 
-    # Shape inference on a light copy, after folding (so a Resize's folded scales size its output):
-    # small constants are initializers it can read, big ones typed inputs (same shapes, no data copied).
+    shapes = _infer(model, kept, constants, given, dims, source)
+    kept, replaced = _batch_reshapes(kept, shapes, constants, data)
+    if replaced:  # `x.view(x.size(0), -1)`: its target shape is now a constant, so ONNX can size what follows
+        shapes = _infer(model, kept, constants, given, dims, source)
+    shapes[given.name] = tuple(dims)
+    for value in data:
+        if value not in shapes or None in shapes[value][1:]:
+            index = next(i for i, n in enumerate(kept) if value in n.output)
+            partial = OnnxGraph(graph.name, path, tuple(kept), constants, shapes, given.name, "", opset,
+                                frozenset(data))
+            raise partial.error(index, "ONNX shape inference cannot size its output at this input size, and cnndsl "
+                                       "computes every shape", hint="export the model at a fixed input size, or "
+                                       "give one with --input")
+    output = graph.output[0].name
+    return OnnxGraph(name=graph.name, path=path, nodes=tuple(kept), constants=constants, shapes=shapes,
+                     input=given.name, output=output, opset=opset, data=frozenset(data))
+
+
+def _infer(model, kept, constants, given, dims, source) -> dict[str, tuple[int | None, ...]]:
+    """Every value's shape by ONNX shape inference on a light copy of the graph, after folding (so a
+    Resize's folded scales size its output): small constants are initializers it can read, big ones
+    typed inputs (the same shapes, and no weight copied)."""
     light = onnx.ModelProto(ir_version=model.ir_version)
     light.opset_import.extend(model.opset_import)
     lg = light.graph
@@ -159,7 +179,7 @@ def read(model: onnx.ModelProto, path: str, input_shape: tuple[int, ...] | None 
         else:
             lg.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
                                                           list(value.shape)))
-    lg.output.extend(graph.output)
+    lg.output.extend(model.graph.output)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception as err:  # noqa: BLE001 - onnx raises its own InferenceError subclasses
@@ -170,18 +190,54 @@ def read(model: onnx.ModelProto, path: str, input_shape: tuple[int, ...] | None 
         if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
             shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None
                                       for d in info.type.tensor_type.shape.dim)
-    shapes[given.name] = tuple(dims)
-    for value in data:
-        if value in shapes and None in shapes[value][1:]:
-            index = next(i for i, n in enumerate(kept) if value in n.output)
-            partial = OnnxGraph(graph.name, path, tuple(kept), constants, shapes, given.name, "", opset,
-                                frozenset(data))
-            raise partial.error(index, "ONNX shape inference cannot size its output at this input size, and cnndsl "
-                                       "computes every shape", hint="export the model at a fixed input size, or "
-                                       "give one with --input")
-    output = graph.output[0].name
-    return OnnxGraph(name=graph.name, path=path, nodes=tuple(kept), constants=constants, shapes=shapes,
-                     input=given.name, output=output, opset=opset, data=frozenset(data))
+    return shapes
+
+
+BATCH = -(2**40)  # the batch size in evaluated shape arithmetic: unknown, and unlike any real size
+
+
+def _batch_reshapes(kept, shapes, constants, data):
+    """Evaluate shape arithmetic (Shape, Gather, Unsqueeze, Concat, ...) with the batch as a marker;
+    a Reshape target that comes out as [batch, ...] becomes the constant [0, ...] (0: keep that
+    dimension), and the nodes that computed it go. Returns the nodes left and whether any went."""
+    values: dict[str, np.ndarray] = {}
+    for node in kept:
+        if any(o in data for o in node.output):
+            continue
+        if node.op_type == "Shape" and node.input[0] in shapes:
+            dims = np.array([BATCH if d is None else d for d in shapes[node.input[0]]], np.int64)
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            values[node.output[0]] = dims[attrs.get("start", 0):attrs.get("end", len(dims))]
+        elif all(not v or v in values or v in constants for v in node.input):
+            folded = _fold(node, {**constants, **values})
+            if folded is not None:
+                values[node.output[0]] = folded
+    replaced, gone = False, set()
+    consumers: dict[str, list] = {}
+    for node in kept:
+        for value in node.input:
+            consumers.setdefault(value, []).append(node)
+    for node in kept:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in values:
+            continue
+        target = values[node.input[1]]
+        if target.ndim != 1 or not len(target) or target[0] != BATCH or np.any(target[1:] == BATCH) or \
+                any(c.op_type != "Reshape" or c.input[1] != node.input[1] for c in consumers[node.input[1]]):
+            continue
+        constants[node.input[1]] = np.concatenate([[0], target[1:]]).astype(np.int64)
+        gone.add(node.input[1])
+        replaced = True
+    if not replaced:
+        return kept, False
+    needed = {v for node in kept if not set(node.output) & gone for v in node.input}
+    # drop the arithmetic that only fed the replaced targets (walking back, latest first)
+    left = []
+    for node in reversed(kept):
+        if set(node.output) & gone or (not any(o in data for o in node.output) and not set(node.output) & needed):
+            continue
+        left.append(node)
+        needed.update(node.input)
+    return left[::-1], True
 
 
 def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
@@ -227,6 +283,11 @@ def _fold(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> np.ndarray 
         return np.transpose(args[0], attrs.get("perm"))
     if op == "Concat":
         return np.concatenate(args, axis=attrs["axis"])
+    if op == "Slice" and len(args) >= 3:
+        axes = [int(a) for a in args[3]] if len(args) > 3 and args[3] is not None else [0]
+        if args[0].ndim != 1 or axes != [0] or (len(args) > 4 and args[4] is not None and int(args[4][0]) != 1):
+            return None
+        return args[0][int(args[1][0]):int(args[2][0])]
     if op == "Gather":
         return np.take(args[0], args[1], axis=attrs.get("axis", 0))
     unary = {"Sqrt": np.sqrt, "Neg": np.negative, "Reciprocal": np.reciprocal}

@@ -24,7 +24,8 @@ from .graph import OnnxGraph
 from .layers import AxisAdaptive, Crop, Join, Layer, make
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Erf", "Tanh", "Sigmoid", "Relu", "Clip", "HardSigmoid",
-               "HardSwish", "Exp", "Neg", "Reciprocal", "Max", "Min", "Softplus", "Log", "Abs", "LeakyRelu", "Elu"}
+               "HardSwish", "Exp", "Neg", "Reciprocal", "Max", "Min", "Softplus", "Log", "Abs", "LeakyRelu", "Elu",
+               "Gelu"}
 MAX_CONE = 12
 _SAMPLES = np.concatenate([np.linspace(-8.0, 8.0, 161), [-0.37, 0.013, 2.71, 5.5, 6.0, 3.0, -3.0]])
 _erf = np.vectorize(math.erf)
@@ -115,8 +116,8 @@ class Recogniser:
             if node.op_type == "Concat" and index not in self.claimed:
                 self.find_adaptive(index)
         for index, node in enumerate(self.g.nodes):
-            if index in self.claimed or not any(v in self.g.data for v in node.input):
-                continue
+            if index in self.claimed or not any(v in self.g.data for v in node.output):
+                continue  # claimed, or shape arithmetic (Shape of a value, and what computes with it)
             handler = getattr(self, f"op_{node.op_type}", None)
             if handler is None:
                 raise self.g.error(index, f"the language has no {node.op_type} operation")
@@ -787,6 +788,9 @@ def _evaluate(op: str, args: list, attrs: dict):
         return np.clip(x, low, high)
     if op == "HardSigmoid":
         return np.clip(attrs.get("alpha", 0.2) * x + attrs.get("beta", 0.5), 0.0, 1.0)
+    if op == "Gelu":
+        approximate = attrs.get("approximate", b"none")
+        return _gelu_tanh(x) if approximate in (b"tanh", "tanh") else _gelu(x)
     if op == "HardSwish":
         return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
     if op == "LeakyRelu":
