@@ -300,8 +300,7 @@ class Recogniser:
         if bias is None and user is not None and g.nodes[user].op_type == "Add":
             other = next((v for v in g.nodes[user].input if v != out), None)
             value = g.const(other)
-            if value is not None and value.size == c_out and value.reshape(-1).shape == (c_out,) and \
-                    value.ndim >= 3:
+            if _per_channel(value, (c_out, 1, 1)):
                 bias, out = value.reshape(c_out), g.nodes[user].output[0]
                 claim.append(user)
         fields = dict(kernel=kernel, stride=stride, padding=pads, dilation=dilation, bias=bias is not None)
@@ -692,9 +691,7 @@ class Recogniser:
         x = next(v for v in node.input if v in g.data)
         value = g.const(next(v for v in node.input if v not in g.data))
         shape = g.shape(x)
-        if kind == "mul" and value is not None and value.size == shape[0] and value.size > 1 and \
-                value.shape[-len(shape) + 1:] in ((1, 1), ()) or (kind == "mul" and value is not None and
-                                                                 len(shape) == 1 and value.size == shape[0] > 1):
+        if kind == "mul" and _per_channel(value, shape):
             flat = value.reshape(-1)
             init = nice(flat[0]) if np.all(flat == flat[0]) else 1.0
             if not np.all(flat == flat[0]):
@@ -774,6 +771,13 @@ class Recogniser:
         node = make(ir.Pool, mode="avg", kernel=tuple(kernel), stride=tuple(stride),
                     padding=Padding(top=top, bottom=top, left=left, right=left), ceil=ceil)
         self.emit(node, pad, [x], g.nodes[pool].output[0], claim=[pool])
+
+
+def _per_channel(value: np.ndarray | None, shape: tuple[int, ...]) -> bool:
+    """A constant with one value per channel, broadcast over the rest: (C, 1, 1) on a map, (C,) on a vector."""
+    if value is None or value.size != shape[0] or value.size < 2:
+        return False
+    return value.shape[-1:] == (shape[0],) if len(shape) == 1 else value.shape[-3:] == (shape[0], 1, 1)
 
 
 def _evaluate(op: str, args: list, attrs: dict):
