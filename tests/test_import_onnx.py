@@ -221,6 +221,26 @@ def test_tanh_gelu_and_dropout_come_back_with_notes():
     assert "# note: " in result.text
 
 
+def test_a_pad_before_a_conv_and_a_bias_after_it_fold_into_the_conv():
+    """TensorFlow exporters' forms: an explicit Pad node, a bias Add of its own, auto_pad SAME_UPPER."""
+    node, weight = conv("c1", "p", "v")
+    del node.attribute[:]
+    same, weight2 = conv("c2", "r", "y", c_in=3, c_out=4)
+    del same.attribute[:]
+    same.attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER"))
+    same.attribute.append(helper.make_attribute("strides", [2, 2]))
+    pads = np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]), node, helper.make_node("Add", ["v", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), same]
+    model = graph_model(nodes, [weight, weight2, ("b", np.arange(3.0).reshape(1, 3, 1, 1))])
+    model.graph.initializer.append(onnx.numpy_helper.from_array(pads, "pads"))
+    result = cnndsl.import_onnx(model)
+    assert "conv 3x3 pad1 -> 3; relu\nconv 3x3/2 pad same -> 4" in result.text, result.text
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    got = run(onnx_builder.build(cnndsl.parse(result.text), result.weights), x)
+    np.testing.assert_allclose(got, run(model, x), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", ["unknown op", "not series-parallel", "asymmetric padding", "constant add"])
 def test_what_the_language_cannot_express_is_an_error_naming_the_node(case):
     if case == "unknown op":
