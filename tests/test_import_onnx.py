@@ -168,7 +168,7 @@ def test_a_folding_mistake_falls_back_to_the_program_written_out(monkeypatch):
     from cnndsl.onnx_import import printer
 
     net = cnndsl.load(ROOT / "examples" / "resnet18.cnn", (3, 32, 32))
-    monkeypatch.setattr(printer, "call_text", lambda call, params: "no_such_block")
+    monkeypatch.setattr(printer, "call_text", lambda *call: "no_such_block")
     result = cnndsl.import_onnx(onnx_builder.build(net))
     assert any("could not be folded" in note for note in result.notes)
     assert not re.search(r"^block ", result.text, re.M) and "residual {" in result.text
@@ -182,6 +182,13 @@ def test_resnet50_imports_as_a_short_program_with_a_block():
     assert len(lines) <= 40, text
     assert re.search(r"^block \w+\(c, s=1\) \{$", text, re.M), text
     assert re.search(r"\) x5$", text, re.M) and "-> 4*c nobias" in text and "conv 1x1/s -> 4*c" in text, text
+
+
+def test_blocks_nest_a_gate_inside_a_residual_block():
+    text = round_trip(small_input(cnndsl.load(ROOT / "examples" / "mobilenet_v3_small.cnn"))).text
+    gate = re.search(r"^block (\w+)\(c\) \{\n  mul \{", text, re.M)
+    assert gate and re.search(rf"^block resblock\(c, c2\) \{{(\n .*)*\n    {gate.group(1)}\(c2\)$", text, re.M), text
+    assert text.index(f"block {gate.group(1)}") < text.index("block resblock"), text
 
 
 def test_shufflenet_folds_units_with_in_c_and_its_preprocessing_comes_back():

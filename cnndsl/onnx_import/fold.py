@@ -6,7 +6,9 @@ their numbers — become one block. Each number that differs between the calls b
 parameter, unless it is a multiple or a fraction of one already found (`-> 4*c`), the padding a
 kernel parameter implies (`pad (k-1)/2`) or the channels entering the call (`in_c`). A residual
 with a projection and one without fit one block, as the language builds a shortcut only where
-the body changes the shape; the calls without one leave the shortcut's numbers free.
+the body changes the shape; the calls without one leave the shortcut's numbers free. Units are
+found at every depth and inner ones folded first, so a block may call another (its arguments
+then being the caller's parameters, found the same way).
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def _fields(node: ir.Node) -> tuple[str, ...]:
     return tuple(f for f in SLOTS.get(type(node), ()) if _slot(node, f) is not None)
 
 
+def _item_fields(item: Layer | Call) -> tuple[str, ...]:
+    return tuple(name for name, _ in item.args) if isinstance(item, Call) else _fields(item.node)
+
+
+def _item_slot(item: Layer | Call, field: str) -> int | None:
+    return dict(item.args)[field] if isinstance(item, Call) else _slot(item.node, field)
+
+
 def signature(item: Item):
     """What must agree for two items to be one template: everything but the slot numbers (and a
     residual's shortcut, checked apart)."""
@@ -65,14 +75,16 @@ def signature(item: Item):
         literal = tuple((f.name, getattr(item.node, f.name)) for f in fields(item.node)
                         if f.name not in slots and f.name not in ("name", "span", "calls"))
         return ("layer", type(item.node).__name__, literal, slots)
+    if isinstance(item, Call):
+        return ("call", item.block, item.count, tuple(name for name, _ in item.args))
     assert isinstance(item, Branching)
     return ("construct", item.kind, item.always, tuple(tuple(signature(i) for i in b) for b in item.branches))
 
 
 def _walk(items, prefix=()):
-    """(path, layer) for every layer, the shortcut's too."""
+    """(path, layer or call) for every layer and block call, the shortcut's too."""
     for index, item in enumerate(items):
-        if isinstance(item, Layer):
+        if isinstance(item, (Layer, Call)):
             yield prefix + (index,), item
         elif isinstance(item, Branching):
             for b, branch in enumerate(item.branches):
@@ -135,13 +147,13 @@ def _fold_group(name: str, units: list[tuple[Item, ...]]) -> tuple[BlockDef, lis
     exprs: dict[int, dict[str, str]] = {}
     used_names: Counter = Counter()
     for path, layer in layers.items():
-        for field in _fields(layer.node):
-            values = [_slot(p[path].node, field) if path in p else None for p in per_unit]
+        for field in _item_fields(layer):
+            values = [_item_slot(p[path], field) if path in p else None for p in per_unit]
             if len({v for v in values if v is not None}) <= 1:
                 continue
             expr = _expression(values, params, field) or _expression(values, [("in_c", in_c)], field)
             if expr is None:
-                role = ROLE[field]
+                role = ROLE.get(field, field.rstrip("0123456789"))
                 used_names[role] += 1
                 expr = role if used_names[role] == 1 else f"{role}{used_names[role]}"
                 known = [v for v in values if v is not None]
@@ -156,49 +168,104 @@ def _fold_group(name: str, units: list[tuple[Item, ...]]) -> tuple[BlockDef, lis
     return block, args
 
 
-def fold(tree: tuple[Item, ...]) -> tuple[tuple[BlockDef, ...], tuple[Item, ...]]:
-    """Block definitions and the body that calls them."""
-    units: list[tuple[int, int]] = []  # (start, end) in the top-level sequence
-    index = 0
-    while index < len(tree):
-        if isinstance(tree[index], Branching):
+def _units(items: tuple[Item, ...]) -> list[tuple[int, int]]:
+    """(start, end) of each unit of a sequence: a construct and the activations and shuffles after it."""
+    units, index = [], 0
+    while index < len(items):
+        if isinstance(items[index], Branching):
             end = index + 1
-            while end < len(tree) and isinstance(tree[end], Layer) and isinstance(tree[end].node, TRAILING):
+            while end < len(items) and isinstance(items[end], Layer) and isinstance(items[end].node, TRAILING):
                 end += 1
             units.append((index, end))
             index = end
         else:
             index += 1
-    groups: dict = {}
-    for start, end in units:
-        groups.setdefault(tuple(signature(i) for i in tree[start:end]), []).append((start, end))
-    blocks, calls = [], {}
-    named: Counter = Counter()
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        kind = tree[members[0][0]].kind
-        named[kind] += 1
-        name = NAMES[kind] + ("" if named[kind] == 1 else str(named[kind]))
-        folded = _fold_group(name, [tuple(tree[s:e]) for s, e in members])
-        if folded is None:
-            continue
-        block, args = folded
-        blocks.append(block)
-        for (start, end), arguments in zip(members, args, strict=True):
-            calls[start] = (end, Call(name, arguments, 1, tuple(tree[start:end]), tree[start].in_shape))
-    body: list[Item] = []
-    index = 0
-    while index < len(tree):
-        if index in calls:
+    return units
+
+
+def _sequences(items: tuple[Item, ...]):
+    """The sequence and every branch and shortcut inside it, at any depth."""
+    yield items
+    for item in items:
+        if isinstance(item, Branching):
+            for branch in item.branches:
+                yield from _sequences(branch)
+            if item.shortcut is not None:
+                yield from _sequences(item.shortcut)
+
+
+class _Folder:
+    """Blocks for the groups of equal units at every depth; a unit inside another is folded first,
+    so the outer block calls the inner one (a gate inside a residual block)."""
+
+    def __init__(self, tree: tuple[Item, ...]):
+        self.groups: dict = {}
+        self.key: dict[int, tuple] = {}  # id(a unit's first item) -> its group
+        for sequence in _sequences(tree):
+            for start, end in _units(sequence):
+                unit = tuple(sequence[start:end])
+                key = tuple(signature(i) for i in unit)
+                self.groups.setdefault(key, []).append(unit)
+                self.key[id(unit[0])] = key
+        self.blocks: dict = {}
+        self.order: list[BlockDef] = []
+        self.named: Counter = Counter()
+
+    def block(self, key):
+        """(BlockDef, {id(unit's first item): args}) for a group of two or more units, else None."""
+        if key not in self.blocks:
+            self.blocks[key] = None
+            members = self.groups[key]
+            if len(members) >= 2:
+                kind = members[0][0].kind
+                self.named[kind] += 1
+                name = NAMES[kind] + ("" if self.named[kind] == 1 else str(self.named[kind]))
+                folded = _fold_group(name, [self.inside(unit) for unit in members])
+                if folded is not None:
+                    block, args = folded
+                    self.blocks[key] = (block, {id(u[0]): a for u, a in zip(members, args, strict=True)})
+                    self.order.append(block)
+        return self.blocks[key]
+
+    def inside(self, items: tuple[Item, ...]) -> tuple[Item, ...]:
+        """The items with the sequences inside their constructs folded (not the items themselves)."""
+        out = []
+        for item in items:
+            if isinstance(item, Branching):
+                item = Branching(item.kind, tuple(self.rewrite(b) for b in item.branches),
+                                 self.rewrite(item.shortcut) if item.shortcut is not None else None, item.always,
+                                 item.in_shape, item.out_shape)
+            out.append(item)
+        return tuple(out)
+
+    def rewrite(self, items: tuple[Item, ...], runs: bool = False) -> tuple[Item, ...]:
+        """The sequence with its units as calls (equal calls in a row as one `x N` where `runs`)."""
+        calls = {}
+        for start, end in _units(items):
+            entry = self.block(self.key[id(items[start])])
+            if entry is not None:
+                block, args = entry
+                calls[start] = (end, Call(block.name, args[id(items[start])], 1, tuple(items[start:end]),
+                                          items[start].in_shape))
+        body: list[Item] = []
+        index = 0
+        while index < len(items):
+            if index not in calls:
+                body.extend(self.inside(items[index:index + 1]))
+                index += 1
+                continue
             end, call = calls[index]
             last = body[-1] if body else None
-            if isinstance(last, Call) and (last.block, last.args) == (call.block, call.args):
+            if runs and isinstance(last, Call) and (last.block, last.args) == (call.block, call.args):
                 body[-1] = Call(last.block, last.args, last.count + 1, last.expanded + call.expanded, last.in_shape)
             else:
                 body.append(call)
             index = end
-        else:
-            body.append(tree[index])
-            index += 1
-    return tuple(blocks), tuple(body)
+        return tuple(body)
+
+
+def fold(tree: tuple[Item, ...]) -> tuple[tuple[BlockDef, ...], tuple[Item, ...]]:
+    """Block definitions (a called block before its callers) and the body that calls them."""
+    folder = _Folder(tree)
+    body = folder.rewrite(tree, runs=True)
+    return tuple(folder.order), body

@@ -46,11 +46,14 @@ def statement(node: ir.Node, exprs: dict[str, str] | None = None) -> str:
     return text
 
 
-def call_text(call: Call, params: tuple[tuple[str, int | None], ...]) -> str:
-    args = dict(call.args)
+def call_text(call: Call, params: tuple[tuple[str, int | None], ...], exprs: dict[str, str] | None = None) -> str:
+    """`name(64, s=2) x3`; inside a block, arguments that are the caller's parameters as expressions."""
+    args, exprs = dict(call.args), exprs or {}
     written = []
     for name, default in params:
-        if default is None:
+        if name in exprs:
+            written.append(exprs[name] if default is None else f"{name}={exprs[name]}")
+        elif default is None:
             written.append(number_text(args[name]))
         elif args[name] != default:
             written.append(f"{name}={number_text(args[name])}")
@@ -75,7 +78,7 @@ def lines(items: tuple[Item, ...], exprs: dict[int, dict[str, str]], blocks: dic
             continue
         flush()
         if isinstance(item, Call):
-            out.append(indent + call_text(item, blocks[item.block]))
+            out.append(indent + call_text(item, blocks[item.block], exprs.get(id(item))))
             continue
         out.extend(_construct(item, exprs, blocks, indent))
     flush()
