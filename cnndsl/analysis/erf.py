@@ -45,6 +45,7 @@ class EffectiveField:
     centre: tuple[Rational, Rational]  # the input position the unit's theoretical field is centred on
     unit: tuple[int, int] = (0, 0)  # the output position (row, column) of the unit
     mass: float = 0.9
+    samples: int = 1
 
     def to_json(self) -> list[int]:
         return list(self.size)
@@ -79,7 +80,8 @@ def centred_extent(marginal: np.ndarray, centre: Rational, mass: float = 0.9) ->
 
 def effective_fields(net: Net, *, samples: int = 8, seed: int = 0, weights: Any = None, mass: float = 0.9,
                      report: Report | None = None, layers: list[str] | None = None) -> dict[str, EffectiveField]:
-    """Report layer name -> its EffectiveField, for every layer whose output is CxHxW (or `layers`).
+    """Report layer name -> its EffectiveField, for every layer whose output is CxHxW; or for the
+    nodes named in `layers` (block calls too: `--depth` shows a call's field).
 
     Weights: `weights` (a .safetensors path or a name -> array dict), else cnndsl's seeded
     initialisation with `seed`; inputs: `samples` standard normals from `numpy.random.default_rng(seed)`.
@@ -95,30 +97,30 @@ def effective_fields(net: Net, *, samples: int = 8, seed: int = 0, weights: Any 
         return {}
     model = net.to_numpy(resolve_weights(net, weights, seed))
     taps = _output_taps(net.ir, report)
-    names = [row.name for row in report.layers if len(row.output) == 3 and row.name in taps]
-    if layers is not None:
-        wanted = set(layers)
-        names = [name for name in names if name in wanted]
+    if layers is None:
+        layers = [row.name for row in report.layers]
+    names = [name for name in dict.fromkeys(layers)
+             if name in taps and name in report.fields and len(report.shapes[name].output) == 3]
     x = np.random.default_rng(seed).standard_normal((samples, *report.input)).astype(model.dtype)
     probe = _Probe(model)
     out = model.forward(x, train=False)
     result = {}
     for name in names:
-        row = report.layer(name)
-        unit, centre = _centre_unit(row, report.input)
+        field = report.fields[name]
+        unit, centre = _centre_unit(report.shapes[name].output, field.start, field.jump, report.input)
         grad = probe.gradient(out, taps[name], unit)
         gradient = np.abs(grad).sum(axis=1).mean(axis=0)
         size = (centred_extent(gradient.sum(axis=1), centre[0], mass),
                 centred_extent(gradient.sum(axis=0), centre[1], mass))
-        result[name] = EffectiveField(name, size, gradient, centre, unit, mass)
+        result[name] = EffectiveField(name, size, gradient, centre, unit, mass, samples)
     return result
 
 
-def _centre_unit(row, input_shape) -> tuple[tuple[int, int], tuple[Rational, Rational]]:
+def _centre_unit(output, starts, jumps, input_shape) -> tuple[tuple[int, int], tuple[Rational, Rational]]:
     """The output position whose field is centred nearest the input's centre (the first of a tie),
     and that field centre: start + jump * position, per axis."""
     unit, centre = [], []
-    for size, start, jump, middle in zip(row.output[1:], row.offset, row.jump, input_shape[1:], strict=True):
+    for size, start, jump, middle in zip(output[1:], starts, jumps, input_shape[1:], strict=True):
         best = min(range(size), key=lambda o: abs(2 * (start + jump * o) - (middle - 1)))
         unit.append(best)
         centre.append(start + jump * best)
@@ -211,8 +213,6 @@ class _Probe:
                 self.inject.setdefault(tap.layer, []).append(position)
         self.cutoff = max((self.order[name] for name in self.inject), default=-1)
         grad = self.model.backward(np.zeros_like(out))
-        if grad is None:
-            grad = np.zeros(self.model.input_shape and (out.shape[0], *self.model.input_shape))
         for h, w in direct:
             grad = np.array(grad, copy=True)
             grad[:, :, h, w] += 1
