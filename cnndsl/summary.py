@@ -44,15 +44,13 @@ def terminal_width() -> int:
 
 
 def human(value: int) -> str:
-    """A count for a person: `118M`, `2.36M`, `10.0T`; three significant figures, scientific past 1e18."""
+    """A count for a person: `118M`, `2.36M`, `10.0T`: three significant figures, scientific
+    (`1.23e+18`) from a million T on."""
     if value < 1000:
         return str(value)
     for unit, size in (("K", 10**3), ("M", 10**6), ("G", 10**9), ("T", 10**12), ("P", 10**15)):
-        if value < size * 1000:
-            scaled = value / size
-            text = f"{scaled:.3g}"
-            if float(text) >= 1000:  # 999,999 rounds to 1.00M, not 1e+03K
-                continue
+        text = f"{value / size:#.3g}".rstrip(".")
+        if float(text) < 1000:  # else 999,999 would be 1.00e+03K: it is 1.00M
             return f"{text}{unit}"
     return f"{value:.2e}"
 

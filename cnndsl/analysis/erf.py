@@ -47,9 +47,6 @@ class EffectiveField:
     mass: float = 0.9
     samples: int = 1
 
-    def to_json(self) -> list[int]:
-        return list(self.size)
-
 
 class _Tap(NamedTuple):
     """Where a node's output is made: the output of runtime layer `layer` (None: the network input),
@@ -103,12 +100,12 @@ def effective_fields(net: Net, *, samples: int = 8, seed: int = 0, weights: Any 
              if name in taps and name in report.fields and len(report.shapes[name].output) == 3]
     x = np.random.default_rng(seed).standard_normal((samples, *report.input)).astype(model.dtype)
     probe = _Probe(model)
-    out = model.forward(x, train=False)
+    out = model.forward(x, train=False) if names else None
     result = {}
     for name in names:
         field = report.fields[name]
         unit, centre = _centre_unit(report.shapes[name].output, field.start, field.jump, report.input)
-        grad = probe.gradient(out, taps[name], unit)
+        grad = probe.gradient(out, [(t.layer, unit[0] + t.rows, unit[1] + t.columns) for t in taps[name]])
         gradient = np.abs(grad).sum(axis=1).mean(axis=0)
         size = (centred_extent(gradient.sum(axis=1), centre[0], mass),
                 centred_extent(gradient.sum(axis=0), centre[1], mass))
@@ -181,6 +178,7 @@ class _Probe:
             self._wrap(layer)
 
     def _wrap(self, layer) -> None:
+        layer.weight_grad = False  # only the input gradient is wanted: conv, deconv and fc skip dW
         forward, backward = layer.forward, layer.backward
 
         def recording_forward(x, train):
@@ -201,19 +199,18 @@ class _Probe:
 
         layer.forward, layer.backward = recording_forward, injecting_backward
 
-    def gradient(self, out: np.ndarray, taps: list[_Tap], unit: tuple[int, int]) -> np.ndarray:
-        """d(sum over channels of every tap's output at `unit`) / d(network input), per sample."""
+    def gradient(self, out: np.ndarray, taps: list[tuple[str | None, int, int]]) -> np.ndarray:
+        """d(sum over channels of every tap's output at its position) / d(network input), per sample:
+        one backward pass."""
         self.inject = {}
         direct = []
-        for tap in taps:
-            position = (unit[0] + tap.rows, unit[1] + tap.columns)
-            if tap.layer is None:
-                direct.append(position)
+        for layer, h, w in taps:
+            if layer is None:
+                direct.append((h, w))
             else:
-                self.inject.setdefault(tap.layer, []).append(position)
+                self.inject.setdefault(layer, []).append((h, w))
         self.cutoff = max((self.order[name] for name in self.inject), default=-1)
-        grad = self.model.backward(np.zeros_like(out))
+        grad = np.array(self.model.backward(np.zeros_like(out)), copy=True)
         for h, w in direct:
-            grad = np.array(grad, copy=True)
             grad[:, :, h, w] += 1
         return grad
