@@ -282,9 +282,12 @@ def _parallel(branches: list[Part | None], join: Part, input_shape: str, keep_fi
         out.add(part)
         out.entries += part.entries
         x1, y1 = part.exit
-        out.edges += [(x1, y1, x2, y2) for x2, y2 in join_part.entries]
         if not identity:
             out.labels.append(_shape_label(x1, y1, part.output))
+        if y1 < tallest:  # down its own column first, so the edge does not cross the taller branches
+            out.edges.append((x1, y1, x1, tallest))
+            y1 = tallest
+        out.edges += [(x1, y1, x2, y2) for x2, y2 in join_part.entries]
     out.add(join_part)
     return out
 
