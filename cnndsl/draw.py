@@ -162,10 +162,11 @@ class Layout:
         return Item(run, first.text() + repeat, kind_of(first), count > 1)
 
     def figures(self, item: Item) -> tuple[int, int, int]:
-        """Parameters, MACs and layers of everything in `item` (all its repeats)."""
+        """Parameters, MACs and layers of everything in `item` (all its repeats); a join drawn with its
+        branches around it counts only itself, so the boxes of a diagram add up to the network."""
         params = macs = layers = 0
         for node in item.nodes:
-            for inner in active(node, self.shapes):
+            for inner in active(node, self.shapes) if item.expandable else (node,):
                 row = self.rows.get(inner.name)
                 if row is not None:
                     params += row.params
