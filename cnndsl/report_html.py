@@ -31,6 +31,7 @@ from .summary import _bytes, _human
 
 CHART_W = 760
 HEAT_PX = 300  # the side of a drawn field panel, in CSS pixels
+FIELD_BUDGET = 1 << 30  # bytes of activations one batch of the effective field's inputs may hold
 WEIGHTED = (ir.Conv, ir.Deconv, ir.Linear)  # the layers a network's depth counts (ResNet-152's 152)
 
 
@@ -413,10 +414,8 @@ def _erf_section(net, report: Report, weights: str | None, image: str | None, sa
             raise CnnDslError("--image needs a network with a CxHxW input: this one takes a vector",
                               hint="drop --image")
         return "<p class=note>The input is a vector: no receptive field to draw.</p>"
-    from .analysis.erf import effective_fields
-
     picture = _picture(image, report.input) if image is not None else None  # a bad file fails before the work
-    field = effective_fields(net, samples=samples, seed=seed, weights=weights, layers=[row.name])[row.name]
+    field = measure_field(net, row.name, weights, samples, seed)
     h, w = report.input[1:]
     theory = _theoretical_box(row, field.centre, h, w)
     source = f"the weights in {Path(weights).name}" if weights else f"fresh weights (seed {seed})"
@@ -435,6 +434,31 @@ def _erf_section(net, report: Report, weights: str | None, image: str | None, sa
               f"effective field ({field.mass:.0%} of the gradient) <span class=swatch "
               "style=\"background:#fff;border-color:#000\"></span> field centre</p>")
     return text + f"<div class=panels>{''.join(panels)}</div>" + legend
+
+
+def measure_field(net, layer: str, weights: str | None, samples: int, seed: int):
+    """`effective_fields` for one layer, its random inputs taken in batches whose activations fit
+    `FIELD_BUDGET` (one batch of 8 through a U-Net at 572x572 would hold 9 GiB): one set of weights,
+    batch i's inputs drawn with seed + i, the gradient maps averaged, the field's size measured again
+    on the mean (`centred_extent`)."""
+    import dataclasses
+
+    from .analysis.erf import centred_extent, effective_fields
+    from .weights import resolve_weights
+
+    batch = max(1, min(samples, FIELD_BUDGET // max(net.report.activation_bytes, 1)))
+    if batch >= samples:
+        return effective_fields(net, samples=samples, seed=seed, weights=weights, layers=[layer])[layer]
+    fixed = resolve_weights(net, weights, seed)
+    total = None
+    for index, start in enumerate(range(0, samples, batch)):
+        count = min(batch, samples - start)
+        field = effective_fields(net, samples=count, seed=seed + index, weights=fixed, layers=[layer])[layer]
+        total = field.gradient * count if total is None else total + field.gradient * count
+    gradient = total / samples
+    size = (centred_extent(gradient.sum(axis=1), field.centre[0], field.mass),
+            centred_extent(gradient.sum(axis=0), field.centre[1], field.mass))
+    return dataclasses.replace(field, gradient=gradient, size=size)
 
 
 def _theoretical_box(row: LayerReport, centre, h: int, w: int) -> tuple[float, float, float, float]:
