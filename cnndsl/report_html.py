@@ -584,6 +584,9 @@ def report(file: str, out: str | None, weights: str | None, image: str | None, s
         _print_warnings(net)
         path = Path(out) if out is not None else default_output(net, ".html")
         check_output(path, net, force)  # before the minutes of work, not after
+        row = last_spatial_layer(net.report)
+        if row is not None:
+            click.echo(f"measuring the effective field of {row.name} over {samples} random inputs", err=True)
         page = build(net, weights=weights, image=image, samples=samples, seed=seed)
         write_output(path, page.encode(), net, force=force)
         click.echo(f"wrote {path}")
