@@ -7,7 +7,7 @@ sites) is one box marked `xN`, so ResNet-152 is fourteen boxes. Each edge is lab
 of the tensor it carries, read from the analysis (never recomputed here).
 
 No Graphviz: a series-parallel graph lays itself out. A `Part` is a laid-out piece in its own
-coordinates; `_series` stacks parts on a common axis and `_parallel` puts branches side by side,
+coordinates; `series` stacks parts on a common axis and `_parallel` puts branches side by side,
 so the layout is one recursion over the IR.
 """
 
@@ -185,13 +185,13 @@ class Layout:
     def sequence(self, items: tuple[ir.Node, ...]) -> Part | None:
         """The statements of a sequence, top to bottom (None when it has none: an identity)."""
         parts = []
-        for run in group(_inline(items)):
+        for run in group(statements(items)):
             item = self.item(run)
             if len(run) == 1 and not item.expandable and run[0].children():
                 parts.append(self.compound(run[0], item))
             else:
                 parts.append(self.box(item, self.output(run[-1])))
-        return _series(parts) if parts else None
+        return series(parts) if parts else None
 
     def box(self, item: Item, output: str) -> Part:
         height = CALL_H if item.expandable else BOX_H
@@ -222,21 +222,21 @@ class Layout:
         parts = [self.terminal("input", fmt(self.report.input))]
         parts += [body] if body is not None else []
         parts.append(self.terminal("output", fmt(self.report.output)))
-        return _series(parts)
+        return series(parts)
 
 
-def _inline(items: tuple[ir.Node, ...]) -> list[ir.Node]:
+def statements(items: tuple[ir.Node, ...]) -> list[ir.Node]:
     """A sequence's statements, with any plain (non-call) sequence inside it flattened."""
     out: list[ir.Node] = []
     for node in items:
         if isinstance(node, ir.Seq) and node.block is None:
-            out.extend(_inline(node.items))
+            out.extend(statements(node.items))
         else:
             out.append(node)
     return out
 
 
-def _series(parts: list[Part]) -> Part:
+def series(parts: list[Part]) -> Part:
     axis = max(p.axis for p in parts)
     y = 0.0
     out: Part | None = None
@@ -362,11 +362,11 @@ def _box(layout: Layout, parent: ET.Element, item: Item, x: float, y: float, w: 
     first, last = item.nodes[0], item.nodes[-1]
     shape = layout.shapes.of(last)
     attrs = {"class": "node" + (" expandable" if item.expandable else ""), "data-name": first.name,
-             "data-kind": item.kind, "data-count": str(len(item.nodes)), "data-line": str(_line(first)),
+             "data-kind": item.kind, "data-count": str(len(item.nodes)), "data-line": str(source_line(first)),
              "data-output": fmt(shape.output), "data-params": str(params), "data-macs": str(macs)}
     group_ = ET.SubElement(parent, "g", attrs)
     tooltip = [item.label, f"{first.name}" + (f" ... {last.name}" if len(item.nodes) > 1 else ""),
-               f"line {_line(first)}: {fmt(layout.shapes.of(first).input)} -> {fmt(shape.output)}",
+               f"line {source_line(first)}: {fmt(layout.shapes.of(first).input)} -> {fmt(shape.output)}",
                f"{params:,} parameters, {macs:,} MACs"]
     if isinstance(first, ir.Seq):
         tooltip.insert(1, first.text())
@@ -391,7 +391,7 @@ def _box(layout: Layout, parent: ET.Element, item: Item, x: float, y: float, w: 
     return group_
 
 
-def _line(node: ir.Node) -> int:
+def source_line(node: ir.Node) -> int:
     return node.calls[-1].line if isinstance(node, ir.Seq) and node.calls else node.span.line
 
 

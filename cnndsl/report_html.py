@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -24,10 +25,23 @@ import numpy as np
 from . import ir
 from .analysis import BYTES_PER_VALUE, LayerReport, Report, fmt
 from .analysis.shapes import active
-from .draw import Item, Layout, _inline, _series, default_output, drawing, group, kind_colour, kind_of, render, title_of
+from .draw import (
+    Item,
+    Layout,
+    default_output,
+    drawing,
+    group,
+    kind_colour,
+    kind_of,
+    render,
+    series,
+    source_line,
+    statements,
+    title_of,
+)
 from .errors import CnnDslError
 from .kinds.base import rational_text
-from .summary import _bytes, _human
+from .summary import _bytes, _human, _pair
 
 CHART_W = 760
 HEAT_PX = 300  # the side of a drawn field panel, in CSS pixels
@@ -94,11 +108,6 @@ def _summary(report: Report) -> str:
         f"<ul class=warnings>{warnings}</ul>" if warnings else "") + "</section>"
 
 
-def _pair(values) -> str:
-    a, b = (rational_text(v) for v in values)
-    return a if a == b else f"{a}x{b}"
-
-
 # ---------------------------------------------------------------- block details
 
 
@@ -141,7 +150,7 @@ def _inside(layout: Layout, item: Item):
     else:
         part = layout.box(Item((first,), first.text(), kind_of(first), False), fmt(shape.output))
     ends = [layout.terminal("in", fmt(shape.input))] + ([part] if part is not None else [])
-    return _series(ends + [layout.terminal("out", fmt(shape.output))])
+    return series(ends + [layout.terminal("out", fmt(shape.output))])
 
 
 # ---------------------------------------------------------------- the table
@@ -156,7 +165,7 @@ def _table(layout: Layout, report: Report) -> str:
     index = {row.name: i for i, row in enumerate(report.layers)}
     head = "".join(f"<th data-type={kind}>{_e(name)}</th>" for name, kind in COLUMNS)
     bodies = []
-    for run in group(tuple(_inline(layout.network.body.items))):
+    for run in group(tuple(statements(layout.network.body.items))):
         item = layout.item(run)
         rows = [layout.rows[n.name] for node in run for n in active(node, layout.shapes) if n.name in layout.rows]
         if len(rows) == 1:
@@ -164,10 +173,10 @@ def _table(layout: Layout, report: Report) -> str:
             continue
         params, macs, _ = layout.figures(item)
         last = rows[-1] if not run[-1].children() else layout.rows.get(run[-1].name, rows[-1])
-        memory = sum(_numel(r.output) for r in rows) * BYTES_PER_VALUE
+        memory = sum(math.prod(r.output) for r in rows) * BYTES_PER_VALUE
         cells = [
             (index[rows[0].name], ""), (item.label, "<span class=toggle></span>"),
-            (_line_of(run[0]), ""), (layout.subtitle(item), ""), (fmt(last.output), ""), (params, ""), (macs, ""),
+            (source_line(run[0]), ""), (layout.subtitle(item), ""), (fmt(last.output), ""), (params, ""), (macs, ""),
             (_first(last.rf), ""), (_first(last.jump), ""), (memory, "")]
         shown = {7: _pair(last.rf), 8: _pair(last.jump), 9: _bytes(memory)}
         header = "".join(_cell(value, kind, prefix, shown.get(i)) for i, ((value, prefix), (_, kind)) in
@@ -182,17 +191,13 @@ def _table(layout: Layout, report: Report) -> str:
             f"<table id=layer-table><thead><tr>{head}</tr></thead>{''.join(bodies)}</table>")
 
 
-def _line_of(node: ir.Node) -> int:
-    return node.calls[-1].line if isinstance(node, ir.Seq) and node.calls else node.span.line
-
-
 def _first(values) -> float:
     return float(values[0])
 
 
 def _row(row: LayerReport, index: dict[str, int], report: Report, member: bool = False) -> str:
     values = (index[row.name], row.name, row.line, row.statement, fmt(row.output), row.params, row.macs,
-              float(row.rf[0]), float(row.jump[0]), _numel(row.output) * BYTES_PER_VALUE)
+              float(row.rf[0]), float(row.jump[0]), math.prod(row.output) * BYTES_PER_VALUE)
     shown = {7: _pair(row.rf), 8: _pair(row.jump), 9: _bytes(values[9])}
     cells = "".join(_cell(value, kind, "", shown.get(i)) for i, (value, (_, kind)) in
                     enumerate(zip(values, COLUMNS, strict=True)))
@@ -206,13 +211,6 @@ def _cell(value, kind: str, prefix: str = "", shown: str | None = None) -> str:
         text = shown if shown is not None else f"{value:,}" if isinstance(value, int) else f"{number:g}"
         return f"<td class=num data-v=\"{number:g}\">{prefix}{_e(text)}</td>"
     return f"<td>{prefix}{_e(value)}</td>"
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for d in shape:
-        total *= d
-    return total
 
 
 # ---------------------------------------------------------------- charts
@@ -311,12 +309,12 @@ def _field_chart(layout: Layout, report: Report) -> str:
     if side:
         svg.append(f"<line x1={axes.left:.1f} x2={axes.left + axes.width:.1f} y1={y(side):.1f} y2={y(side):.1f} "
                    f"class=ref /><text x={axes.left + axes.width + 6:.1f} y={y(side) + 4:.1f}>input {side}</text>")
-    for series, colour, label in (("size", "#d6604d", "receptive field"), ("jump", "#4393c3", "jump")):
-        coords = [(x(d), y(float(getattr(f, series)[0]))) for d, f in points]
+    for figure, colour, label in (("size", "#d6604d", "receptive field"), ("jump", "#4393c3", "jump")):
+        coords = [(x(d), y(float(getattr(f, figure)[0]))) for d, f in points]
         path = " ".join(f"{'M' if i == 0 else 'L'}{cx:.1f},{cy:.1f}" for i, (cx, cy) in enumerate(coords))
         svg.append(f"<path d=\"{path}\" fill=none stroke=\"{colour}\" stroke-width=2 />")
         for (cx, cy), (d, f), name in zip(coords, points, names, strict=True):
-            value = _pair(getattr(f, series))
+            value = _pair(getattr(f, figure))
             svg.append(f"<circle cx={cx:.1f} cy={cy:.1f} r=2.6 fill=\"{colour}\"><title>{_e(name)}: {label} "
                        f"{_e(value)} at depth {d}</title></circle>")
     legend_x = axes.left + axes.width + 6
@@ -336,7 +334,7 @@ def _int_ticks(high: int) -> list[int]:
 
 def _block_chart(layout: Layout) -> str:
     bars = []
-    for run in group(tuple(_inline(layout.network.body.items))):
+    for run in group(tuple(statements(layout.network.body.items))):
         item = layout.item(run)
         params, macs, _ = layout.figures(item)
         if params or macs:
@@ -369,7 +367,7 @@ def _memory_chart(report: Report) -> str:
     if not rows:
         return ""
     axes = _Axes(70, 12, CHART_W - 90, 180)
-    sizes = [_numel(r.output) * BYTES_PER_VALUE for r in rows]
+    sizes = [math.prod(r.output) * BYTES_PER_VALUE for r in rows]
     largest = max(sizes) or 1
     step = axes.width / len(rows)
     svg = [_chart_open(CHART_W, axes.top + axes.height + 40, "activation memory per layer"), _frame(axes)]
