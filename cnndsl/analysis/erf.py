@@ -45,9 +45,7 @@ class EffectiveField:
     centre: tuple[Rational, Rational]  # the input position the unit's theoretical field is centred on
     unit: tuple[int, int] = (0, 0)  # the output position (row, column) of the unit
     mass: float = 0.9
-
-    def to_json(self) -> list[int]:
-        return list(self.size)
+    samples: int = 1
 
 
 class _Tap(NamedTuple):
@@ -79,7 +77,8 @@ def centred_extent(marginal: np.ndarray, centre: Rational, mass: float = 0.9) ->
 
 def effective_fields(net: Net, *, samples: int = 8, seed: int = 0, weights: Any = None, mass: float = 0.9,
                      report: Report | None = None, layers: list[str] | None = None) -> dict[str, EffectiveField]:
-    """Report layer name -> its EffectiveField, for every layer whose output is CxHxW (or `layers`).
+    """Report layer name -> its EffectiveField, for every layer whose output is CxHxW; or for the
+    nodes named in `layers` (block calls too: `--depth` shows a call's field).
 
     Weights: `weights` (a .safetensors path or a name -> array dict), else cnndsl's seeded
     initialisation with `seed`; inputs: `samples` standard normals from `numpy.random.default_rng(seed)`.
@@ -95,30 +94,30 @@ def effective_fields(net: Net, *, samples: int = 8, seed: int = 0, weights: Any 
         return {}
     model = net.to_numpy(resolve_weights(net, weights, seed))
     taps = _output_taps(net.ir, report)
-    names = [row.name for row in report.layers if len(row.output) == 3 and row.name in taps]
-    if layers is not None:
-        wanted = set(layers)
-        names = [name for name in names if name in wanted]
+    if layers is None:
+        layers = [row.name for row in report.layers]
+    names = [name for name in dict.fromkeys(layers)
+             if name in taps and name in report.fields and len(report.shapes[name].output) == 3]
     x = np.random.default_rng(seed).standard_normal((samples, *report.input)).astype(model.dtype)
     probe = _Probe(model)
-    out = model.forward(x, train=False)
+    out = model.forward(x, train=False) if names else None
     result = {}
     for name in names:
-        row = report.layer(name)
-        unit, centre = _centre_unit(row, report.input)
-        grad = probe.gradient(out, taps[name], unit)
+        field = report.fields[name]
+        unit, centre = _centre_unit(report.shapes[name].output, field.start, field.jump, report.input)
+        grad = probe.gradient(out, [(t.layer, unit[0] + t.rows, unit[1] + t.columns) for t in taps[name]])
         gradient = np.abs(grad).sum(axis=1).mean(axis=0)
         size = (centred_extent(gradient.sum(axis=1), centre[0], mass),
                 centred_extent(gradient.sum(axis=0), centre[1], mass))
-        result[name] = EffectiveField(name, size, gradient, centre, unit, mass)
+        result[name] = EffectiveField(name, size, gradient, centre, unit, mass, samples)
     return result
 
 
-def _centre_unit(row, input_shape) -> tuple[tuple[int, int], tuple[Rational, Rational]]:
+def _centre_unit(output, starts, jumps, input_shape) -> tuple[tuple[int, int], tuple[Rational, Rational]]:
     """The output position whose field is centred nearest the input's centre (the first of a tie),
     and that field centre: start + jump * position, per axis."""
     unit, centre = [], []
-    for size, start, jump, middle in zip(row.output[1:], row.offset, row.jump, input_shape[1:], strict=True):
+    for size, start, jump, middle in zip(output[1:], starts, jumps, input_shape[1:], strict=True):
         best = min(range(size), key=lambda o: abs(2 * (start + jump * o) - (middle - 1)))
         unit.append(best)
         centre.append(start + jump * best)
@@ -179,6 +178,7 @@ class _Probe:
             self._wrap(layer)
 
     def _wrap(self, layer) -> None:
+        layer.weight_grad = False  # only the input gradient is wanted: conv, deconv and fc skip dW
         forward, backward = layer.forward, layer.backward
 
         def recording_forward(x, train):
@@ -199,21 +199,18 @@ class _Probe:
 
         layer.forward, layer.backward = recording_forward, injecting_backward
 
-    def gradient(self, out: np.ndarray, taps: list[_Tap], unit: tuple[int, int]) -> np.ndarray:
-        """d(sum over channels of every tap's output at `unit`) / d(network input), per sample."""
+    def gradient(self, out: np.ndarray, taps: list[tuple[str | None, int, int]]) -> np.ndarray:
+        """d(sum over channels of every tap's output at its position) / d(network input), per sample:
+        one backward pass."""
         self.inject = {}
         direct = []
-        for tap in taps:
-            position = (unit[0] + tap.rows, unit[1] + tap.columns)
-            if tap.layer is None:
-                direct.append(position)
+        for layer, h, w in taps:
+            if layer is None:
+                direct.append((h, w))
             else:
-                self.inject.setdefault(tap.layer, []).append(position)
+                self.inject.setdefault(layer, []).append((h, w))
         self.cutoff = max((self.order[name] for name in self.inject), default=-1)
-        grad = self.model.backward(np.zeros_like(out))
-        if grad is None:
-            grad = np.zeros(self.model.input_shape and (out.shape[0], *self.model.input_shape))
+        grad = np.array(self.model.backward(np.zeros_like(out)), copy=True)
         for h, w in direct:
-            grad = np.array(grad, copy=True)
             grad[:, :, h, w] += 1
         return grad
