@@ -23,7 +23,7 @@ import click
 from . import ir
 from .analysis import Report, fmt
 from .analysis.shapes import active
-from .summary import _human
+from .summary import human
 
 ROW_GAP = 30  # vertical room between boxes: the edge and its shape label
 COL_GAP = 22
@@ -176,7 +176,7 @@ class Layout:
 
     def subtitle(self, item: Item) -> str:
         params, _, layers = self.figures(item)
-        return f"{layers} {'layer' if layers == 1 else 'layers'}, {_human(params)} params"
+        return f"{layers} {'layer' if layers == 1 else 'layers'}, {human(params)} params"
 
     def output(self, node: ir.Node) -> str:
         return fmt(self.shapes.of(node).output)
@@ -430,7 +430,7 @@ def _n(value: float) -> str:
 
 def title_of(report: Report) -> str:
     return (f"{report.network}: input {fmt(report.input)}, {report.params:,} parameters, "
-            f"{_human(report.macs)} MACs")
+            f"{human(report.macs)} MACs")
 
 
 def drawing(net, prefix: str = "d") -> tuple[Layout, Drawing]:

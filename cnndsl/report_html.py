@@ -41,11 +41,12 @@ from .draw import (
 )
 from .errors import CnnDslError
 from .kinds.base import rational_text
-from .summary import _bytes, _human, _pair
+from .summary import _bytes, _pair, human
 
 CHART_W = 760
 HEAT_PX = 300  # the side of a drawn field panel, in CSS pixels
-FIELD_BUDGET = 1 << 30  # bytes of activations one batch of the effective field's inputs may hold
+FIELD_BUDGET = 1 << 29  # bytes of activations one batch of the effective field's inputs may hold (the NumPy
+# model's peak memory is about five times that: a U-Net at 572x572, 1.1 GiB a sample, peaked at 5.8 GB)
 WEIGHTED = (ir.Conv, ir.Deconv, ir.Linear)  # the layers a network's depth counts (ResNet-152's 152)
 
 
@@ -97,7 +98,7 @@ def _section(anchor: str, heading: str, body: str) -> str:
 def _summary(report: Report) -> str:
     facts = [
         ("input", fmt(report.input)), ("output", fmt(report.output)),
-        ("parameters", f"{report.params:,}"), ("MACs", f"{report.macs:,} ({_human(report.macs)})"),
+        ("parameters", f"{report.params:,}"), ("MACs", f"{report.macs:,} ({human(report.macs)})"),
         ("weights (float32)", _bytes(report.weight_bytes)),
         ("activations per sample", _bytes(report.activation_bytes)),
         ("receptive field", _pair(report.rf)), ("jump", _pair(report.jump)),
@@ -131,7 +132,7 @@ def _details(layout: Layout, expandable: list[tuple[str, Item]]) -> str:
         heading = item.label + (f" (the first of {count} copies drawn)" if count > 1 else "")
         out.append(
             f"<div class=block-detail id={_e(element_id)} hidden><h3>{_e(heading)}</h3>"
-            f"<p class=note>{_e(layout.subtitle(item))}, {_human(layout.figures(item)[1])} MACs</p>"
+            f"<p class=note>{_e(layout.subtitle(item))}, {human(layout.figures(item)[1])} MACs</p>"
             f"<div class=diagram>{inner.text()}</div>"
             f"<table class=mini><thead><tr><th>layer</th><th>statement</th><th>output</th><th>params</th>"
             f"<th>MACs</th><th>RF</th></tr></thead><tbody>{body}</tbody></table></div>")
@@ -354,7 +355,7 @@ def _block_chart(layout: Layout) -> str:
             width = max(panel * value / largest, 0.5 if value else 0)
             svg.append(f"<rect x={left:.1f} y={top} width={width:.1f} height={bar_h} fill=\"{colour}\">"
                        f"<title>{_e(bar[0])}: {value:,} {title}</title></rect>"
-                       f"<text x={left + width + 4:.1f} y={top + 12}>{_human(value)}</text>")
+                       f"<text x={left + width + 4:.1f} y={top + 12}>{human(value)}</text>")
     for i, bar in enumerate(bars):
         text = bar[0] if len(bar[0]) <= 28 else bar[0][:27] + "\u2026"
         svg.append(f"<text x={label_w - 8} y={26 + i * (bar_h + 6) + 12} text-anchor=end>{_e(text)}</text>")
@@ -456,7 +457,7 @@ def measure_field(net, layer: str, weights: str | None, samples: int, seed: int)
     gradient = total / samples
     size = (centred_extent(gradient.sum(axis=1), field.centre[0], field.mass),
             centred_extent(gradient.sum(axis=0), field.centre[1], field.mass))
-    return dataclasses.replace(field, gradient=gradient, size=size)
+    return dataclasses.replace(field, gradient=gradient, size=size, samples=samples)
 
 
 def _theoretical_box(row: LayerReport, centre, h: int, w: int) -> tuple[float, float, float, float]:

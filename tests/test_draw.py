@@ -122,7 +122,7 @@ def test_calls_are_labelled_as_written_and_repeats_collapsed():
     texts = {g.get("data-name"): [t.text for t in g.iter(f"{SVG}text")] for g in nodes(root)}
     assert texts["basic1"][0] == "basic(64) x2"
     assert texts["basic3"][0] == "basic(128, s=2)"
-    assert texts["basic3"][1] == "8 layers, 230.14K params"  # 73,728 + 147,456 + 8,192 + 3 x 256
+    assert texts["basic3"][1] == "8 layers, 230K params"  # 73,728 + 147,456 + 8,192 + 3 x 256
     assert texts["conv1"] == ["conv 7x7/2 pad3 -> 64 nobias"]
     legend = [t.text for g in root.iter(f"{SVG}g") if g.get("class") == "legend" for t in g.iter(f"{SVG}text")]
     assert {"conv", "batch norm", "activation", "pool", "fc", "block call"} <= set(legend)
