@@ -10,6 +10,7 @@ network. The figures are the analysis `Report`'s and the effective field is
 from __future__ import annotations
 
 import base64
+import gc
 import html
 import math
 import struct
@@ -454,6 +455,10 @@ def measure_field(net, layer: str, weights: str | None, samples: int, seed: int)
         count = min(batch, samples - start)
         field = effective_fields(net, samples=count, seed=seed + index, weights=fixed, layers=[layer])[layer]
         total = field.gradient * count if total is None else total + field.gradient * count
+        # The model of each batch is left in reference cycles (its probe wraps its layers) holding
+        # every activation; the collector, counting objects rather than bytes, would keep them for
+        # several batches.
+        gc.collect()
     gradient = total / samples
     size = (centred_extent(gradient.sum(axis=1), field.centre[0], field.mass),
             centred_extent(gradient.sum(axis=0), field.centre[1], field.mass))
