@@ -47,7 +47,7 @@ from .summary import _bytes, _pair, human
 CHART_W = 760
 HEAT_PX = 300  # the side of a drawn field panel, in CSS pixels
 FIELD_BUDGET = 1 << 29  # bytes of activations one batch of the effective field's inputs may hold (the NumPy
-# model's peak memory is about five times that: a U-Net at 572x572, 1.1 GiB a sample, peaked at 5.8 GB)
+# model peaks near 2.4 times its activations: ResNet-18, 8 samples, 528 MiB; a U-Net at 572x572, 1 sample, 2.7 GB)
 WEIGHTED = (ir.Conv, ir.Deconv, ir.Linear)  # the layers a network's depth counts (ResNet-152's 152)
 
 
@@ -343,8 +343,8 @@ def _block_chart(layout: Layout) -> str:
             bars.append((item.label, params, macs))
     if not bars:
         return "<p class=note>No layer has parameters or MACs.</p>"
-    label_w, gap, bar_h = 210, 30, 16
-    panel = (CHART_W - label_w - 2 * gap) / 2 - 50  # room for the figure after the longest bar
+    label_w, gap, bar_h = 210, 60, 16  # the gap holds the figure after the longest bar
+    panel = (CHART_W - label_w - 2 * gap) / 2
     height = 34 + len(bars) * (bar_h + 6)
     svg = [_chart_open(CHART_W, height, "parameters and MACs per block")]
     for column, (title, colour) in enumerate((("parameters", "#7b6fd0"), ("MACs", "#e08b3c"))):
@@ -380,11 +380,16 @@ def _memory_chart(report: Report) -> str:
     for i, (row, size) in enumerate(zip(rows, sizes, strict=True)):
         h = axes.height * size / largest
         svg.append(f"<rect x={axes.left + i * step:.2f} y={axes.top + axes.height - h:.2f} "
-                   f"width={max(step - 0.6, 0.6):.2f} height={h:.2f} fill=\"{kind_colour(kind_of(row.node))}\">"
+                   f"width={max(step - (0.6 if step > 3 else 0), 0.6):.2f} height={h:.2f} fill=\"{_bar_colour(row)}\">"
                    f"<title>{_e(row.name)}: {fmt(row.output)}, {_bytes(size)}</title></rect>")
     svg.append(f"<text x={axes.left + axes.width / 2:.1f} y={axes.top + axes.height + 30:.1f} text-anchor=middle>"
                f"layers in order ({len(rows)})</text></svg>")
     return "".join(svg)
+
+
+def _bar_colour(row: LayerReport) -> str:
+    colour = kind_colour(kind_of(row.node))
+    return colour if colour != "#ffffff" else "#9aa5b1"  # joins are white boxes in the diagram
 
 
 def _chart_open(width: float, height: float, label: str) -> str:
@@ -425,14 +430,15 @@ def _erf_section(net, report: Report, weights: str | None, image: str | None, sa
             f"{_pair(row.rf)} pixels; its effective field, the centred square holding {field.mass:.0%} of the "
             f"input gradient (mean |gradient| of {samples} random inputs, {_e(source)}), is "
             f"{field.size[0]}x{field.size[1]} (Luo et al., 2016).</p>")
-    panels = [_field_panel("effective field (input gradient)", field, theory, h, w, None),
-              _field_panel("theoretical field", None, theory, h, w, None)]
+    panels = [_field_panel("effective field: the input gradient", field, theory, h, w, None),
+              _field_panel(f"theoretical field {_pair(row.rf)} around the input (dark)", field, theory, h, w, None,
+                           whole=True)]
     if picture is not None:
-        panels.append(_field_panel(f"over {Path(image).name}", field, theory, h, w, picture))
+        panels.append(_field_panel(f"both over {Path(image).name}", field, theory, h, w, picture))
     legend = ("<p class=note><span class=swatch style=\"border-color:#1a9641\"></span> theoretical field "
-              "(grey: past the input's edge) <span class=swatch style=\"border-color:#fff;background:#333\"></span> "
+              "<span class=swatch style=\"border-color:#fff;background:#000;border-style:dashed\"></span> "
               f"effective field ({field.mass:.0%} of the gradient) <span class=swatch "
-              "style=\"background:#fff;border-color:#000\"></span> field centre</p>")
+              "style=\"background:#fff;border-color:#000\"></span> the unit's centre</p>")
     return text + f"<div class=panels>{''.join(panels)}</div>" + legend
 
 
@@ -473,13 +479,16 @@ def _theoretical_box(row: LayerReport, centre, h: int, w: int) -> tuple[float, f
             float(Fraction(c_h) + Fraction(rf_h - 1, 2)) + 0.5, float(Fraction(c_w) + Fraction(rf_w - 1, 2)) + 0.5)
 
 
-def _field_panel(title: str, field, theory, h: int, w: int, picture: str | None) -> str:
-    """One field drawn in input coordinates: the heat map (alone or over the picture), the effective
-    square, the theoretical square and the centre. The frame holds the input and the whole theoretical
-    field: where that reaches past the input (the padding the layer sees) the frame is grey."""
+def _field_panel(title: str, field, theory, h: int, w: int, picture: str | None, whole: bool = False) -> str:
+    """A field drawn in input coordinates over the input (the heat map, or the picture with the heat
+    map over it), the theoretical square clipped to the input; or, `whole`, framed on the input and
+    the whole theoretical square, grey where that reaches past the input (the padding it sees)."""
     top, left, bottom, right = theory
-    y0, x0 = min(top, -0.5), min(left, -0.5)
-    y1, x1 = max(bottom, h - 0.5), max(right, w - 0.5)
+    y0, x0, y1, x1 = -0.5, -0.5, h - 0.5, w - 0.5
+    if whole:
+        y0, x0, y1, x1 = min(top, y0), min(left, x0), max(bottom, y1), max(right, x1)
+    else:
+        top, left, bottom, right = max(top, y0), max(left, x0), min(bottom, y1), min(right, x1)
     scale = HEAT_PX / max(y1 - y0, x1 - x0)
     svg = [f"<svg xmlns=\"http://www.w3.org/2000/svg\" width={(x1 - x0) * scale:.0f} height={(y1 - y0) * scale:.0f} "
            f"viewBox=\"{x0:g} {y0:g} {x1 - x0:g} {y1 - y0:g}\" class=field>"
@@ -488,22 +497,23 @@ def _field_panel(title: str, field, theory, h: int, w: int, picture: str | None)
         svg.append(f"<image href=\"{picture}\" x=-0.5 y=-0.5 width={w} height={h} preserveAspectRatio=none />")
     else:
         svg.append(f"<rect x=-0.5 y=-0.5 width={w} height={h} fill=\"#000004\" />")
-    if field is not None:
-        svg.append(f"<image href=\"{_heat_png(field.gradient, translucent=picture is not None)}\" x=-0.5 y=-0.5 "
-                   f"width={w} height={h} preserveAspectRatio=none style=\"image-rendering:pixelated\" />")
-        c_h, c_w = float(field.centre[0]), float(field.centre[1])
-        e_h, e_w = field.size
-        svg.append(f"<rect x={c_w - e_w / 2:.2f} y={c_h - e_h / 2:.2f} width={e_w} height={e_h} fill=none "
-                   f"stroke=\"#fff\" stroke-dasharray=\"5 3\" vector-effect=non-scaling-stroke "
-                   f"stroke-width=1.5><title>effective field {e_h}x{e_w}</title></rect>")
-    else:
+    if whole:
         svg.append(f"<rect x={left:.2f} y={top:.2f} width={right - left:.2f} height={bottom - top:.2f} "
                    f"fill=\"#1a9641\" fill-opacity=0.35 />")
+    else:
+        svg.append(f"<image href=\"{_heat_png(field.gradient, translucent=picture is not None)}\" x=-0.5 y=-0.5 "
+                   f"width={w} height={h} preserveAspectRatio=none style=\"image-rendering:pixelated\" />")
+    c_h, c_w = float(field.centre[0]), float(field.centre[1])
+    e_h, e_w = field.size
+    svg.append(f"<rect x={c_w - e_w / 2:.2f} y={c_h - e_h / 2:.2f} width={e_w} height={e_h} fill=none "
+               f"stroke=\"#fff\" stroke-dasharray=\"5 3\" vector-effect=non-scaling-stroke "
+               f"stroke-width=1.5><title>effective field {e_h}x{e_w}</title></rect>")
+    size = f"{theory[2] - theory[0]:g}x{theory[3] - theory[1]:g}"
     svg.append(f"<rect x={left:.2f} y={top:.2f} width={right - left:.2f} height={bottom - top:.2f} fill=none "
                f"stroke=\"#1a9641\" stroke-width=2.5 vector-effect=non-scaling-stroke><title>theoretical field "
-               f"{bottom - top:g}x{right - left:g}</title></rect>")
-    svg.append(f"<circle cx={(left + right) / 2:.2f} cy={(top + bottom) / 2:.2f} r={max(h, w) / 80:.2f} "
-               f"fill=\"#fff\" stroke=\"#000\" vector-effect=non-scaling-stroke />")
+               f"{size}{'' if whole else ' (clipped to the input)'}</title></rect>")
+    svg.append(f"<circle cx={c_w:.2f} cy={c_h:.2f} r={max(y1 - y0, x1 - x0) / 90:.2f} fill=\"#fff\" stroke=\"#000\" "
+               f"vector-effect=non-scaling-stroke />")
     svg.append("</svg>")
     return f"<figure>{''.join(svg)}<figcaption>{_e(title)}</figcaption></figure>"
 
