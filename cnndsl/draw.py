@@ -345,6 +345,8 @@ def render(layout: Layout, part: Part, *, prefix: str = "d", title: str | None =
         if item.expandable:
             element_id = f"{prefix}-{index}"
             element.set("data-detail", element_id)
+            element.set("tabindex", "0")  # the report opens it by click or by keyboard
+            element.set("role", "button")
             expandable.append((element_id, item))
     if legend:
         _legend(svg, kinds, body.width + 2 * MARGIN, top)

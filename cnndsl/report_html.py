@@ -211,7 +211,8 @@ def _cell(value, kind: str, prefix: str = "", shown: str | None = None) -> str:
     if kind == "num":
         number = float(value)
         text = shown if shown is not None else f"{value:,}" if isinstance(value, int) else f"{number:g}"
-        return f"<td class=num data-v=\"{number:g}\">{prefix}{_e(text)}</td>"
+        exact = value if isinstance(value, int) else repr(number)  # sorting must not round 115,605,504
+        return f"<td class=num data-v=\"{exact}\">{prefix}{_e(text)}</td>"
     return f"<td>{prefix}{_e(value)}</td>"
 
 

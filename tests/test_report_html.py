@@ -181,3 +181,9 @@ def test_field_in_batches_is_the_mean_of_the_batches(monkeypatch):
     assert np.allclose(batched.gradient, (2 * first + second) / 3, rtol=1e-6)
     assert batched.size[0] == centred_extent(batched.gradient.sum(axis=1), batched.centre[0])
     assert not np.allclose(batched.gradient, whole.gradient)  # other inputs: the batches are not the one set
+
+
+def test_a_block_opens_from_the_keyboard_too(page):
+    page.focus('#diagram > .diagram g.node.expandable[data-name="basic7"]')
+    page.keyboard.press("Enter")
+    assert page.locator("#detail .block-detail:visible h3").inner_text() == "basic(512, s=2)"

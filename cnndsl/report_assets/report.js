@@ -63,5 +63,10 @@
       });
     }
   });
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    var node = event.target.closest && event.target.closest("g.node.expandable");
+    if (node) { event.preventDefault(); openBlock(node); }
+  });
   if (store) store.hidden = true;
 })();
