@@ -71,7 +71,9 @@ def build(net, *, weights: str | None = None, image: str | None = None, samples:
         _section("diagram", "Diagram",
                  "<p class=note>Block calls and repeated statements are one box each; click one to see its "
                  "layers. Edges carry the shape of the tensor they hold.</p>"
-                 f"<div class=diagram>{main.text()}</div><div id=detail hidden></div>"
+                 f"<div class=diagram>{main.text()}</div>"
+                 + ("<p id=detail-hint class=note>Click a block box (or press Enter on it) to open it here: its "
+                    "own diagram and its layers.</p>" if main.expandable else "") + "<div id=detail hidden></div>"
                  f"<div id=details hidden>{_details(layout, main.expandable)}</div>"),
         _section("layers", "Layers", _table(layout, report)),
         _section("charts", "Charts", _charts(layout, report)),

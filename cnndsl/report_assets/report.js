@@ -12,6 +12,8 @@
     Array.prototype.forEach.call(detail.children, function (child) { child.hidden = child !== content; });
     content.hidden = false;
     detail.hidden = false;
+    var hint = document.getElementById("detail-hint");
+    if (hint) hint.hidden = true;
     var svg = node.ownerSVGElement;
     Array.prototype.forEach.call(svg.querySelectorAll("g.node.selected"), function (g) { g.classList.remove("selected"); });
     node.classList.add("selected");
