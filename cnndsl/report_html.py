@@ -10,7 +10,6 @@ network. The figures are the analysis `Report`'s and the effective field is
 from __future__ import annotations
 
 import base64
-import gc
 import html
 import math
 import struct
@@ -46,8 +45,6 @@ from .summary import _bytes, _pair, human
 
 CHART_W = 760
 HEAT_PX = 300  # the side of a drawn field panel, in CSS pixels
-FIELD_BUDGET = 1 << 29  # bytes of activations one batch of the effective field's inputs may hold (the NumPy
-# model peaks near 2.4 times its activations: ResNet-18, 8 samples, 528 MiB; a U-Net at 572x572, 1 sample, 2.7 GB)
 WEIGHTED = (ir.Conv, ir.Deconv, ir.Linear)  # the layers a network's depth counts (ResNet-152's 152)
 
 
@@ -446,32 +443,10 @@ def _erf_section(net, report: Report, weights: str | None, image: str | None, sa
 
 
 def measure_field(net, layer: str, weights: str | None, samples: int, seed: int):
-    """`effective_fields` for one layer, its random inputs taken in batches whose activations fit
-    `FIELD_BUDGET` (one batch of 8 through a U-Net at 572x572 would hold 9 GiB): one set of weights,
-    batch i's inputs drawn with seed + i, the gradient maps averaged, the field's size measured again
-    on the mean (`centred_extent`)."""
-    import dataclasses
+    """`effective_fields` for one layer (it takes the samples in batches that fit its memory budget)."""
+    from .analysis.erf import effective_fields
 
-    from .analysis.erf import centred_extent, effective_fields
-    from .weights import resolve_weights
-
-    batch = max(1, min(samples, FIELD_BUDGET // max(net.report.activation_bytes, 1)))
-    if batch >= samples:
-        return effective_fields(net, samples=samples, seed=seed, weights=weights, layers=[layer])[layer]
-    fixed = resolve_weights(net, weights, seed)
-    total = None
-    for index, start in enumerate(range(0, samples, batch)):
-        count = min(batch, samples - start)
-        field = effective_fields(net, samples=count, seed=seed + index, weights=fixed, layers=[layer])[layer]
-        total = field.gradient * count if total is None else total + field.gradient * count
-        # The model of each batch is left in reference cycles (its probe wraps its layers) holding
-        # every activation; the collector, counting objects rather than bytes, would keep them for
-        # several batches.
-        gc.collect()
-    gradient = total / samples
-    size = (centred_extent(gradient.sum(axis=1), field.centre[0], field.mass),
-            centred_extent(gradient.sum(axis=0), field.centre[1], field.mass))
-    return dataclasses.replace(field, gradient=gradient, size=size, samples=samples)
+    return effective_fields(net, samples=samples, seed=seed, weights=weights, layers=[layer])[layer]
 
 
 def _theoretical_box(row: LayerReport, centre, h: int, w: int) -> tuple[float, float, float, float]:

@@ -202,6 +202,23 @@ def test_cli_erf_depth_shows_block_calls():
     assert 0 < int(erf) <= int(rf)
 
 
+def test_the_probe_leaves_nothing_behind():
+    """The probe's wrappers refer to their layers; it unwraps them, so a model and its activations go
+    with their last reference even where the collector is off (`cnndsl analyze` turns it off)."""
+    import gc
+
+    from cnndsl.analysis import erf
+
+    net = cnndsl.load(EXAMPLES / "cifar_tiny.cnn")
+    gc.collect()
+    gc.disable()
+    try:
+        effective_fields(net, samples=2)
+        assert not [o for o in gc.get_objects() if isinstance(o, erf._Probe)]
+    finally:
+        gc.enable()
+
+
 def test_bad_samples_is_a_user_error():
     net, _ = uniform_stack(1)
     with pytest.raises(CnnDslError, match="--samples must be 1 or more"):

@@ -162,25 +162,21 @@ def test_bad_image_and_overwrite_are_user_errors(tmp_path):
     assert mine.read_text() == "<p>mine</p>"
 
 
-def test_field_in_batches_is_the_mean_of_the_batches(monkeypatch):
-    """A network too large for one batch: the same weights, batch i's inputs from seed + i, the
-    gradient maps averaged and the field's size measured on the mean."""
-    from cnndsl import report_html
-    from cnndsl.analysis.erf import centred_extent, effective_fields
-    from cnndsl.weights import init_weights
+def test_field_in_batches_equals_one_batch(monkeypatch):
+    """A network too large for one batch of samples: batches that fit the budget, drawn from one
+    generator, give the field of one batch (same gradient map, same size)."""
+    from cnndsl.analysis import erf
 
     net = cnndsl.load(ROOT / "examples/cifar_tiny.cnn")
     layer = last_spatial_layer(net.report).name
-    whole = report_html.measure_field(net, layer, None, 3, 5)
-    assert np.array_equal(whole.gradient, effective_fields(net, samples=3, seed=5, layers=[layer])[layer].gradient)
-    monkeypatch.setattr(report_html, "FIELD_BUDGET", 2 * net.report.activation_bytes)  # batches of 2
-    batched = report_html.measure_field(net, layer, None, 3, 5)
-    weights = init_weights(net, 5)
-    first = effective_fields(net, samples=2, seed=5, weights=weights, layers=[layer])[layer].gradient
-    second = effective_fields(net, samples=1, seed=6, weights=weights, layers=[layer])[layer].gradient
-    assert np.allclose(batched.gradient, (2 * first + second) / 3, rtol=1e-6)
-    assert batched.size[0] == centred_extent(batched.gradient.sum(axis=1), batched.centre[0])
-    assert not np.allclose(batched.gradient, whole.gradient)  # other inputs: the batches are not the one set
+    whole = erf.effective_fields(net, samples=3, seed=5, layers=[layer])[layer]
+    monkeypatch.setattr(erf, "FIELD_BUDGET", 2 * net.report.activation_bytes)  # batches of 2 and 1
+    batched = erf.effective_fields(net, samples=3, seed=5, layers=[layer])[layer]
+    assert np.allclose(batched.gradient, whole.gradient, rtol=1e-6)
+    assert batched.size == whole.size and batched.samples == 3
+    monkeypatch.setattr(erf, "FIELD_BUDGET", 0)  # one sample a batch: still the same
+    assert np.allclose(erf.effective_fields(net, samples=3, seed=5, layers=[layer])[layer].gradient,
+                       whole.gradient, rtol=1e-6)
 
 
 def test_a_block_opens_from_the_keyboard_too(page):
