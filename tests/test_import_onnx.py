@@ -248,7 +248,8 @@ def test_a_pad_before_a_conv_and_a_bias_after_it_fold_into_the_conv():
     np.testing.assert_allclose(got, run(model, x), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["unknown op", "not series-parallel", "asymmetric padding", "constant add"])
+@pytest.mark.parametrize("case", ["unknown op", "not series-parallel", "asymmetric padding", "constant add",
+                                  "identity"])
 def test_what_the_language_cannot_express_is_an_error_naming_the_node(case):
     if case == "unknown op":
         nodes, weights = [helper.make_node("LRN", ["x"], ["y"], name="lrn", size=3)], []
@@ -262,6 +263,8 @@ def test_what_the_language_cannot_express_is_an_error_naming_the_node(case):
         node, weight = conv("c1", "x", "y")
         node.attribute[0].CopyFrom(helper.make_attribute("pads", [0, 0, 1, 1]))
         nodes, weights, expected = [node], [weight], ["ONNX node 'c1' (Conv)", "asymmetric padding"]
+    elif case == "identity":
+        nodes, weights, expected = [helper.make_node("Identity", ["x"], ["y"])], [], ["nothing but the identity"]
     else:
         nodes = [helper.make_node("Add", ["x", "b"], ["y"])]
         weights, expected = [("b", np.ones((3, 1, 1)))], ["ONNX node #0 (Add)", "adding a constant"]

@@ -78,6 +78,10 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto, input_shape: tuple[i
         if isinstance(layer.node, (Join, Crop, AxisAdaptive)):
             raise graph.error(layer.origin, "a step the language has only inside a construct (a join, a crop before "
                                             "a concat, one axis of an adaptive pool) stands on its own here")
+    if not tree:
+        raise CnnDslError("the model computes nothing but the identity (every node was dropped), and a cnndsl "
+                          "network has at least one layer", notes=notes, source=Source("", path),
+                          hint="export the model with its layers")
     net_name = name or network_name(graph.name, path)
     shape, origin = graph.shape(graph.input), os.path.basename(path)
     blocks, body = fold(tree)
