@@ -18,9 +18,11 @@ from .errors import CnnDslError, Diagnostic, Source, Span
 
 if TYPE_CHECKING:
     from .api import Net, compile, diagnose, load, parse
+    from .onnx_import import import_onnx
 
 __version__ = "0.1.0"
-__all__ = ["Net", "parse", "load", "compile", "diagnose", "CnnDslError", "Diagnostic", "Source", "Span", "__version__"]
+__all__ = ["Net", "parse", "load", "compile", "diagnose", "import_onnx", "CnnDslError", "Diagnostic", "Source",
+           "Span", "__version__"]
 
 
 def __getattr__(name: str) -> object:
@@ -30,4 +32,8 @@ def __getattr__(name: str) -> object:
         from . import api
 
         return getattr(api, name)
+    if name == "import_onnx":
+        from .onnx_import import import_onnx
+
+        return import_onnx
     raise AttributeError(f"module 'cnndsl' has no attribute {name!r}")
