@@ -92,7 +92,8 @@ def effective_fields(net: Net, *, samples: int = 8, seed: int = 0, weights: Any 
     if samples < 1:
         raise CnnDslError(f"--samples must be 1 or more, not {samples}", hint="use e.g. --samples 8")
     if not 0 < mass <= 1:
-        raise CnnDslError(f"the ERF mass must be in (0, 1], not {mass}")
+        raise CnnDslError(f"the ERF mass must be in (0, 1], not {mass}",
+                          hint="give the fraction of the gradient mass to enclose, e.g. 0.95")
     report = report if report is not None else net.report
     if len(report.input) != 3:
         return {}
@@ -177,7 +178,8 @@ def _taps(node: ir.Node, before: list[_Tap], report: Report, runtime: set[str],
             _taps(child, before, report, runtime, taps)
         out = [_Tap(node.name)]
     else:
-        raise CnnDslError(f"the effective receptive field does not know where {node.kind} '{node.name}' is computed")
+        raise CnnDslError(f"the effective receptive field does not know where {node.kind} '{node.name}' is computed",
+                          hint="this is a gap in cnndsl: please report it with the .cnn file")
     taps[node.name] = out
     return out
 

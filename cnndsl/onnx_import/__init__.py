@@ -111,7 +111,8 @@ def _checked(text: str, body, preprocess, graph, parse) -> tuple[str, dict]:
     expected = graph.shape(graph.output)
     if tuple(net.report.output) != tuple(expected):
         raise CnnDslError(f"the imported program gives {'x'.join(map(str, net.report.output))} where the model "
-                          f"gives {'x'.join(map(str, expected))}", source=Source("", graph.path))
+                          f"gives {'x'.join(map(str, expected))}", source=Source("", graph.path),
+                          hint="this is a gap in cnndsl's import: please report it with the model")
     return text, weights
 
 

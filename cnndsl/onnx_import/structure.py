@@ -54,7 +54,8 @@ def decompose(layers: list[Layer], output: str, graph: OnnxGraph) -> tuple[Item,
             layer = producer.get(value)
             if layer is None:
                 raise CnnDslError(f"the value {value} is read before anything computes it",
-                                  source=Source("", graph.path))
+                                  source=Source("", graph.path),
+                                  hint="check the model with onnx.checker.check_model: its nodes must be in order")
             if id(layer) in used:
                 raise graph.error(layer.origin, "its output is read by more than one branch of a later join, so the "
                                                 "graph is not series-parallel; cnndsl's branches all start from one "
