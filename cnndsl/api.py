@@ -23,10 +23,13 @@ class Net:
     """A parsed, expanded network: the IR plus the figures and backends that read it."""
 
     def __init__(self, network: ir.Network, declared_input: tuple[int, ...] | None = None,
-                 program: Program | None = None):
+                 program: Program | None = None, *, reparse: bool = False):
         self.ir = network
         self._declared_input = declared_input
-        self._program = program  # to expand again at another input size
+        # To expand again at another input size: the program, or (`reparse`) its source parsed
+        # again then. Holding the syntax tree of a 90,000-statement program would cost 50 MB.
+        self._program = program
+        self._reparse = reparse
 
     def __repr__(self) -> str:
         return f"<cnndsl.Net {self.ir.name} input={'x'.join(map(str, self.ir.input_shape))}>"
@@ -55,9 +58,12 @@ class Net:
         At another input the program is expanded again: a block may depend on its input's channels."""
         if input_shape is None or tuple(input_shape) == self.ir.input_shape:
             return self.report
-        if self._program is None:
+        program = self._program
+        if program is None and self._reparse:
+            program = parse_program(self.source.text, self.source)
+        if program is None:
             return analyze(self.ir, input_shape, check_expects=False)
-        network = expand(self._program, self.source, tuple(input_shape))
+        network = expand(program, self.source, tuple(input_shape))
         return analyze(network, check_expects=False)
 
     def check(self) -> list[Diagnostic]:
@@ -119,7 +125,8 @@ def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None
     program = parse_program(text, source)
     network = expand(program, source, input_shape)
     declared = next((item.shape for item in program.items if isinstance(item, InputHeader)), None)
-    net = Net(network, declared, program)
+    del program  # free before the analysis: the IR holds everything the figures need
+    net = Net(network, declared, reparse=True)
     net.report  # noqa: B018 - run every check now, not at first use
     return net
 
