@@ -295,7 +295,7 @@ class AdaptivePool(Node):
         try:
             size = options.pair("kernel", "the output size of an adaptive pool")
         except BadValueError as err:
-            if "at least" in err.message or err.hint is None:  # the kind's fix says more than "use 1 or more"
+            if "at least" in err.message or "one size or HxW" in err.message:  # the kind's fix says more
                 err.hint = "give the output height x width, e.g. 'pool avg adaptive 6x6' (1x1 is 'global')"
             raise
         return cls(name=options.name("pool"), mode=options.word("mode"), size=size, **options.common)
