@@ -67,7 +67,8 @@ class _Commands(click.Group):
     """The command group, with `train` imported only when it is asked for (click's lazy-loading
     pattern): its options and module cost every other command's start-up."""
 
-    lazy = {"train": ("cnndsl.training.command", "train"), "fmt": ("cnndsl.fmt", "fmt")}
+    lazy = {"train": ("cnndsl.training.command", "train"), "fmt": ("cnndsl.fmt", "fmt"),
+            "lsp": ("cnndsl.lsp", "lsp")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])

@@ -286,7 +286,7 @@ def _read(path: str) -> str:
 @click.option("--check", is_flag=True, help="Change nothing; list the files that would change, exit 1 if any.")
 @_user_errors
 def fmt(files: tuple[str, ...], check: bool) -> None:
-    """Rewrite FILE... in cnndsl's canonical layout ('-': read stdin, write stdout)."""
+    """Lay out .cnn files the one canonical way; '-' reads stdin and writes stdout."""
     from pathlib import Path
 
     from .outputs import write_atomic
