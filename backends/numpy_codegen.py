@@ -41,7 +41,8 @@ def _literal(value: Any) -> str:
         return repr(value)
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):  # repr would be a bare name
-            raise CnnDslError(f"the numpy backend cannot use the number {value}")
+            raise CnnDslError(f"the numpy backend cannot use the number {value}",
+                              hint="use a finite number in the network (a value overflowed to inf?)")
         return repr(value)
     if isinstance(value, tuple):
         return "(" + ", ".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"

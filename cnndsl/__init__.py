@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 from .errors import CnnDslError, Diagnostic, Source, Span
 
 if TYPE_CHECKING:
-    from .api import Net, compile, load, parse
+    from .api import Net, compile, diagnose, load, parse
 
 __version__ = "0.1.0"
-__all__ = ["Net", "parse", "load", "compile", "CnnDslError", "Diagnostic", "Source", "Span", "__version__"]
+__all__ = ["Net", "parse", "load", "compile", "diagnose", "CnnDslError", "Diagnostic", "Source", "Span", "__version__"]
 
 
 def __getattr__(name: str) -> object:
     # The API is imported on first use (PEP 562), so the `cnndsl` command can set itself up before
     # the parser, IR and analysis modules load.
-    if name in ("Net", "compile", "load", "parse"):
+    if name in ("Net", "compile", "diagnose", "load", "parse"):
         from . import api
 
         return getattr(api, name)

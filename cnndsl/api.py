@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import ir
 from .analysis import Report, Shapes, TensorSpec, analyze, tensor_specs
-from .errors import CnnDslError, Diagnostic, Source
+from .errors import CnnDslError, Diagnostic, Source, Span
 from .expand import expand
 from .parser import parse_program
 from .syntax import InputHeader, Program
@@ -61,8 +61,18 @@ class Net:
         return analyze(network, check_expects=False)
 
     def check(self) -> list[Diagnostic]:
-        """Run every check; return the warnings (errors raise CnnDslError)."""
-        return list(self.report.warnings)
+        """Run every check; return the warnings (errors raise CnnDslError), a note on the `expect`
+        lines not checked at an overriding input among them."""
+        warnings = list(self.report.warnings)
+        if self.input_overridden and self.ir.expects:
+            expects = self.ir.expects
+            declared = "x".join(map(str, self._declared_input or ()))
+            warnings.append(Diagnostic(
+                "warning", f"{len(expects)} expect line(s) not checked: they describe the network at its "
+                f"declared input {declared}, not at {'x'.join(map(str, self.ir.input_shape))}", expects[0].span,
+                "check without --input to test them", tuple(
+                    f"skipped: {self.source.statement(e.span)} (line {e.span.line})" for e in expects)))
+        return sorted(warnings, key=Diagnostic.sort_key)
 
     @property
     def shapes(self) -> Shapes:
@@ -104,6 +114,7 @@ class Net:
 def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None = None) -> Net:
     """Parse and check cnndsl source text. Raises CnnDslError on any mistake in it, shapes and
     `expect` lines included, so a Net that exists is one every backend can build."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write at the start
     source = Source(text, path)
     program = parse_program(text, source)
     network = expand(program, source, input_shape)
@@ -113,17 +124,56 @@ def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None
     return net
 
 
+def diagnose(text: str, path: str = "<stdin>", input_shape: tuple[int, ...] | None = None) -> list[Diagnostic]:
+    """Every diagnostic about `text`, errors and warnings, in source order; never raises for a
+    mistake in the text. The errors are every independent one `parse` finds (up to
+    `errors.MAX_ERRORS`); warnings come with a program that has no errors."""
+    try:
+        net = parse(text, path, input_shape)
+        found = net.check()
+    except CnnDslError as err:
+        found = [e.diagnostic() for e in err.errors]
+    return sorted((d._replace(path=path) for d in found), key=Diagnostic.sort_key)
+
+
+def read_source(path: str | os.PathLike) -> str:
+    """The text of a .cnn file (UTF-8, with or without a byte-order mark); a file that cannot be
+    read, or is not UTF-8, is a CnnDslError at the first byte that is not."""
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as err:
+        raise CnnDslError(f"cannot read {shown}: {err.strerror or err}",
+                          hint="check the path and that the file is readable",
+                          source=Source("", shown)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(data, err, shown) from None
+
+
+def _not_utf8(data: bytes, err: UnicodeDecodeError, path: str) -> CnnDslError:
+    before = data[: err.start]
+    line = before.count(b"\n") + 1
+    line_start = before.rfind(b"\n") + 1
+    column = len(data[line_start : err.start].decode("utf-8", "replace")) + 1
+    text = data.decode("utf-8", "replace")
+    try:
+        data.decode("cp1252")
+        guess = "cp1252"  # Windows' Western European encoding; latin-1 is its subset
+    except UnicodeDecodeError:
+        guess = "latin-1"
+    return CnnDslError(
+        f"the file is not UTF-8: byte 0x{data[err.start]:02x} cannot start a UTF-8 character",
+        Span(line, column, line, column + 1),
+        hint=f"save the file as UTF-8; if it is {guess}: iconv -f {guess} -t utf-8 {path} > fixed.cnn",
+        source=Source(text, path))
+
+
 def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> Net:
     """Read and parse a .cnn file."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise CnnDslError(f"cannot read {os.fspath(path)}: {reason}",
-                          hint="check the path; cnndsl reads UTF-8 text files",
-                          source=Source("", os.fspath(path))) from None
-    return parse(text, os.fspath(path), input_shape)
+    return parse(read_source(path), os.fspath(path), input_shape)
 
 
 def generate(net: Net, target: str, weights=None, seed: int = 0) -> bytes:

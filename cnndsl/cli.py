@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from .errors import CnnDslError
+from .errors import MAX_ERRORS, CnnDslError
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
@@ -40,7 +40,11 @@ def _user_errors(command):
         try:
             return command(*args, **kwargs)
         except CnnDslError as err:
-            click.echo(err.render(), err=True)
+            for each in err.errors:
+                click.echo(each.render(), err=True)
+            if len(err.errors) > 1:
+                limit = " (the limit: fix these and check again)" if len(err.errors) >= MAX_ERRORS else ""
+                click.echo(f"{len(err.errors)} errors{limit}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except (click.exceptions.Exit, click.ClickException):
             raise  # click's own usage errors already print "Usage: ... Error: ..." and exit 2
@@ -95,18 +99,30 @@ def main(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--input", "input_shape", help="Override the input shape, e.g. 3x64x64.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: print every diagnostic as one JSON list on stdout (file, range, severity, message, "
+                   "fix, call sites).")
 @_user_errors
-def check(file: str, input_shape: str | None) -> None:
-    """Check FILE: syntax, shapes, alignment and `expect` lines. Exit status 1 on errors."""
-    from .api import load
+def check(file: str, input_shape: str | None, output_format: str) -> None:
+    """Check FILE ('-': standard input): syntax, shapes, alignment and `expect` lines. Every
+    independent error is reported; exit status 1 on errors."""
+    from .api import diagnose, parse, read_source
 
-    net = load(file, _shape(input_shape))
+    path = "<stdin>" if file == "-" else file
+    text = sys.stdin.read() if file == "-" else read_source(file)
+    if output_format == "json":
+        diagnostics = diagnose(text, path, _shape(input_shape))
+        click.echo(json.dumps([d.to_json() for d in diagnostics], indent=2 if sys.stdout.isatty() else None))
+        if any(d.severity == "error" for d in diagnostics):
+            sys.exit(EXIT_USER_ERROR)
+        return
+    net = parse(text, path, _shape(input_shape))
     report = net.analyze()
     _print_warnings(net)
-    warnings = len(report.warnings)
-    click.echo(f"{file}: ok: {net.name}, {report.params:,} parameters, output "
+    warnings = len(net.check())
+    click.echo(f"{path}: ok: {net.name}, {report.params:,} parameters, output "
                f"{'x'.join(map(str, report.output))}" + (f", {warnings} warning(s)" if warnings else ""))
 
 

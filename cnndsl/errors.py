@@ -61,9 +61,33 @@ class Diagnostic(NamedTuple):
     hint: str | None = None
     notes: tuple[str, ...] = ()
     calls: tuple[Span, ...] = ()  # block call sites that led here, outermost first
+    path: str | None = None  # the file it is about, where the diagnostic outlives its Source
+
+    @property
+    def fix(self) -> str | None:
+        """What to change: the `fix:` line."""
+        return self.hint
+
+    def sort_key(self) -> tuple[int, int, int]:
+        """Source order; a diagnostic about no place comes first."""
+        span = self.span
+        return (span.line, span.column, self.severity != "error") if span else (0, 0, self.severity != "error")
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict: file, range (1-based lines and columns, end exclusive), severity,
+        message, fix, notes and the block call sites that led here (outermost first)."""
+        return {
+            "file": self.path,
+            "range": _range_json(self.span),
+            "severity": self.severity,
+            "message": self.message,
+            "fix": self.hint,
+            "notes": list(self.notes),
+            "calls": [_range_json(call) for call in self.calls],
+        }
 
     def render(self, source: Source | None = None) -> str:
-        path = source.path if source else "<string>"
+        path = source.path if source else (self.path or "<string>")
         # An error about no place in any source (a weights file, an output folder) names no file:
         # its message says which file it is about.
         where = f"{path}:{self.span.line}:{self.span.column}: " if self.span else (f"{path}: " if source else "")
@@ -85,6 +109,18 @@ class Diagnostic(NamedTuple):
         if self.hint:
             out.append(f"  fix: {self.hint}")
         return "\n".join(out)
+
+
+def _range_json(span: Span | None) -> dict | None:
+    if span is None:
+        return None
+    end_line = span.end_line or span.line
+    end_column = span.end_column if span.end_line else span.column + 1
+    return {"start": {"line": span.line, "column": span.column}, "end": {"line": end_line, "column": end_column}}
+
+
+MAX_ERRORS = 20
+"""Errors reported from one run at most: past that, more are rarely independent of the first ones."""
 
 
 class CnnDslError(Exception):
@@ -109,6 +145,12 @@ class CnnDslError(Exception):
         self.notes = tuple(notes)
         self.calls = tuple(calls)
         self.source = source
+        self.others: tuple[CnnDslError, ...] = ()  # further independent errors of the same run
+
+    @property
+    def errors(self) -> tuple[CnnDslError, ...]:
+        """Every error of the run, in source order: this one first."""
+        return (self, *self.others)
 
     @property
     def line(self) -> int | None:
@@ -119,12 +161,26 @@ class CnnDslError(Exception):
         return self.span.column if self.span else None
 
     def diagnostic(self) -> Diagnostic:
-        return Diagnostic("error", self.message, self.span, self.hint, self.notes, self.calls)
+        return Diagnostic("error", self.message, self.span, self.hint, self.notes, self.calls,
+                          self.source.path if self.source else None)
 
     def with_source(self, source: Source) -> CnnDslError:
         if self.source is None:
             self.source = source
+        for other in self.others:
+            other.with_source(source)
         return self
+
+    @classmethod
+    def collect(cls, errors: list[CnnDslError]) -> CnnDslError:
+        """One error to raise for several independent ones: the first in source order, carrying
+        the others (at most MAX_ERRORS in all)."""
+        flat = [each for error in errors for each in error.errors]
+        ordered = sorted(flat, key=lambda e: e.diagnostic().sort_key())[:MAX_ERRORS]
+        for error in ordered:
+            error.others = ()
+        ordered[0].others = tuple(ordered[1:])
+        return ordered[0]
 
     def render(self) -> str:
         return self.diagnostic().render(self.source)

@@ -73,12 +73,18 @@ def divisible(value: float, divisor: int) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+class _Unknowable(CnnDslError):
+    """A value that depends on a shape an earlier error left unknown: not reported (the earlier
+    error is), only the statement is given up."""
+
+
 class _Expander:
     def __init__(self, blocks: dict[str, S.BlockDef]):
         self.blocks = blocks
         self.nodes = 0
         self.depth = 0
         self.shapes = Shapes()
+        self.shape_lost = False  # an earlier statement's error left the shape flowing on unknown
 
     # ------------------------------------------------------------ arithmetic
     def eval(self, expr: S.Expr, frame: _Frame) -> int | float:
@@ -115,6 +121,8 @@ class _Expander:
                 raise UnknownNameError("'in_c' is only defined inside a block", expr.span, calls=frame.calls,
                                        hint="in_c is the channel count entering a block's call; at the top level "
                                             "write the number")
+            if frame.in_c is None and self.shape_lost:
+                raise _Unknowable("in_c after an error")
             if frame.in_c is None:
                 raise UnknownNameError("'in_c' is unknown here: this shortcut is not used, so nothing enters it",
                                        expr.span, calls=frame.calls,
@@ -176,7 +184,7 @@ class _Expander:
         value = float(self.eval(expr, frame))
         if not low <= value <= high:
             raise BadValueError(f"{what} must be between {low:g} and {high:g}, got {value:g}", expr.span,
-                                calls=frame.calls)
+                                calls=frame.calls, hint=f"use a value from {low:g} to {high:g}")
         return value
 
     def pair(self, exprs: tuple[S.Expr, ...], frame: _Frame, what: str, minimum: int = 1) -> tuple[int, int]:
@@ -185,7 +193,7 @@ class _Expander:
             return (values[0], values[0])
         if len(values) != 2:
             raise BadValueError(f"{what} takes one size or HxW, got {len(values)} sizes", exprs[0].span,
-                                calls=frame.calls)
+                                calls=frame.calls, hint="write one size (3) or a pair (3x5 or (3, 5))")
         return (values[0], values[1])
 
     # ------------------------------------------------------------ statements
@@ -217,13 +225,15 @@ class _Expander:
                 out.extend(nodes)
                 # Every repetition expands to as many nodes as the first: fail now, not after the limit.
                 if index == 0 and self.nodes + (count - 1) * (self.nodes - before) > MAX_NODES:
-                    raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span,
+                    raise LimitError(f"the network expands to more than {MAX_NODES:,} nodes", stmt.span,
                                      calls=frame.calls, hint=f"this repeat makes {count:,} x {self.nodes - before:,} "
                                      f"= {count * (self.nodes - before):,} nodes; is the count a typo?")
             return out, shape
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise LimitError(f"the network expands to more than {MAX_NODES} nodes", stmt.span, calls=frame.calls)
+            raise LimitError(f"the network expands to more than {MAX_NODES:,} nodes", stmt.span, calls=frame.calls,
+                             hint="lower a repeat count or the number of block calls; a network this large is "
+                                  "almost surely a typo")
         if isinstance(stmt, S.Layer):
             node = self.layer(stmt, scope, frame)
             return [node], self.infer(node, shape)
@@ -285,7 +295,8 @@ class _Expander:
             raise LimitError(f"block {stmt.block} calls itself ({chain}), which would never end", stmt.span,
                              calls=frame.calls, hint="a block may call other blocks, not itself")
         if len(frame.calls) >= MAX_CALL_DEPTH:
-            raise LimitError(f"block calls nest deeper than {MAX_CALL_DEPTH}", stmt.span, calls=frame.calls)
+            raise LimitError(f"block calls nest deeper than {MAX_CALL_DEPTH}", stmt.span, calls=frame.calls,
+                             hint="call fewer blocks inside one another; real networks nest a few levels")
         in_c = shape[0] if shape is not None else None
         env = self.bind(block, stmt, frame, in_c)
         inner_frame = _Frame(env, frame.calls + (stmt.span,), frame.blocks_on_stack + (stmt.block,), block.name, in_c)
@@ -313,7 +324,8 @@ class _Expander:
                     f"block {block.name} has no parameter '{kw.name}'", kw.span, calls=frame.calls,
                     hint=(f"did you mean '{close}'? " if close else "") + f"the block is {signature}")
             if kw.name in env:
-                raise UnknownNameError(f"parameter '{kw.name}' is given twice", kw.span, calls=frame.calls)
+                raise UnknownNameError(f"parameter '{kw.name}' is given twice", kw.span, calls=frame.calls,
+                                       hint=f"give '{kw.name}' once, by position or by name")
             env[kw.name] = self.eval(kw.value, frame)
         # Defaults may refer to earlier parameters: block b(c, mid=c/4).
         for param in block.params:
@@ -419,6 +431,21 @@ def _single(items: list, what: str):
 
 
 def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] | None) -> ir.Network:
+    """The IR, or every independent mistake in the program raised together (`CnnDslError.errors`):
+    each header, block definition, top-level statement, expectation and section is checked on its
+    own. After a statement fails the shape flowing on is unknown, so the statements after it are
+    still expanded (their values, names and calls checked) but no longer shape-checked."""
+    errors: list[CnnDslError] = []
+
+    def attempt(check, *args):
+        try:
+            return check(*args)
+        except _Unknowable:
+            return None
+        except CnnDslError as err:
+            errors.append(err)
+            return None
+
     headers = [i for i in program.items if isinstance(i, S.NetworkHeader)]
     inputs = [i for i in program.items if isinstance(i, S.InputHeader)]
     block_defs = [i for i in program.items if isinstance(i, S.BlockDef)]
@@ -426,46 +453,58 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
     sections = [i for i in program.items if isinstance(i, S.Section)]
     statements = tuple(i for i in program.items if isinstance(i, (S.Layer, S.Call, S.Repeat, S.Residual,
                                                                     S.Branches)))
-    header = _single(headers, "network")
-    input_header = _single(inputs, "input")
+    header = attempt(_single, headers, "network") or (headers[0] if headers else None)
+    input_header = attempt(_single, inputs, "input") or (inputs[0] if inputs else None)
 
     blocks: dict[str, S.BlockDef] = {}
     for block in block_defs:
-        if block.name in blocks:
-            raise BadValueError(f"block {block.name} is defined twice", block.span,
-                                notes=[f"first defined at line {blocks[block.name].span.line}"],
-                                hint="rename one of them")
-        if block.name in KEYWORDS:
-            raise BadValueError(f"'{block.name}' is a keyword and cannot name a block", block.span,
-                                hint=f"call it {block.name}_block")
-        seen = set()
-        for param in block.params:
-            if param.name == IN_C:
-                raise BadValueError(f"'{IN_C}' is reserved: inside a block it is the channel count entering the call",
-                                    param.span, hint=f"rename the parameter, or drop it and use {IN_C} in the body")
-            if param.name in seen:
-                raise BadValueError(f"parameter '{param.name}' appears twice in block {block.name}", param.span)
-            seen.add(param.name)
-        blocks[block.name] = block
+        attempt(_check_block, block, blocks)
+        blocks.setdefault(block.name, block)
 
+    input_shape: tuple[int, ...] | None = None
+    input_span = input_header.span if input_header else None
     if input_override is not None:
-        input_shape, input_span = tuple(input_override), input_header.span if input_header else None
+        input_shape = tuple(input_override)
     elif input_header is None:
         first = statements[0].span if statements else Span(1, 1)
-        raise BadValueError("the network has no 'input' statement", Span(first.line, first.column),
-                            hint="add a line like 'input 3x224x224' (channels x height x width) before the layers")
+        errors.append(BadValueError("the network has no 'input' statement", Span(first.line, first.column),
+                                    hint="add a line like 'input 3x224x224' (channels x height x width) "
+                                         "before the layers"))
     else:
-        input_shape, input_span = input_header.shape, input_header.span
-    if len(input_shape) not in (1, 3) or min(input_shape) < 1:
-        raise BadValueError(f"input must be CxHxW (or one size for a vector), got {'x'.join(map(str, input_shape))}",
-                            input_span, hint="e.g. 'input 3x32x32'")
+        input_shape = input_header.shape
+    if input_shape is not None and (len(input_shape) not in (1, 3) or min(input_shape) < 1):
+        errors.append(BadValueError(
+            f"input must be CxHxW (or one size for a vector), got {'x'.join(map(str, input_shape))}",
+            input_span, hint="e.g. 'input 3x32x32'"))
+        input_shape = None
     if not statements:
-        raise BadValueError("the network has no layers", input_span or Span(1, 1),
-                            hint="add statements after 'input', e.g. 'conv 3x3 pad1 -> 16; relu'")
+        errors.append(BadValueError("the network has no layers", input_span or Span(1, 1),
+                                    hint="add statements after 'input', e.g. 'conv 3x3 pad1 -> 16; relu'"))
 
     expander = _Expander(blocks)
     expander.shapes.input = input_shape  # known while the nodes are built (`upsample to input`)
-    items, _ = expander.statements(statements, _Scope(""), _Frame({}, (), ()), input_shape)
+    expander.shape_lost = input_shape is None
+    items: list[ir.Node] = []
+    shape, scope, frame = input_shape, _Scope(""), _Frame({}, (), ())
+    for stmt in statements:
+        try:
+            nodes, shape = expander.statement(stmt, scope, frame, shape)
+            items.extend(nodes)
+        except _Unknowable:
+            shape = None
+        except LimitError as err:  # the statements after it could only hit the same limit
+            errors.append(err)
+            break
+        except CnnDslError as err:
+            errors.append(err)
+            shape, expander.shape_lost = None, True
+    checked_expects = tuple(attempt(_expect, e) for e in expects)
+    preprocess = attempt(_section, sections, "preprocess", _preprocess)
+    augment = attempt(_section, sections, "augment", _augment)
+    train = attempt(_section, sections, "train", _train)
+    if errors:
+        raise CnnDslError.collect(_distinct(errors))
+
     body = ir.Seq(name="", span=statements[0].span, items=tuple(items))
     expander.shapes.infer(body, input_shape)
     _check_droppaths(body)
@@ -476,14 +515,45 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
         input_shape=input_shape,
         body=body,
         shapes=expander.shapes,
-        expects=tuple(_expect(e) for e in expects),
-        preprocess=_preprocess(_single([s for s in sections if s.kind == "preprocess"], "preprocess")),
-        augment=_augment(_single([s for s in sections if s.kind == "augment"], "augment")),
-        train=_train(_single([s for s in sections if s.kind == "train"], "train")),
+        expects=checked_expects,
+        preprocess=preprocess,
+        augment=augment,
+        train=train if train is not None else ir.TrainConfig(),
         source=source,
         input_span=input_span,
         blocks=tuple(blocks.values()),
     )
+
+
+def _distinct(errors: list[CnnDslError]) -> list[CnnDslError]:
+    """One error per place and message: a mistake in a block body fails each call of the block."""
+    seen: dict[tuple, CnnDslError] = {}
+    for err in errors:
+        seen.setdefault((err.span, err.message), err)
+    return list(seen.values())
+
+
+def _section(sections: list[S.Section], kind: str, build):
+    return build(_single([s for s in sections if s.kind == kind], kind))
+
+
+def _check_block(block: S.BlockDef, blocks: dict[str, S.BlockDef]) -> None:
+    if block.name in blocks:
+        raise BadValueError(f"block {block.name} is defined twice", block.span,
+                            notes=[f"first defined at line {blocks[block.name].span.line}"],
+                            hint="rename one of them")
+    if block.name in KEYWORDS:
+        raise BadValueError(f"'{block.name}' is a keyword and cannot name a block", block.span,
+                            hint=f"call it {block.name}_block")
+    seen = set()
+    for param in block.params:
+        if param.name == IN_C:
+            raise BadValueError(f"'{IN_C}' is reserved: inside a block it is the channel count entering the call",
+                                param.span, hint=f"rename the parameter, or drop it and use {IN_C} in the body")
+        if param.name in seen:
+            raise BadValueError(f"parameter '{param.name}' appears twice in block {block.name}", param.span,
+                                hint="give each parameter its own name")
+        seen.add(param.name)
 
 
 def _check_droppaths(body: ir.Seq) -> None:
@@ -523,7 +593,8 @@ def _require_known(word: str, choices: tuple[str, ...], what: str, span: Span) -
 def _expect(stmt: S.ExpectStmt) -> ir.Expect:
     _require_known(stmt.what, EXPECTATIONS, "expectation", stmt.what_span)
     if stmt.what != "output" and len(stmt.value) > 1:
-        raise BadValueError(f"expect {stmt.what} takes one number", stmt.span)
+        raise BadValueError(f"expect {stmt.what} takes one number", stmt.span,
+                            hint=f"write e.g. 'expect {stmt.what} < 5M'; only 'expect output' takes a shape")
     return ir.Expect(stmt.what, stmt.comparison, stmt.value, stmt.span)
 
 
@@ -610,7 +681,8 @@ def _train(section: S.Section | None) -> ir.TrainConfig:
                 elif opt == "betas":
                     betas = tuple(_const(v, "a beta", 0, 0.999999) for v in value)
                     if len(betas) != 2:
-                        raise BadValueError("betas takes two numbers: betas (0.9, 0.999)", setting.span)
+                        raise BadValueError("betas takes two numbers", setting.span,
+                                            hint="write 'betas (0.9, 0.999)'")
                     fields["betas"] = betas
                 else:
                     fields[opt] = _const(value, opt, 0, 10)

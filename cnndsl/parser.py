@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 
 from . import syntax as S
-from .errors import CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
+from .errors import MAX_ERRORS, CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
 from .grammar.cnndsl_lalr import (
     LAYER_KEYWORDS,
     OPTION_KEYWORDS,
@@ -412,18 +412,96 @@ _TRANSFORMER = _ToSyntax()
 
 
 def parse_program(text: str, source: Source | None = None) -> S.Program:
-    """Parse cnndsl text into a `syntax.Program`; raise `CnnSyntaxError` on malformed input."""
+    """Parse cnndsl text into a `syntax.Program`; raise `CnnSyntaxError` on malformed input.
+
+    After a syntax error the parser resynchronises at the next statement: the statement in error
+    is blanked out (positions kept) and the text parsed again, so one run reports every
+    independent syntax error (up to MAX_ERRORS), carried by the first one (`CnnDslError.errors`)."""
     source = source or Source(text)
     _check_nesting(text, source)
-    try:
-        tree = _parser().parse(text)
-        return _TRANSFORMER.transform(tree)
-    except UnexpectedInput as err:
-        raise _syntax_error(err, text).with_source(source) from None
-    except CnnDslError as err:  # raised by a rule's method
-        raise err.with_source(source) from None
-    except RecursionError:
-        raise _too_deep(source) from None
+    errors: list[CnnDslError] = []
+    seen: set[tuple[int, int]] = set()
+    current = text
+    while True:
+        try:
+            program = _TRANSFORMER.transform(_parser().parse(current))
+        except UnexpectedInput as err:
+            error, position, final = _syntax_error(err, current)
+        except CnnDslError as err:  # raised by a rule's method
+            error, position, final = err, _offset(current, err.span), False
+        except RecursionError:
+            error, position, final = _too_deep(source), None, True
+        else:
+            if not errors:
+                return program
+            break
+        if (error.line, error.column) not in seen:  # a resumed parse may stop at the same place again
+            seen.add((error.line, error.column))
+            errors.append(error)
+        if final or position is None or len(errors) >= MAX_ERRORS:
+            break
+        blanked = _blank_statement(current, position, brace_alone=getattr(error, "_stray_brace", False))
+        if blanked == current:
+            break
+        current = blanked
+    raise CnnDslError.collect(errors).with_source(source) from None
+
+
+def _offset(text: str, span: Span | None) -> int | None:
+    """The index in `text` of a span's start."""
+    if span is None or span.line < 1:
+        return None
+    start = 0
+    for _ in range(span.line - 1):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return None
+    return start + span.column - 1
+
+
+_STATEMENT_ENDS = ";\n{}"
+
+
+def _blank_statement(text: str, position: int, brace_alone: bool = False) -> str:
+    """`text` with the statement around `position` replaced by spaces (newlines kept, so every
+    position stays where it was): where a parse resumes after an error. A statement runs from the
+    separator or brace before it to the separator after it, across any braces it opens itself."""
+    if brace_alone or position >= len(text) or (text[position] == "}" and _blank_before(text, position)):
+        end = min(position + 1, len(text))
+        return text[:position] + " " * (end - position) + text[end:]
+    start = _statement_start(text, position)
+    depth, end = 0, position
+    while end < len(text):
+        char = text[end]
+        if char == "#":
+            end = text.find("\n", end)
+            end = len(text) if end < 0 else end
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif char in ";\n" and depth == 0:
+            break
+        end += 1
+    if end == start:  # nothing but the separator: drop it
+        end = start + 1
+    return text[:start] + "".join(c if c == "\n" else " " for c in text[start:end]) + text[end:]
+
+
+def _blank_before(text: str, position: int) -> bool:
+    """Whether only blanks stand between the statement separator before `position` and it."""
+    return not text[_statement_start(text, position):position].strip()
+
+
+def _statement_start(text: str, position: int) -> int:
+    """The index where the statement holding `position` starts: after the separator or brace before it."""
+    start = position
+    while start > 0 and text[start - 1] not in _STATEMENT_ENDS:
+        start -= 1
+    return start
 
 
 MAX_NESTING = 100  # braces and parentheses, one inside another
@@ -496,26 +574,28 @@ def _suggest(word: str) -> str | None:
     return closest(word.lower(), WORDS)
 
 
-def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
+def _syntax_error(err: UnexpectedInput, text: str) -> tuple[CnnSyntaxError, int | None, bool]:
+    """The error to report for lark's `err`, where in `text` the parse may resume after blanking the
+    statement there (None: it cannot), and whether no resumed parse could make sense of the rest."""
     if isinstance(err, UnexpectedCharacters):
         char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
         word = _word_at(text, err.pos_in_stream)
         hint = None
-        if word and (suggestion := _suggest(word)) and suggestion != word:
+        if char in _LOOKALIKES:
+            word = char
+            hint = f"write {_LOOKALIKES[char]!r} instead of {char!r}"
+        elif word and (suggestion := _suggest(word)) and suggestion != word:
             hint = f"did you mean '{suggestion}'?"
         elif char and not (char.isalnum() or char in "_{}()<>=-+*/.,;#\\"):
             hint = f"remove the {char!r}: it has no meaning in cnndsl (comments start with '#')"
-        return CnnSyntaxError(
+        error = CnnSyntaxError(
             f"unexpected character {char!r}" + (f" in '{word}'" if word and word != char else ""),
             Span(err.line, err.column, err.line, err.column + max(len(word), 1)),
             hint=hint or f"expected {_expected_words(_accepts(err) or err.allowed or [])}",
         )
+        return error, err.pos_in_stream, False
     if isinstance(err, UnexpectedEOF):
-        return CnnSyntaxError(
-            "the file ends in the middle of a statement",
-            Span(err.line if err.line > 0 else 1, max(err.column, 1)),
-            hint=f"expected {_expected_words(err.expected)}; is a '}}' missing?",
-        )
+        return _unexpected_end(text, set(err.expected)), None, True
     assert isinstance(err, UnexpectedToken)
     token = err.token
     expected = set(err.expected)
@@ -527,15 +607,13 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
         except UnexpectedInput:
             pass
     if token.type == "$END":
-        lines = _lines(text.rstrip("\n")) if text.strip("\n") else [""]
-        opened = _unclosed_brace(text)
-        return CnnSyntaxError(
-            "the file ends in the middle of a statement",
-            Span(len(lines), len(lines[-1]) + 1),
-            hint=f"expected {_expected_words(expected)}" + ("; is a '}' missing?" if "RBRACE" in expected else ""),
-            notes=[f"the '{{' at line {opened[0]}, column {opened[1]} is never closed"] if opened else [],
-        )
+        return _unexpected_end(text, expected), None, True
     history = [t for t in (err.token_history or []) if t is not None]
+    start = _statement_start(text, token.start_pos)
+    first_word = text[start:token.start_pos + len(token)].split(maxsplit=1)[:1]
+    if first_word and first_word[0].split("(")[0] in TOP_KEYWORDS and (opened := _open_braces(text, start)):
+        # `network`, `input`, `block` ... inside braces: a '}' is missing before them.
+        return _unclosed(text, opened[-1]), None, True
     span = _span(token)
     shown = "the end of the line" if token.type == "_SEP" and "\n" in token else repr(str(token))
     # `cnov 3x3`: the misspelled keyword was taken for a block call, and the error is on the next token.
@@ -543,14 +621,20 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
         name = history[-1]
         suggestion = _suggest(str(name))
         if (where := misplaced_keyword(str(name))) is not None:
-            return CnnSyntaxError(f"'{name}' cannot start a statement", _span(name), hint=where)
-        if suggestion:
+            return CnnSyntaxError(f"'{name}' cannot start a statement", _span(name), hint=where), token.start_pos, False
+        if suggestion and suggestion != str(name):
             return CnnSyntaxError(
                 f"unknown statement '{name}'",
                 _span(name),
                 hint=f"did you mean '{suggestion}'?",
                 notes=[f"'{name}' is not a layer, and a block call would be written {name}(...)"],
-            )
+            ), token.start_pos, False
+    stray = token.type == "RBRACE" and ("_SEP" in expected or "$END" in expected)
+    if stray and not _open_braces(text, token.start_pos):
+        error = CnnSyntaxError("unexpected '}': no '{' is open here", span,
+                               hint="remove the '}', or add the '{' it was meant to close")
+        error._stray_brace = True
+        return error, token.start_pos, False
     if token.type == "_SEP":
         message = f"the statement is incomplete: it stops at {shown}"
         span = Span(token.line, token.column, token.line, token.column + 1)
@@ -567,7 +651,41 @@ def _syntax_error(err: UnexpectedInput, text: str) -> CnnSyntaxError:
         hint = "a pair has two values, height and width: '(kh, kw)'; remove the extra one"
     if "_SEP" in expected and token.type not in ("_SEP", "RBRACE") and not arrow:
         hint += "; two statements on one line are separated by ';'"
-    return CnnSyntaxError(message, span, hint=hint)
+    error = CnnSyntaxError(message, span, hint=hint)
+    if token.type == "RBRACE" and "_SEP" in expected:
+        error._stray_brace = True  # `relu }` at the top level: the brace alone is the mistake
+    return error, token.start_pos, False
+
+
+_LOOKALIKES = {"\u00d7": "x", "\u2212": "-", "\u2013": "-", "\u2192": "->", "\u201c": '"', "\u201d": '"',
+               "\u2018": "'", "\u2019": "'", "\uff1b": ";", "\u2010": "-", "\u00a0": " "}
+"""Characters that word processors and chat windows put in for the ones cnndsl reads."""
+
+
+def _unexpected_end(text: str, expected: set[str]) -> CnnSyntaxError:
+    opened = _open_braces(text, len(text))
+    if opened:
+        return _unclosed(text, opened[-1])
+    lines = _lines(text.rstrip("\n")) if text.strip("\n") else [""]
+    return CnnSyntaxError(
+        "the file ends in the middle of a statement",
+        Span(len(lines), len(lines[-1]) + 1),
+        hint=f"finish the statement: expected {_expected_words(expected)}",
+    )
+
+
+def _unclosed(text: str, brace: tuple[int, int]) -> CnnSyntaxError:
+    line, column = brace
+    opener = _lines(text)[line - 1][: column - 1].split(";")[-1].strip()
+    what = opener.split()[0].split("(")[0] if opener else ""
+    owner = {"branch": "the branch", "residual": "the residual's body", "shortcut": "the shortcut",
+             "concat": "the concat", "add": "the add", "mul": "the mul", "block": "the block",
+             "train": "the train section", "augment": "the augment section",
+             "preprocess": "the preprocess section"}.get(what, "it")
+    return CnnSyntaxError(
+        f"unclosed '{{' opened at {line}:{column}", Span(line, column, line, column + 1),
+        hint=f"add the '}}' that closes {owner} after its last statement",
+        notes=[f"the '{{' at line {line}, column {column} is never closed"])
 
 
 def _lines(text: str) -> list[str]:
@@ -575,16 +693,16 @@ def _lines(text: str) -> list[str]:
     return [line.rstrip("\r") for line in text.split("\n")]
 
 
-def _unclosed_brace(text: str) -> tuple[int, int] | None:
-    """(line, column) of the last '{' that no '}' closes, comments skipped."""
+def _open_braces(text: str, end: int) -> list[tuple[int, int]]:
+    """(line, column) of each '{' still open at index `end` of `text`, outermost first; comments skipped."""
     stack: list[tuple[int, int]] = []
-    for number, line in enumerate(_lines(text), 1):
+    for number, line in enumerate(_lines(text[:end]), 1):
         for column, char in enumerate(line.split("#", 1)[0], 1):
             if char == "{":
                 stack.append((number, column))
             elif char == "}" and stack:
                 stack.pop()
-    return stack[-1] if stack else None
+    return stack
 
 
 def _accepts(err: UnexpectedInput) -> set[str]:

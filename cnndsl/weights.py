@@ -77,7 +77,8 @@ def load_weights(net, path: str | os.PathLike) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise WeightsError(f"no weights file {os.fspath(path)}", hint="check the path") from None
     except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(f"{os.fspath(path)} is not a readable safetensors file: {err}") from None
+        raise WeightsError(f"{os.fspath(path)} is not a readable safetensors file: {err}",
+                           hint="give a .safetensors file, e.g. one `cnndsl train` wrote") from None
     return check_weights(net, tensors, origin=os.fspath(path))
 
 

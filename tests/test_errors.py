@@ -48,9 +48,12 @@ CASES = [
     Case("stray character", NET + "conv 3x3 -> 8 $ relu\n", CnnSyntaxError, 3, 15, ("unexpected character", "'$'"),
          ("remove",)),
     Case("stray character at line start", NET + "relu\n@relu\n", CnnSyntaxError, 4, 1, ("'@'",), ("remove",)),
-    Case("unclosed brace", NET + "block b(c) {\n  conv 3x3 -> c\nb(4)\n", CnnSyntaxError, 5, 5,
-         ("ends",), ("'}'",)),
-    Case("unclosed branch", NET + "concat {\n  branch { relu\n}\n", CnnSyntaxError, 5, 2, ("ends",), ("'}'",)),
+    Case("unclosed brace", NET + "block b(c) {\n  conv 3x3 -> c\nb(4)\n", CnnSyntaxError, 3, 12,
+         ("unclosed '{' opened at 3:12",), ("'}'", "the block")),
+    Case("unclosed branch", NET + "concat {\n  branch { relu }\n  branch { relu\n}\n", CnnSyntaxError, 3, 8,
+         ("unclosed '{' opened at 3:8",), ("'}'", "the concat")),
+    Case("unclosed brace before the next item", NET + "block b {\n  relu\nnetwork x\n", CnnSyntaxError, 3, 9,
+         ("unclosed '{' opened at 3:9",), ("'}'",)),
     Case("closing brace without opening", NET + "relu }\n", CnnSyntaxError, 3, 6, ("unexpected", "'}'"), ()),
     Case("misspelled conv", NET + "cnov 3x3 -> 8\n", CnnSyntaxError, 3, 1, ("unknown statement", "cnov"),
          ("did you mean 'conv'",)),
@@ -90,7 +93,7 @@ CASES = [
     Case("global pool with padding", NET + "pool max global pad1\n", BadValueError, 3, 17, ("global pool",),
          ("remove 'pad'",)),
     Case("empty concat", NET + "concat { }\n", BadValueError, 3, 1, ("at least one branch",), ("branch",)),
-    Case("block named like a keyword", NET + "block relu(c) { conv 1x1 -> c }\n", BadValueError, 3, 1,
+    Case("block named like a keyword", NET + "block relu(c) { conv 1x1 -> c }\nconv 1x1 -> 4\n", BadValueError, 3, 1,
          ("keyword",), ("relu_block",)),
     Case("bad input shape", "input 3x32\nrelu\n", BadValueError, 1, 7, ("CxHxW", "3x32"), ("3x32x32",)),
     Case("zero input size", "input 0x32x32\nrelu\n", BadValueError, 1, 7, ("0x32x32",), ()),
@@ -216,6 +219,7 @@ def test_error(case: Case):
         assert word in err.message, err.render()
     for word in case.hint:
         assert err.hint and word in err.hint, err.render()
+    assert err.hint, f"no fix: {err.render()}"  # every message says what to do
     rendered = err.render()
     assert rendered.startswith(f"case.cnn:{case.line}:{case.column}: error: ")
     assert "^" in rendered  # the caret under the source line

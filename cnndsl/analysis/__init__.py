@@ -205,24 +205,37 @@ def _figure(what: str, report: Report):
 
 
 def check_expectations(network: ir.Network, report: Report) -> None:
-    for expect in network.expects:
-        actual = _figure(expect.what, report)
-        compare = _COMPARE[expect.comparison]
-        if expect.what == "output":
-            wanted = tuple(int(v) for v in expect.value)
-            ok = compare(tuple(actual), wanted) if expect.comparison == "==" else False
-            shown, want = fmt(actual), fmt(wanted)
-            if expect.comparison != "==":
-                raise ExpectationError("expect output compares shapes with '=' only", expect.span,
-                                       hint=f"write 'expect output {want}'")
-        elif expect.what == "rf":
-            ok = all(compare(axis, expect.value[0]) for axis in actual)
-            shown, want = fmt(actual), f"{expect.value[0]:g}"
-        else:
-            ok = compare(actual, expect.value[0])
-            shown, want = f"{actual:,}", f"{expect.value[0]:,}"
-        if not ok:
-            raise ExpectationError(
-                f"expectation failed: {expect.what} {expect.comparison} {want}, but the network has "
-                f"{expect.what} {shown}", expect.span,
-                hint="change the network, or the expectation if the network is right")
+    """Raise an ExpectationError for each `expect` line the report breaks (all of them at once)."""
+    errors = [err for expect in network.expects if (err := _broken(expect, report)) is not None]
+    if errors:
+        raise CnnDslError.collect(errors)
+
+
+def _broken(expect: ir.Expect, report: Report) -> ExpectationError | None:
+    actual = _figure(expect.what, report)
+    compare = _COMPARE[expect.comparison]
+    notes: list[str] = []
+    if expect.what == "output":
+        wanted = tuple(int(v) for v in expect.value)
+        ok = compare(tuple(actual), wanted) if expect.comparison == "==" else False
+        shown, want = fmt(actual), fmt(wanted)
+        if expect.comparison != "==":
+            return ExpectationError("expect output compares shapes with '=' only", expect.span,
+                                    hint=f"write 'expect output {want}'")
+    elif expect.what == "rf":
+        ok = all(compare(axis, expect.value[0]) for axis in actual)
+        shown, want = fmt(actual), f"{expect.value[0]:g}"
+    else:
+        ok = compare(actual, expect.value[0])
+        shown, want = f"{actual:,}", f"{expect.value[0]:,}"
+        if expect.what in ("params", "trainable_params"):
+            heaviest = sorted((row for row in report.layers if row.params), key=lambda row: -row.params)[:3]
+            if heaviest:
+                notes.append("most parameters: " + ", ".join(
+                    f"{row.name} {row.params:,} (line {row.line})" for row in heaviest))
+    if ok:
+        return None
+    return ExpectationError(
+        f"expectation failed: {expect.what} {expect.comparison} {want}, but the network has "
+        f"{expect.what} {shown}", expect.span, notes=notes,
+        hint="change the network, or the expectation if the network is right")

@@ -111,7 +111,8 @@ class Conv(Node):
                 raise options.error("a channel multiplier ('-> 2x') only applies to a depthwise conv", "mult",
                                     hint="add 'depthwise', or give a channel count: '-> 64'")
             if out is not None:
-                raise options.error("give either '-> N' or '-> Nx', not both", "mult")
+                raise options.error("give either '-> N' or '-> Nx', not both", "mult",
+                                    hint="keep '-> Nx' (N output channels per input channel) or '-> N'")
             multiplier = options.integer("mult", "a channel multiplier")
         if out is None and not depthwise:
             raise options.error("conv needs an output channel count",
