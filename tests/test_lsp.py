@@ -77,7 +77,7 @@ def test_a_session_over_stdio():
         start = position_of(RESNET18, "pool avg global")
         out["statements"] = await client.text_document_completion_async(lsp.CompletionParams(doc, start))
         # An edit with two mistakes: each is published with its range.
-        broken = RESNET18.replace("basic(256)", "basic(256, t=3)").replace("fc 1000", "fc 1000 relu")
+        broken = RESNET18.replace("basic(256)", "basic(256, t=3)").replace("fc 1000", "fc 1000 x q")
         change(client, 2, broken)
         out["broken"] = await diagnostics()
         messy = "input 3x8x8\nconv 3x3  pad 1 ->8 ;relu\n"
@@ -119,11 +119,12 @@ def test_a_session_over_stdio():
     assert {"conv", "pool", "residual", "relu", "expect", "block", "basic"} <= set(statements)
     assert statements["basic"].detail == "block basic(c, s)"
 
+    # both mistakes, each at its place: the unknown parameter (line 18), the unknown name (line 21)
     broken = out["broken"]
-    assert len(broken) >= 1
-    first = broken[0]
-    assert first.severity == lsp.DiagnosticSeverity.Error and first.source == "cnndsl"
-    assert first.range.start.line in (17, 20)  # the unknown parameter (line 18) or the stray relu (line 21)
+    assert [(d.range.start.line + 1, d.severity, d.source) for d in broken] == [
+        (18, lsp.DiagnosticSeverity.Error, "cnndsl"), (21, lsp.DiagnosticSeverity.Error, "cnndsl")]
+    assert "'t'" in broken[0].message and "fix: " in broken[0].message and "'q'" in broken[1].message
+    assert broken[1].range.start.character == 10 and broken[1].range.end.character == 11
     assert list(out["messy"]) == []
 
     (edit,) = out["format"]

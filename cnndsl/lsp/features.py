@@ -14,15 +14,10 @@ from functools import cached_property
 
 from .. import ir
 from ..analysis import Report, active
-from ..api import Net, parse
+from ..api import Net, diagnose, parse
 from ..errors import CnnDslError, Diagnostic, Span
 from ..kinds.base import fmt, rational_text
 from ..syntax import BlockDef
-
-try:  # the diagnostics issue's entry point: every error of a program, not just the first
-    from ..api import diagnose as _diagnose_all
-except ImportError:  # pragma: no cover - until it lands
-    _diagnose_all = None
 
 _WORD = re.compile(r"[A-Za-z0-9_.]+")
 
@@ -63,8 +58,8 @@ class Analysis:
         self.diagnostics: list[Diagnostic]
         try:
             self.net = parse(text, path)
-        except CnnDslError as err:
-            self.diagnostics = _diagnose_all(text, path) if _diagnose_all else [err.diagnostic()]
+        except CnnDslError:  # then every error, each at its place (a program with none costs one parse)
+            self.diagnostics = diagnose(text, path)
         else:
             self.diagnostics = list(self.net.report.warnings)
 
