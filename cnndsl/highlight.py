@@ -46,8 +46,9 @@ class CnnDslLexer(RegexLexer):
             (words(_STATEMENTS, suffix=r"\b"), Keyword),
             (words(_ACTIVATIONS, suffix=r"\b"), Name.Builtin),
             (r"(pad|dil|groups|outpad|x)(\d+)\b", bygroups(Keyword.Pseudo, Number.Integer)),  # glued: pad1, x2
-            (words(_OPTIONS, suffix=r"\b"), Keyword.Pseudo),
+            (r"(to)(\s+)(input)\b", bygroups(Keyword.Pseudo, Whitespace, Keyword.Pseudo)),
             (words(_FUNCTIONS, suffix=r"(?=\s*\()"), Name.Builtin),
+            (words(_OPTIONS, suffix=r"\b"), Keyword.Pseudo),
             (r"in_c\b", Name.Builtin.Pseudo),
             (r"[A-Za-z_]\w*(?=\s*\()", Name.Function),  # a block call with arguments
             (r"[A-Za-z_]\w*", Name),
