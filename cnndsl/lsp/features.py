@@ -9,8 +9,8 @@ columns, as in `Span`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from .. import ir
 from ..analysis import Report, active
@@ -22,19 +22,16 @@ from ..syntax import BlockDef
 _WORD = re.compile(r"[A-Za-z0-9_.]+")
 
 
-@dataclass(frozen=True)
-class Site:
+class Site(NamedTuple):
     """One figure-bearing thing at one place in the text: a layer's statement, or a block call,
     in one of the expansions that reach it (one per call site of the block it is written in)."""
 
     span: Span
     calls: tuple[Span, ...]  # the call sites that led here, outermost first
-    name: str
-    text: str  # the statement evaluated: `conv 3x3/2 pad1 -> 128 nobias`
-    input: tuple[int, ...]
+    node: ir.Node  # its `text()` is the statement evaluated: `conv 3x3/2 pad1 -> 128 nobias`
     output: tuple[int, ...]
-    params: int
-    macs: int
+    params: int | None  # its own; None for a block call (hover sums what is inside: `Analysis.inside`)
+    macs: int | None
     rf: tuple[int, int]
     jump: tuple
 
@@ -73,24 +70,24 @@ class Analysis:
         if self.net is None:
             return ()
         report: Report = self.net.report
-        out = [Site(row.node.span, row.node.calls, row.name, row.statement if row.op == "residual" else row.node.text(),
-                    row.input, row.output, row.params, row.macs, row.rf, row.jump) for row in report.layers]
-        totals: dict[str, list[int]] = {}  # a block call's name -> the params and MACs of its layers
-        for row in report.layers:
-            scope = row.name
-            while "." in scope:
-                scope = scope.rsplit(".", 1)[0]
-                total = totals.setdefault(scope, [0, 0])
-                total[0] += row.params
-                total[1] += row.macs
+        out = [Site(row.node.span, row.node.calls, row.node, row.output, row.params, row.macs, row.rf, row.jump)
+               for row in report.layers]
+        fields = report.fields
         for node in active(self.net.ir.body, report.shapes):
             if isinstance(node, ir.Seq) and node.block and node.calls:
-                shape = report.shapes.of(node)
-                field = report.fields.get(node.name)
-                params, macs = totals.get(node.name, (0, 0))
-                out.append(Site(node.calls[-1], node.calls[:-1], node.name, node.text(), shape.input, shape.output,
-                                params, macs, field.size if field else (0, 0), field.jump if field else (0, 0)))
+                field = fields.get(node.name)
+                out.append(Site(node.calls[-1], node.calls[:-1], node, report.shapes.of(node).output, None, None,
+                                field.size if field else (0, 0), field.jump if field else (0, 0)))
         return tuple(out)
+
+    @cached_property
+    def _costs(self) -> dict[str, tuple[int, int]]:
+        return {row.name: (row.params, row.macs) for row in self.net.report.layers} if self.net else {}
+
+    def inside(self, node: ir.Node) -> tuple[int, int]:
+        """The parameters and MACs of `node` and everything in it (a block call, a residual)."""
+        costs = [self._costs.get(n.name, (0, 0)) for n in ir.walk(node)]
+        return sum(c[0] for c in costs), sum(c[1] for c in costs)
 
     def at(self, line: int, column: int) -> list[Site]:
         """The sites of the innermost statement or call written at (line, column), one per expansion."""
@@ -112,11 +109,13 @@ class Analysis:
         out.append("| where | evaluated | output | params | MACs | RF | jump |")
         out.append("|---|---|---|---|---|---|---|")
         for site in sites:
-            where = " → ".join(f"line {c.line} `{self._call_text(c)}`" for c in site.calls) or f"`{site.name}`"
+            where = " → ".join(f"line {c.line} `{self._call_text(c)}`" for c in site.calls) or f"`{site.node.name}`"
+            params, macs = self.inside(site.node) if site.node.children() else (site.params, site.macs)
+            text = site.node.text()
             rf = fmt(site.rf) if any(site.rf) else "—"
             jump = "x".join(rational_text(j) for j in site.jump) if any(site.jump) else "—"
             jump = jump.split("x")[0] if len(set(jump.split("x"))) == 1 else jump
-            out.append(f"| {where} | `{site.text}` | {fmt(site.output)} | {site.params:,} | {site.macs:,} | "
+            out.append(f"| {where} | `{text}` | {fmt(site.output)} | {params:,} | {macs:,} | "
                        f"{rf} | {jump} |")
         return "\n".join(out), span
 
