@@ -21,7 +21,6 @@ _OPTIONS = tuple(dict.fromkeys(OPTION_KEYWORDS + SECTION_KEYWORDS + TERMINAL_WOR
                                + TERMINAL_WORDS["UPSAMPLE_MODE"] + TERMINAL_WORDS["FLIP_AXIS"]
                                + TERMINAL_WORDS["SETTING"]))
 _FUNCTIONS = ("min", "max", "round", "divisible")
-_EXPECTATIONS = ("params", "trainable_params", "macs", "rf", "output", "memory")
 
 
 class CnnDslLexer(RegexLexer):

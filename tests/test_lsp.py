@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 from pathlib import Path
 
@@ -134,3 +135,20 @@ def test_a_session_over_stdio():
 
 async def steps_with_timeout(steps):
     return await asyncio.wait_for(session(steps), 120)
+
+
+def test_completion_after_keywords_the_expander_checks():
+    from cnndsl.lsp.features import completions
+
+    assert [label for label, _, _ in completions("input 3x8x8\nexpect pa", 2, 10, {})] == ["params"]
+    assert {label for label, _, _ in completions("train {\n  optimizer ", 2, 13, {})} == {"sgd", "adam", "adamw"}
+    assert {label for label, _, _ in completions("input 3x8x8\npool ", 2, 6, {})} == {"max", "avg"}
+
+
+def test_without_pygls_the_command_names_the_extra():
+    blocked = ("import sys; sys.modules['pygls'] = None; sys.argv = ['cnndsl', 'lsp']; "
+               "from cnndsl.cli import run; run()")
+    proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "error: the language server needs pygls" in proc.stderr and "cnndsl[lsp]" in proc.stderr
+    assert "Traceback" not in proc.stderr

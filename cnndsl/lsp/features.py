@@ -16,6 +16,7 @@ from .. import ir
 from ..analysis import Report, active
 from ..api import Net, diagnose, parse
 from ..errors import CnnDslError, Diagnostic, Span
+from ..expand import EXPECTATIONS, OPTIMIZERS, SCHEDULES
 from ..kinds.base import fmt, rational_text
 from ..syntax import BlockDef
 
@@ -179,10 +180,13 @@ def completions(text: str, line: int, column: int, blocks: dict[str, BlockDef]) 
     parser = _parser()
     try:
         interactive = parser.parse_interactive(before)
-        interactive.exhaust_lexer()
+        last = (interactive.exhaust_lexer() or [None])[-1]
         accepted = interactive.accepts()
     except UnexpectedInput:
-        accepted = {"NAME", *(t.name for t in parser.terminals if t.pattern.type == "str")}
+        last, accepted = None, {"NAME", *(t.name for t in parser.terminals if t.pattern.type == "str")}
+    # The names that follow these keywords are checked by the expander, not the grammar.
+    named = {"EXPECT": ("expectation", EXPECTATIONS), "OPTIMIZER": ("optimizer", OPTIMIZERS),
+             "SCHEDULE": ("schedule", SCHEDULES)}.get(last.type if last is not None else "")
     items: dict[str, tuple[str, str]] = {}
     for name in sorted(accepted):
         if name in TERMINAL_WORDS:
@@ -192,7 +196,9 @@ def completions(text: str, line: int, column: int, blocks: dict[str, BlockDef]) 
         terminal = next((t for t in parser.terminals if t.name == name), None)
         if terminal is not None and terminal.pattern.type == "str" and re.fullmatch(r"[a-z_]+", terminal.pattern.value):
             items.setdefault(terminal.pattern.value, ("keyword", "keyword"))
-    if "NAME" in accepted:
+    if named is not None:
+        items = {name: ("keyword", named[0]) for name in named[1]}
+    elif "NAME" in accepted:
         offset = len(before)
         for block in blocks.values():
             params = ", ".join(p.name for p in block.params)
