@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import click
 
 from .cli import EXIT_USER_ERROR, _user_errors
-from .errors import CnnDslError, Source
+from .errors import Source
 from .parser import _parser, parse_program
 
 __all__ = ["format_text", "fmt"]
@@ -270,15 +270,11 @@ def format_text(text: str, path: str = "<string>") -> str:
 
 
 def _read(path: str) -> str:
-    try:
-        if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8", newline="") as file:
-            return file.read()
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise CnnDslError(f"cannot read {path}: {reason}", hint="check the path; cnndsl reads UTF-8 text files",
-                          source=Source("", path)) from None
+    if path == "-":
+        return sys.stdin.read()
+    from .api import read_source  # UTF-8 with or without a byte-order mark (which is not written back)
+
+    return read_source(path)
 
 
 @click.command(name="fmt")
