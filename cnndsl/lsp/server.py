@@ -61,6 +61,10 @@ def build() -> LanguageServer:
             current = analyses[uri] = Analysis(document.source, document.path or uri)
         return current
 
+    def located(params: lsp.TextDocumentPositionParams) -> tuple[Analysis, int, int]:
+        """The document's analysis, and the position as cnndsl counts (1-based)."""
+        return analysis(params.text_document.uri), params.position.line + 1, params.position.character + 1
+
     def publish(uri: str) -> None:
         result = analysis(uri)
         lines = result.lines
@@ -83,9 +87,8 @@ def build() -> LanguageServer:
 
     @server.feature(lsp.TEXT_DOCUMENT_HOVER)
     def hover(params: lsp.HoverParams) -> lsp.Hover | None:
-        result = analysis(params.text_document.uri)
-        found = result.hover(params.position.line + 1, params.position.character + 1)
-        if found is None:
+        result, line, column = located(params)
+        if (found := result.hover(line, column)) is None:
             return None
         text, span = found
         return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text),
@@ -101,17 +104,15 @@ def build() -> LanguageServer:
 
     @server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=[" ", "("]))
     def complete(params: lsp.CompletionParams) -> lsp.CompletionList:
-        result = analysis(params.text_document.uri)
+        result, line, column = located(params)
         items = [lsp.CompletionItem(label, kind=_KINDS[kind], detail=detail)
-                 for label, kind, detail in completions(result.text, params.position.line + 1,
-                                                        params.position.character + 1, result.blocks)]
+                 for label, kind, detail in completions(result.text, line, column, result.blocks)]
         return lsp.CompletionList(is_incomplete=False, items=items)
 
     @server.feature(lsp.TEXT_DOCUMENT_DEFINITION)
     def definition(params: lsp.DefinitionParams) -> lsp.Location | None:
-        result = analysis(params.text_document.uri)
-        block = result.definition(params.position.line + 1, params.position.character + 1)
-        if block is None:
+        result, line, column = located(params)
+        if (block := result.definition(line, column)) is None:
             return None
         return lsp.Location(uri=params.text_document.uri, range=_range(block.span, result.lines))
 
