@@ -71,8 +71,8 @@ class _Commands(click.Group):
     """The command group, with `train` imported only when it is asked for (click's lazy-loading
     pattern): its options and module cost every other command's start-up."""
 
-    lazy = {"train": ("cnndsl.training.command", "train"), "fmt": ("cnndsl.fmt", "fmt"),
-            "lsp": ("cnndsl.lsp", "lsp")}
+    lazy = {"train": ("cnndsl.training.command", "train"), "draw": ("cnndsl.draw", "draw"),
+            "report": ("cnndsl.report_html", "report"), "fmt": ("cnndsl.fmt", "fmt"), "lsp": ("cnndsl.lsp", "lsp")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -131,21 +131,46 @@ def check(file: str, input_shape: str | None, output_format: str) -> None:
 @click.option("--input", "input_shape", help="Analyze at another input shape, e.g. 3x64x64.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--explain", is_flag=True, help="Show the arithmetic behind each figure.")
+@click.option("--depth", type=click.IntRange(min=0), help="Collapse layers nested deeper than N into their "
+              "block calls (0: one row per top-level statement).")
+@click.option("--width", type=click.IntRange(min=0), help="Fit the table to N columns (0: no limit). "
+              "Default: $COLUMNS, else the terminal's width, else 80.")
+@click.option("--erf", is_flag=True, help="Add each spatial layer's effective receptive field (NumPy gradients).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="With --erf: a .safetensors file of trained "
+              "weights (default: the seeded initialisation).")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --erf: random inputs to average the gradient over.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --erf: seed of the inputs and weights.")
 @_user_errors
-def analyze(file: str, input_shape: str | None, as_json: bool, explain: bool) -> None:
+def analyze(file: str, input_shape: str | None, as_json: bool, explain: bool, depth: int | None,
+            width: int | None, erf: bool, weights: str | None, samples: int, seed: int) -> None:
     """Per-layer shapes, parameters, MACs and receptive fields of FILE, and totals."""
     from .api import load
 
+    if not erf:
+        given = [name for name, value, default in (("--weights", weights, None), ("--samples", samples, 8),
+                                                   ("--seed", seed, 0)) if value != default]
+        if given:
+            raise CnnDslError(f"{', '.join(given)} only apply to the effective receptive field",
+                              hint="add --erf, or leave out " + ", ".join(given))
     net = load(file, _shape(input_shape))
     report = net.analyze()
+    fields = None
+    if erf:
+        from .analysis.erf import effective_fields
+        from .summary import table_rows
+
+        wanted = [row.name for row in report.layers] if as_json else \
+            [row.name for row in table_rows(report, depth)]
+        fields = effective_fields(net, samples=samples, seed=seed, weights=weights, report=report, layers=wanted)
     if as_json:
         # Indented for a person at a terminal; compact (and C-encoded, so fast) for a pipe.
-        click.echo(json.dumps(report.to_json(), indent=2 if sys.stdout.isatty() else None))
+        click.echo(json.dumps(report.to_json(erf=fields), indent=2 if sys.stdout.isatty() else None))
         return
     _print_warnings(net)
     from .summary import print_report
 
-    print_report(report, net, explain=explain)
+    print_report(report, explain=explain, width=width, depth=depth, erf=fields)
 
 
 @main.command(name="compile")

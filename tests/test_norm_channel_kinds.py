@@ -117,11 +117,11 @@ def test_parameters_macs_and_tensors():
 def test_explain_says_the_macs_are_zero_by_convention():
     net = cnndsl.parse(body("ln\ngn 8\nlayerscale 1e-6\nshuffle 4\nchannels 8:40"))
     for row in net.report.layers:
-        lines = net.report.explain(row)
+        lines = net.report.explain_lines(row)
         assert any("macs: 0" in line and "conv and fc only" in line for line in lines), (row.name, lines)
-    assert net.report.explain("gn1")[0] == "8 groups of 8 channels, each normalised over 8*8*8 values, eps 1e-5"
-    assert "params: 2 * 64 = 128" in net.report.explain("ln1")[1]
-    assert net.report.explain("channels1")[0] == "channels 8 to 39 of 64: 32"
+    assert net.report.explain_lines("gn1")[0] == "8 groups of 8 channels, each normalised over 8*8*8 values, eps 1e-5"
+    assert "params: 2 * 64 = 128" in net.report.explain_lines("ln1")[1]
+    assert net.report.explain_lines("channels1")[0] == "channels 8 to 39 of 64: 32"
 
 
 def test_defaults():

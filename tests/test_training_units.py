@@ -368,3 +368,24 @@ def test_augment_keeps_any_batch_shape_finite_and_reproducible(n, c, h, w, rotat
     out = A.augment_batch(x, aug, np.random.default_rng(seed))
     assert out.shape == x.shape and out.dtype == np.float32 and np.isfinite(out).all()
     np.testing.assert_array_equal(out, A.augment_batch(x, aug, np.random.default_rng(seed)))
+
+
+# ---- the progress bar ----------------------------------------------------------------------------
+
+def test_the_progress_bar_shows_no_loss_before_the_first_step():
+    from rich.progress import TextColumn
+
+    from cnndsl.training.loop import _Progress
+
+    progress = _Progress(True, None)
+    progress.start(1, 3, 10)
+    try:
+        def shown() -> str:
+            task = progress.bar.tasks[0]
+            return " ".join(str(c.render(task)) for c in progress.bar.columns if isinstance(c, TextColumn))
+
+        assert shown() == "epoch 1/3 " and "nan" not in shown()
+        progress.advance(0.25)
+        assert shown() == "epoch 1/3 loss 0.2500"
+    finally:
+        progress.end("done")

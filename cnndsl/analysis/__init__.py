@@ -7,6 +7,7 @@ numpy.
 
 from __future__ import annotations
 
+import difflib
 import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -20,6 +21,7 @@ from .shapes import LayerShape, Shapes, active, fmt, infer_shapes, same_padding,
 
 if TYPE_CHECKING:
     from ..kinds.base import Rational
+    from .erf import EffectiveField
 
 __all__ = ["Report", "LayerReport", "analyze", "infer_shapes", "receptive_fields", "tensor_specs",
            "same_padding", "window", "Shapes", "LayerShape", "Field", "TensorSpec", "fmt"]
@@ -49,15 +51,25 @@ class LayerReport(NamedTuple):
     # `rf` stays the spatial field (what the figures people quote mean).
     global_context: bool = False
 
-    def to_json(self) -> dict:
-        return {
+    def to_json(self, shape: LayerShape | None = None, erf: EffectiveField | None = None, *,
+                field: bool = True) -> dict:
+        """The row as JSON: `statement` as written, `evaluated` as it runs, the window's geometry
+        (`kernel`, `stride`, `pad` as resolved top/bottom/left/right, `dilation`, `groups`) where
+        the layer has one (from `shape`), `erf` where given; rf, jump and offset are null without a
+        spatial field (`field` False)."""
+        out = {
             "name": self.name, "op": self.op, "line": self.line, "column": self.column,
-            "statement": self.statement, "input": list(self.input), "output": list(self.output),
-            "params": self.params, "macs": self.macs, "rf": list(self.rf),
-            "jump": [rational_json(j) for j in self.jump],
-            "offset": [rational_json(o) for o in self.offset], "global_context": self.global_context,
-            "call_lines": list(self.call_lines),
+            "statement": self.statement, "evaluated": self.node.text(), "input": list(self.input),
+            "output": list(self.output), "params": self.params, "macs": self.macs,
+            "rf": list(self.rf) if field else None,
+            "jump": [rational_json(j) for j in self.jump] if field else None,
+            "offset": [rational_json(o) for o in self.offset] if field else None,
+            "global_context": self.global_context, "call_lines": list(self.call_lines),
         }
+        out.update(_geometry(self.node, shape))
+        if erf is not None:
+            out["erf"] = list(erf.size)
+        return out
 
 
 @dataclass(frozen=True)
@@ -82,13 +94,31 @@ class Report:
     field_inputs: dict[str, Field] = field(default_factory=dict, repr=False, compare=False)
 
     def layer(self, name: str) -> LayerReport:
+        """The row of layer `name`; a CnnDslError naming the closest names when there is none."""
         for row in self.layers:
             if row.name == name:
                 return row
-        raise KeyError(name)
+        names = [row.name for row in self.layers]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                "the layer names are the first column of `cnndsl analyze`")
+        raise CnnDslError(f"{self.network} has no layer named {name!r}", hint=hint)
 
-    def explain(self, layer: str | LayerReport) -> tuple[str, ...]:
-        """The arithmetic behind a row's figures (`analyze --explain`), one line each."""
+    def explain(self, layer: str | LayerReport, width: int | None = None) -> str:
+        """What `cnndsl analyze --explain` prints for a layer: its name, line and evaluated statement,
+        then the arithmetic behind its figures, one indented line each (wrapped to `width` if given)."""
+        import textwrap
+
+        row = self.layer(layer) if isinstance(layer, str) else layer
+        text = [f"{row.name} (line {row.line}): {row.node.text()}"]
+        text += [f"  {line}" for line in self.explain_lines(row)]
+        if width is not None:
+            text = [wrapped for line in text for wrapped in textwrap.wrap(
+                line, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)]
+        return "\n".join(text)
+
+    def explain_lines(self, layer: str | LayerReport) -> tuple[str, ...]:
+        """The arithmetic behind a row's figures, one line each (the body of `explain`)."""
         row = self.layer(layer) if isinstance(layer, str) else layer
         shape = self.shapes[row.name]
         lines = row.node.explain(shape)
@@ -97,17 +127,56 @@ class Report:
             lines += (_rf_explain(before, after),)
         return lines
 
-    def to_json(self) -> dict:
+    def __str__(self) -> str:
+        """The `cnndsl analyze` table in plain text, fitted to the terminal (COLUMNS, else 80)."""
+        from ..summary import render_text, terminal_width
+
+        return render_text(self, terminal_width())
+
+    def _repr_html_(self) -> str:
+        from ..summary import render_html
+
+        return render_html(self)
+
+    def table(self, width: int | None = None, *, depth: int | None = None,
+              erf: dict[str, EffectiveField] | None = None, explain: bool = False) -> str:
+        """The table as `cnndsl analyze` prints it, at `width` (None: unlimited), with the rows below
+        `depth` collapsed into their block calls and an ERF column from `erf` (`effective_fields`)."""
+        from ..summary import render_text
+
+        return render_text(self, width, depth=depth, erf=erf, explain=explain)
+
+    def to_json(self, erf: dict[str, EffectiveField] | None = None) -> dict:
+        """Every figure as JSON; with `erf`, each spatial layer's `erf` ([height, width])."""
         return {
             "network": self.network, "input": list(self.input), "output": list(self.output),
             "params": self.params, "trainable_params": self.trainable_params, "buffers": self.buffers,
             "macs": self.macs, "weight_bytes": self.weight_bytes, "activation_bytes": self.activation_bytes,
             "rf": list(self.rf), "jump": [rational_json(j) for j in self.jump],
             "offset": [rational_json(o) for o in self.offset],
-            "layers": [row.to_json() for row in self.layers],
+            "layers": [row.to_json(self.shapes.get(row.name), erf.get(row.name) if erf else None,
+                                   field=bool(self.fields)) for row in self.layers],
             "warnings": [{"line": w.span.line if w.span else None, "column": w.span.column if w.span else None,
                           "message": w.message} for w in self.warnings],
         }
+
+
+def _geometry(node: ir.Node, shape: LayerShape | None) -> dict:
+    """kernel, stride, pad, dilation and groups of a windowed layer, as it runs."""
+    out: dict = {}
+    for key in ("kernel", "stride", "dilation"):
+        value = getattr(node, key, None)
+        if isinstance(value, tuple):
+            out[key] = list(value)
+    if "kernel" in out:
+        if shape is not None and shape.windows is not None:
+            out["pad"] = list(shape.pads)
+        elif isinstance(getattr(node, "padding", None), tuple):
+            pad = node.padding
+            out["pad"] = [pad.top, pad.bottom, pad.left, pad.right]
+    if isinstance(node, (ir.Conv, ir.Deconv)):
+        out["groups"] = shape.groups if shape is not None else node.groups
+    return out
 
 
 def _rf_explain(before: Field, after: Field) -> str:

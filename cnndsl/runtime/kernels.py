@@ -157,23 +157,26 @@ def _im2col(x, kernel, stride, pads, dilation, groups, out):
     return view.transpose(1, 4, 5, 0, 2, 3).reshape(groups, (c // groups) * kernel[0] * kernel[1], n * out[0] * out[1])
 
 
-def conv2d_backward(dy: np.ndarray, cache: Cache,
-                    input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """(dx, dw, db); dx is None without `input_grad` (the network's input needs none)."""
+def conv2d_backward(dy: np.ndarray, cache: Cache, input_grad: bool = True,
+                    weight_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(dx, dw, db); dx is None without `input_grad` (the network's input needs none), dw and db
+    without `weight_grad` (an input-gradient probe, such as the effective receptive field)."""
     x, w, groups = cache["x"], cache["w"], cache["groups"]
     stride, pads, dilation, (oh, ow) = cache["stride"], cache["pads"], cache["dilation"], cache["out"]
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     cols = cache["cols"]
     if _depthwise(c, cg, groups):
-        return _depthwise_backward(dy, x, w, cache["has_bias"], stride, pads, dilation, input_grad)
-    if cols is None:
-        cols = _im2col(x, (kh, kw), stride, pads, dilation, groups, (oh, ow))
+        return _depthwise_backward(dy, x, w, cache["has_bias"], stride, pads, dilation, input_grad, weight_grad)
     dyg = dy.transpose(1, 0, 2, 3).reshape(groups, o // groups, n * oh * ow)
-    # Weight gradient: the correlation of the input (as columns) with the output gradient.
-    # (cols @ dY^T)^T rather than dY @ cols^T: the same product, and BLAS runs it faster this way round.
-    dw = np.matmul(cols, dyg.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(w.shape)
-    db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+    dw = db = None
+    if weight_grad:
+        if cols is None:
+            cols = _im2col(x, (kh, kw), stride, pads, dilation, groups, (oh, ow))
+        # Weight gradient: the correlation of the input (as columns) with the output gradient.
+        # (cols @ dY^T)^T rather than dY @ cols^T: the same product, and BLAS runs it faster this way round.
+        dw = np.matmul(cols, dyg.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(w.shape)
+        db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
     if not input_grad:
         return None, dw, db
     # Input gradient: the transposed convolution, W^T @ dY then col2im (the flipped-kernel conv).
@@ -324,7 +327,8 @@ def _depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strid
 
 
 def _depthwise_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, has_bias: bool, stride: Pair, pads: Pads,
-                        dilation: Pair, input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+                        dilation: Pair, input_grad: bool, weight_grad: bool = True
+                        ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     n, c = x.shape[:2]
     o, _, kh, kw = w.shape
     oh, ow = dy.shape[2:]
@@ -344,7 +348,8 @@ def _depthwise_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, has_bias: 
         g = rows[: cb * m] if plan.minor else rows[: cb * m, :ni]
         plan.view(g, 2)[..., :ow] = dy[images, channels.start * m : channels.stop * m].transpose(1, 0, 2, 3)
         g = g.reshape(cb, m, ni * plan.length)
-        dw[channels] += np.matmul(g, part.transpose(0, 2, 1))
+        if weight_grad:
+            dw[channels] += np.matmul(g, part.transpose(0, 2, 1))
         if not input_grad:
             continue
         # W^T dY (for one filter per channel, a product by the weights), added back into the slices
@@ -360,6 +365,8 @@ def _depthwise_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, has_bias: 
             tap += part[:, k]
         for target, source in plan.phase_views(dx[images, channels], block):
             target[...] = source  # the phases are disjoint: each input cell is in one
+    if not weight_grad:
+        return dx, None, None
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw.reshape(w.shape), db
 
@@ -541,9 +548,11 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple[
     return y, {"x": flat, "x_shape": x.shape, "w": w, "has_bias": b is not None}
 
 
-def linear_backward(dy: np.ndarray, cache: Cache,
-                    input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+def linear_backward(dy: np.ndarray, cache: Cache, input_grad: bool = True,
+                    weight_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     dx = (dy @ cache["w"]).reshape(cache["x_shape"]) if input_grad else None
+    if not weight_grad:
+        return dx, None, None
     dw = dy.T @ cache["x"]
     db = dy.sum(axis=0) if cache["has_bias"] else None
     return dx, dw, db
@@ -1031,17 +1040,19 @@ def conv_transpose2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     return y, {"x": x, "w": w, "has_bias": b is not None, "stride": stride, "pads": pads, "groups": groups}
 
 
-def conv_transpose2d_backward(dy: np.ndarray, cache: Cache,
-                              input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+def conv_transpose2d_backward(dy: np.ndarray, cache: Cache, input_grad: bool = True, weight_grad: bool = True
+                              ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(dx, dw, db). The output gradient, padded back to the full output, is read in kh x kw windows at
     i * stride (im2col): dx = W @ cols is the strided convolution, dw = X @ cols^T."""
     x, w, groups, stride, (ph, pw) = cache["x"], cache["w"], cache["groups"], cache["stride"], cache["pads"]
     n, c, h, wd = x.shape
     _, og, kh, kw = w.shape
     cols = _im2col(dy, (kh, kw), stride, (ph, ph, pw, pw), (1, 1), groups, (h, wd))  # (G, og*kh*kw, N*H*W)
-    xg = x.transpose(1, 0, 2, 3).reshape(groups, c // groups, n * h * wd)
-    dw = np.matmul(xg, cols.transpose(0, 2, 1)).reshape(w.shape)
-    db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+    dw = db = None
+    if weight_grad:
+        xg = x.transpose(1, 0, 2, 3).reshape(groups, c // groups, n * h * wd)
+        dw = np.matmul(xg, cols.transpose(0, 2, 1)).reshape(w.shape)
+        db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
     if not input_grad:
         return None, dw, db
     dx = np.matmul(w.reshape(groups, c // groups, og * kh * kw), cols)

@@ -27,7 +27,12 @@ Pads = tuple[int, int, int, int]
 
 
 class Layer:
-    """One statement of the network: `params` (trainable), `grads` (same keys) and `buffers`."""
+    """One statement of the network: `params` (trainable), `grads` (same keys) and `buffers`.
+
+    `weight_grad = False` (on a layer, or on the class) makes conv, deconv and fc skip their
+    parameter gradients: a probe of the input gradient (the effective receptive field) needs none."""
+
+    weight_grad = True
 
     def __init__(self, name: str, dtype: Any = np.float32):
         self.name = name
@@ -78,7 +83,8 @@ class Layer:
         if value is not None:
             self.grads[role] += value
 
-    def accumulate_weights(self, dx: np.ndarray | None, dw: np.ndarray, db: np.ndarray | None) -> np.ndarray | None:
+    def accumulate_weights(self, dx: np.ndarray | None, dw: np.ndarray | None,
+                           db: np.ndarray | None) -> np.ndarray | None:
         """Add a weighted layer's (conv, fc) gradients; pass its input gradient on."""
         self.accumulate("weight", dw)
         self.accumulate("bias", db)
@@ -105,7 +111,7 @@ class Conv2d(Layer):
                                 self.dilation, self.groups, keep=train)
 
     def grad(self, dy, cache, input_grad=True):
-        return self.accumulate_weights(*K.conv2d_backward(dy, cache, input_grad))
+        return self.accumulate_weights(*K.conv2d_backward(dy, cache, input_grad, self.weight_grad))
 
 
 class MaxPool2d(Layer):
@@ -180,7 +186,7 @@ class Linear(Layer):
         return K.linear_forward(x, self.params["weight"], self.params.get("bias"))
 
     def grad(self, dy, cache, input_grad=True):
-        return self.accumulate_weights(*K.linear_backward(dy, cache, input_grad))
+        return self.accumulate_weights(*K.linear_backward(dy, cache, input_grad, self.weight_grad))
 
 
 class Flatten(Layer):
@@ -362,7 +368,7 @@ class ConvTranspose2d(Layer):
                                           self.outpad, self.groups)
 
     def grad(self, dy, cache, input_grad=True):
-        return self.accumulate_weights(*K.conv_transpose2d_backward(dy, cache, input_grad))
+        return self.accumulate_weights(*K.conv_transpose2d_backward(dy, cache, input_grad, self.weight_grad))
 
 
 class Activation(Layer):

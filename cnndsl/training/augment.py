@@ -15,6 +15,12 @@ generator's state. The ops run in a fixed order, each drawing its numbers for th
 5. `contrast C`: (x - m) * f + m, f ~ U(1 - C, 1 + C), m the sample's mean over all pixels.
 
 Values are not clipped.
+
+A segmenter's label maps go through `augment_pair` with their images: the same draws move both,
+the flips exactly, the affine map and the crop sampling the label map by nearest neighbour
+(half-pixel centres, PyTorch's `nearest-exact`) at the very points where the image is sampled;
+label 0 (background) where the image gets zeros from outside. Brightness and contrast leave the
+labels alone.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import CnnDslError
-from .data import resize_bilinear
+from .data import resize_bilinear, resize_labels
 
 
 def flip(x: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
@@ -45,16 +51,22 @@ def affine_matrices(angles_deg: np.ndarray, scales: np.ndarray, shears: np.ndarr
     return rot @ shear * scales[:, None, None]
 
 
-def warp_affine(x: np.ndarray, forward: np.ndarray) -> np.ndarray:
-    """Apply per-sample forward maps (B, 2, 2) about the image centre: output pixel p takes the
-    input at A^-1 p, bilinearly; zeros outside."""
-    b, c, h, w = x.shape
+def _source_points(forward: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each output pixel samples the input under per-sample forward maps (B, 2, 2) about the
+    image centre: (x, y) = A^-1 p, each (B, H*W) in pixel coordinates."""
     inv = np.linalg.inv(forward.astype(np.float64))
     cy, cx = (h - 1) / 2, (w - 1) / 2
     ys, xs = np.meshgrid(np.arange(h) - cy, np.arange(w) - cx, indexing="ij")
     grid = np.stack([xs.ravel(), ys.ravel()])  # (2, HW) as (x, y)
     src = inv @ grid  # (B, 2, HW)
-    sx, sy = src[:, 0] + cx, src[:, 1] + cy
+    return src[:, 0] + cx, src[:, 1] + cy
+
+
+def warp_affine(x: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """Apply per-sample forward maps (B, 2, 2) about the image centre: output pixel p takes the
+    input at A^-1 p, bilinearly; zeros outside."""
+    b, c, h, w = x.shape
+    sx, sy = _source_points(forward, h, w)
     x0, y0 = np.floor(sx), np.floor(sy)
     fx, fy = sx - x0, sy - y0
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
@@ -70,14 +82,29 @@ def warp_affine(x: np.ndarray, forward: np.ndarray) -> np.ndarray:
     return out.reshape(b, c, h, w).astype(x.dtype)
 
 
+def warp_labels(y: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """`warp_affine` for (B, H, W) label maps: each output pixel takes the label nearest to the
+    point the image samples (ties rounded up), 0 (background) outside."""
+    b, h, w = y.shape
+    sx, sy = _source_points(forward, h, w)
+    xx, yy = np.floor(sx + 0.5).astype(np.int64), np.floor(sy + 0.5).astype(np.int64)
+    inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    index = np.where(inside, yy * w + xx, 0)
+    out = np.take_along_axis(y.reshape(b, h * w), index, axis=1)
+    return np.where(inside, out, 0).reshape(b, h, w).astype(y.dtype)
+
+
 def crop_with_padding(x: np.ndarray, size: int, pad: int, offsets: np.ndarray) -> np.ndarray:
-    """Zero-pad `pad` pixels, cut size x size at `offsets` (B, 2) = (top, left), resize back."""
-    b, c, h, w = x.shape
-    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    out = np.empty((b, c, size, size), dtype=x.dtype)
+    """Zero-pad `pad` pixels, cut size x size at `offsets` (B, 2) = (top, left), resize back:
+    bilinearly for NCHW images, by nearest neighbour for (B, H, W) label maps (padding label 0)."""
+    h, w = x.shape[-2:]
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(pad, pad), (pad, pad)])
+    out = np.empty(x.shape[:-2] + (size, size), dtype=x.dtype)
     for i, (top, left) in enumerate(offsets):
-        out[i] = padded[i, :, top:top + size, left:left + size]
-    return out if (size, size) == (h, w) else resize_bilinear(out, h, w)
+        out[i] = padded[i, ..., top:top + size, left:left + size]
+    if (size, size) == (h, w):
+        return out
+    return resize_bilinear(out, h, w) if x.ndim == 4 else resize_labels(out, h, w)
 
 
 def check_augment(aug: ir.Augment | None, input_shape: tuple[int, ...]) -> None:
@@ -93,30 +120,46 @@ def check_augment(aug: ir.Augment | None, input_shape: tuple[int, ...]) -> None:
                           hint=f"use a crop of at most {min(h, w) + 2 * aug.crop_pad}")
 
 
+def geometric(aug: ir.Augment | None) -> bool:
+    """True when `aug` moves pixels (flip, rotate, zoom, skew, crop), not only their values."""
+    return aug is not None and bool(aug.flip or aug.rotate or aug.zoom or aug.skew or aug.crop is not None)
+
+
 def _active(aug: ir.Augment) -> bool:
-    return bool(aug.flip or aug.rotate or aug.zoom or aug.skew or aug.crop is not None
-                or aug.brightness or aug.contrast)
+    return geometric(aug) or bool(aug.brightness or aug.contrast)
 
 
 def augment_batch(x: np.ndarray, aug: ir.Augment | None, rng: np.random.Generator,
                   value_range: float = 1.0) -> np.ndarray:
     """A randomly transformed copy of the float32 NCHW batch `x` (see the module doc)."""
+    return augment_pair(x, None, aug, rng, value_range)[0]
+
+
+def augment_pair(x: np.ndarray, labels: np.ndarray | None, aug: ir.Augment | None, rng: np.random.Generator,
+                 value_range: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """`augment_batch` of `x` and, moved with it, its (B, H, W) label maps (None: images only);
+    the random draws are the same either way."""
     if aug is None or not _active(aug) or len(x) == 0:
-        return x
+        return x, labels
     b, c, h, w = x.shape
     out = x
     for direction in aug.flip:
         mask = rng.random(b) < 0.5
-        out = flip(out, mask, -1 if direction == "horizontal" else -2)
+        axis = -1 if direction == "horizontal" else -2
+        out = flip(out, mask, axis)
+        labels = None if labels is None else flip(labels, mask, axis)
     if aug.rotate or aug.zoom or aug.skew:
         angles = rng.uniform(-aug.rotate, aug.rotate, b) if aug.rotate else np.zeros(b)
         scales = rng.uniform(aug.zoom[0], aug.zoom[1], b) if aug.zoom else np.ones(b)
         shears = rng.uniform(-aug.skew, aug.skew, b) if aug.skew else np.zeros(b)
-        out = warp_affine(out, affine_matrices(angles, scales, shears))
+        forward = affine_matrices(angles, scales, shears)
+        out = warp_affine(out, forward)
+        labels = None if labels is None else warp_labels(labels, forward)
     if aug.crop is not None:
         offsets = np.stack([rng.integers(0, h + 2 * aug.crop_pad - aug.crop + 1, b),
                             rng.integers(0, w + 2 * aug.crop_pad - aug.crop + 1, b)], 1)
         out = crop_with_padding(out, aug.crop, aug.crop_pad, offsets)
+        labels = None if labels is None else crop_with_padding(labels, aug.crop, aug.crop_pad, offsets)
     if aug.brightness:
         shifts = (rng.uniform(-aug.brightness, aug.brightness, b) * value_range).astype(np.float32)
         out = out + shifts[:, None, None, None]
@@ -124,7 +167,8 @@ def augment_batch(x: np.ndarray, aug: ir.Augment | None, rng: np.random.Generato
         factors = rng.uniform(1 - aug.contrast, 1 + aug.contrast, b).astype(np.float32)
         means = out.reshape(b, -1).mean(1)[:, None, None, None]
         out = (out - means) * factors[:, None, None, None] + means
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return np.ascontiguousarray(out, dtype=np.float32), labels
 
 
-__all__ = ["augment_batch", "check_augment", "flip", "warp_affine", "affine_matrices", "crop_with_padding"]
+__all__ = ["affine_matrices", "augment_batch", "augment_pair", "check_augment", "crop_with_padding", "flip",
+           "geometric", "warp_affine", "warp_labels"]

@@ -28,8 +28,8 @@ def _user_errors(command):
                    "resumed run's).")
 @click.option("--data", help="digits (default: scikit-learn's 8x8 digits), an image folder DIR/<class>/*.png, "
                              "or FILE.npz with x_train, y_train[, x_test, y_test]; for a network with a CxHxW "
-                             "output: shapes (the default, generated from the seed) or FILE.npz with x, y "
-                             "(label maps).")
+                             "output: shapes (the default, generated from the seed), DIR with images/ and masks/ "
+                             "(PNG label maps matched by name) or FILE.npz with x, y (label maps).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the train section's epochs.")
 @click.option("--batch", type=click.IntRange(min=1), help="Override the (global) batch size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the learning rate.")

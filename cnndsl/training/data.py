@@ -70,6 +70,15 @@ def resize_nearest(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return x[:, :, ys][:, :, :, xs]
 
 
+def resize_labels(y: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (N, H, W) label maps by nearest neighbour with half-pixel centres (PyTorch's
+    `nearest-exact`: floor((i + 1/2) * in / out)), the points `resize_bilinear` centres on."""
+    h, w = y.shape[-2:]
+    ys = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    xs = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return y[..., ys, :][..., xs]
+
+
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, test): within every class, a seeded permutation; round(n * fraction) of
     its samples (at least one when the class has two or more) go to the test part."""
@@ -225,14 +234,18 @@ def load_npz(path: Path, input_shape: tuple[int, ...], test_fraction: float) -> 
     return Dataset(x_train, y_train, x_test, y_test, [str(i) for i in range(k)], os.fspath(path))
 
 
-def load_data(spec: str | None, input_shape: tuple[int, ...], test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """`spec`: None or 'digits', 'shapes' (generated from `seed`), a folder, or a .npz file."""
+def load_data(spec: str | None, input_shape: tuple[int, ...], test_fraction: float = 0.2, seed: int = 0,
+              classes: int | None = None) -> Dataset:
+    """`spec`: None or 'digits', 'shapes' (generated from `seed`), a folder, or a .npz file.
+    `classes`: a segmenter's output channels (its folder is images/ + masks/, labels below it)."""
     if spec == "shapes":
         return load_shapes(tuple(input_shape), test_fraction, seed)
     if spec is None or spec == "digits":
         return load_digits_data(tuple(input_shape), test_fraction)
     path = Path(spec)
     if path.is_dir():
+        if classes is not None or all((path / name).is_dir() for name in MASK_FOLDERS):
+            return load_mask_folder(path, tuple(input_shape), test_fraction, classes)
         return load_folder(path, tuple(input_shape), test_fraction)
     if path.suffix.lower() == ".npz":
         if not path.exists():
@@ -310,8 +323,121 @@ def load_segmentation_npz(path: Path, arrays: dict[str, np.ndarray], input_shape
         raise CnnDslError(f"{path}: y has shape {_fmt(y.shape)}, expected {len(x)} label maps of "
                           f"{_fmt(input_shape[1:])}", hint="store one integer class index per pixel: N x H x W")
     y = _labels(y.reshape(-1), y.size, f"{path}: y").reshape(y.shape)
+    return _split_label_maps(x, y, test_fraction, os.fspath(path))
+
+
+def _split_label_maps(x: np.ndarray, y: np.ndarray, test_fraction: float, source: str) -> Dataset:
+    """round(test_fraction * N) images, chosen by a permutation seeded with SPLIT_SEED, are the test part."""
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     k = int(round(len(x) * test_fraction))
     test, train = np.sort(order[:k]), np.sort(order[k:])
     classes = int(y.max(initial=0)) + 1
-    return Dataset(x[train], y[train], x[test], y[test], [str(i) for i in range(classes)], os.fspath(path))
+    return Dataset(x[train], y[train], x[test], y[test], [str(i) for i in range(classes)], source)
+
+
+MASK_FOLDERS = ("images", "masks")
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+
+
+def _image_bands(image) -> np.ndarray:
+    """A Pillow image as float32 (bands, H, W): palette images as their colours, 16-bit and
+    32-bit integer images with their values, bilevel as 0/255."""
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    array = np.asarray(image, dtype=np.float32)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _mask_labels(image, file: Path) -> np.ndarray:
+    """A mask as int64 (H, W) class indices: a palette PNG's indices, or a one-channel image's values."""
+    if image.mode in ("P", "L", "1", "I") or image.mode.startswith("I;16"):
+        return np.asarray(image).astype(np.int64)  # a palette image's array is its indices
+    raise CnnDslError(f"mask {file} is a {image.mode} image with {len(image.getbands())} channels; a mask holds "
+                      "one class index per pixel",
+                      hint="save it as a one-channel (L) or palette (P) PNG whose values are the class indices "
+                           "0..K-1 (map each colour to its index)")
+
+
+def _read(file: Path, what: str, read):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            image.load()
+            return image.size, read(image)
+    except (UnidentifiedImageError, OSError) as err:
+        raise CnnDslError(f"cannot read {what} {file}: {err}", hint="remove or fix the file") from None
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() not in IMAGE_SUFFIXES or file.name.startswith("."):
+            continue
+        if file.stem in files:
+            raise CnnDslError(f"{files[file.stem]} and {file} have the same name; images and masks are matched "
+                              "by name", hint="keep one file per name in each folder")
+        files[file.stem] = file
+    return files
+
+
+def load_mask_folder(path: Path, input_shape: tuple[int, ...], test_fraction: float,
+                     classes: int | None = None) -> Dataset:
+    """A segmentation folder: `images/<name>.<ext>` and `masks/<name>.png`, matched by file name
+    without the suffix; a mask is an HxW map of class indices (a one-channel PNG's values or a
+    palette PNG's indices) of its image's size. Images are read with their values (0..255 for
+    8-bit), a grayscale image copied to every channel of the input, and resized to the input's
+    HxW bilinearly (`resize_bilinear`), masks by nearest neighbour at the same points
+    (`resize_labels`). `classes` (the network's output channels) bounds the labels; the test part
+    as for `load_segmentation_npz`."""
+    c, h, w = _check_segmentation_input(input_shape, f"the image folder {path}")
+    layout = "lay it out as DIR/images/<name>.png and DIR/masks/<name>.png (one class index per pixel)"
+    for name in MASK_FOLDERS:
+        if not (path / name).is_dir():
+            raise CnnDslError(f"{path} has no {name}/ folder: a segmenter's image folder holds images/ and masks/",
+                              hint=layout)
+    images, masks = _by_stem(path / "images"), _by_stem(path / "masks")
+    if not images:
+        raise CnnDslError(f"no images in {path / 'images'}", hint=f"supported: {', '.join(IMAGE_SUFFIXES)}")
+    for stem, mask in masks.items():
+        if stem not in images:
+            raise CnnDslError(f"mask {mask} has no image (no {path / 'images' / stem}.*)",
+                              hint="add its image or remove the mask")
+    xs, ys = [], []
+    for stem, file in images.items():
+        mask = masks.get(stem)
+        if mask is None:
+            raise CnnDslError(f"image {file} has no mask (no {path / 'masks' / stem}.png)",
+                              hint=f"add {path / 'masks' / stem}.png (an HxW map of class indices) or remove "
+                                   "the image")
+        if mask.suffix.lower() in LOSSY_SUFFIXES:
+            raise CnnDslError(f"mask {mask} is lossily compressed, which changes class indices",
+                              hint="save masks as PNG")
+        size, x = _read(file, "image", _image_bands)
+        mask_size, y = _read(mask, "mask", lambda image, mask=mask: _mask_labels(image, mask))
+        if mask_size != size:
+            raise CnnDslError(f"mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {file} is "
+                              f"{size[0]}x{size[1]} (width x height)",
+                              hint="a mask has its image's size: one class index per pixel")
+        if len(x) == 1 and c > 1:
+            x = np.repeat(x, c, axis=0)
+        elif len(x) != c:
+            kind = {1: "grayscale (L)", 3: "RGB", 4: "RGBA"}.get(c, f"{c}-channel")
+            raise CnnDslError(f"image {file} has {len(x)} channels but the network input is {_fmt(input_shape)}",
+                              hint=f"save the images as {kind}, or change the network's input to "
+                                   f"{len(x)}x{h}x{w}")
+        top = int(y.max(initial=0))
+        if classes is not None and top >= classes:
+            hint = f"class indices run 0..{classes - 1}: fix the mask, or give the network {top + 1} output channels"
+            if top == 255 and set(np.unique(y).tolist()) <= {0, 255}:
+                hint = "the mask looks black and white (0 and 255): store the class indices (0 and 1)"
+            raise CnnDslError(f"mask {mask} holds label {top} but the network outputs {classes} classes", hint=hint)
+        xs.append(resize_bilinear(x[None], h, w)[0])
+        ys.append(resize_labels(y, h, w))
+    return _split_label_maps(np.stack(xs).astype(np.float32), np.stack(ys), test_fraction, os.fspath(path))

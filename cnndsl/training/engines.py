@@ -1,5 +1,6 @@
 """The two training engines: NumPy (the generated NumPy model, numpy optimizers) and PyTorch
-(the generated nn.Module, torch.optim, DistributedDataParallel under torchrun).
+(the generated nn.Module, torch.optim, DistributedDataParallel under torchrun, with batch norm
+over the global batch: `batchnorm.py`).
 
 Both offer the same small interface to the loop: `train_step`, `predict`, `start_epoch`,
 `weights`, `optimizer_arrays`, `load_optimizer_arrays`. Batches come in as float32 numpy arrays
@@ -140,8 +141,14 @@ class TorchEngine:
                                      f"network: {sorted(expected)[:6]}"])
         self.distributed = distributed
         if distributed:
+            import torch.distributed as dist
             from torch.nn.parallel import DistributedDataParallel
 
+            from .batchnorm import use_global_batch_norm
+
+            if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.module.modules()):
+                # a group of its own, so the statistics' all-reduces never interleave with DDP's buckets
+                use_global_batch_norm(self.module, dist.new_group(backend="gloo"))
             self.runner = DistributedDataParallel(self.module)
         else:
             self.runner = self.module

@@ -21,7 +21,7 @@ import numpy as np
 from .. import ir
 from ..errors import CnnDslError
 from . import checkpoint as ckpt
-from .augment import augment_batch, check_augment
+from .augment import augment_pair, check_augment, geometric
 from .data import Dataset, load_data
 from .engines import NumpyEngine, TorchEngine, dense_output, derived_seed
 from .loss import mean_iou
@@ -115,7 +115,8 @@ def _check_classes(net: Net, data: Dataset) -> int:
         if data.y_train.ndim != 3 or tuple(data.y_train.shape[1:]) != output[1:]:
             raise CnnDslError(f"the network outputs {'x'.join(map(str, output))} (scores per pixel) but the data "
                               f"have {'x'.join(map(str, data.y_train.shape[1:])) or 'one'} label(s) per image",
-                              hint="give label maps of the output's HxW: --data shapes or FILE.npz with x, y")
+                              hint="give label maps of the output's HxW: --data shapes, FILE.npz with x, y, or DIR "
+                                   "with images/ and masks/ (masks are resized to the input's HxW)")
         needed = int(max(data.y_train.max(initial=0), data.y_test.max(initial=0))) + 1
         if data.source == "shapes":
             needed = len(data.classes)
@@ -201,14 +202,14 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[loss]}"), TimeRemainingColumn(),
                             console=Console(stderr=True), transient=True)
         self.bar.start()
-        self.task = self.bar.add_task("train", total=steps, loss=float("nan"))
+        self.task = self.bar.add_task("train", total=steps, loss="")  # no loss shown before the first step
 
     def advance(self, loss: float) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, loss=loss)
+            self.bar.update(self.task, advance=1, loss=f"loss {loss:.4f}")
 
     def end(self, line: str) -> None:
         if self.bar is not None:
@@ -276,14 +277,18 @@ def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
                                                                           "or choose another --out")
     check_augment(net.ir.augment, net.ir.input_shape)
     dense = dense_output(net)
+    output = tuple(net.analyze().output)
     if dense:
         aug = net.ir.augment
-        if aug is not None and (aug.flip or aug.rotate or aug.zoom or aug.skew or aug.crop is not None):
-            raise CnnDslError("a segmenter's augment may only use brightness and contrast (a geometric op would "
-                              "have to move the label map too)", aug.span, hint="remove flip/rotate/zoom/skew/crop")
+        if geometric(aug) and output[1:] != tuple(net.ir.input_shape[1:]):
+            raise CnnDslError(f"a geometric augment moves the label maps with the images, so it needs a segmenter "
+                              f"whose output has its input's HxW; this one maps "
+                              f"{'x'.join(map(str, net.ir.input_shape))} to {'x'.join(map(str, output))}", aug.span,
+                              hint="pad the convolutions to keep the size, or keep only brightness and contrast")
         if options.data is None:
             options = dataclasses.replace(options, data="shapes")
-    data = load_data(options.data, net.ir.input_shape, cfg.val_split, cfg.seed)
+    data = load_data(options.data, net.ir.input_shape, cfg.val_split, cfg.seed,
+                     classes=int(output[0]) if dense else None)
     if len(data.x_train) == 0:
         raise CnnDslError("the training split is empty")
     classes = _check_classes(net, data)
@@ -338,8 +343,9 @@ def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
         loss_sum, correct, seen, lr = 0.0, 0, 0, cfg.lr
         for step in range(steps_per_epoch):
             index = order[step * cfg.batch:(step + 1) * cfg.batch]
-            x = augment_batch(data.x_train[index], net.ir.augment, aug_rng, value_range)
-            y = data.y_train[index]
+            x, y = augment_pair(data.x_train[index], data.y_train[index] if dense else None, net.ir.augment,
+                                aug_rng, value_range)
+            y = data.y_train[index] if y is None else y
             lr = lr_at(schedule, epoch, step)
             if world > 1:
                 if len(index) < world:
