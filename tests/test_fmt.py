@@ -22,7 +22,9 @@ from cnndsl.parser import parse_program
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = sorted((ROOT / "examples").glob("*.cnn")) + sorted((ROOT / "tests" / "fixtures").glob("sketch_*.cnn"))
 CANONICAL = {"alexnet", "cifar_tiny", "convnext_tiny", "fcn_resnet50", "inception", "lenet5", "mobilenet_v1",
-             "mobilenet_v3_small", "resnet50", "resnet101", "unet", "unet_shapes", "vgg16"}
+             "mobilenet_v3_small", "resnet50", "resnet101", "unet", "unet_shapes", "vgg16", "mobilenet_v1_sym",
+             "resnet34", "sketch_lenet5", "sketch_inception_a_block", "sketch_expectations",
+             "sketch_data_and_training"}
 
 
 def figures(text: str) -> dict:
