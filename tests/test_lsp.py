@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lsprotocol import types as lsp
 from pygls.lsp.client import LanguageClient
 
@@ -152,3 +154,25 @@ def test_without_pygls_the_command_names_the_extra():
     assert proc.returncode == 1
     assert "error: the language server needs pygls" in proc.stderr and "cnndsl[lsp]" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted((ROOT / "examples").glob("*.cnn"))), st.floats(0, 1), st.integers(0, 30),
+       st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=4))
+def test_half_typed_programs_never_break_a_request(path, cut, dropped, positions):
+    """What an editor sends while a program is being typed: any prefix, or a slice cut out of it."""
+    from cnndsl.lsp.features import Analysis, completions
+
+    text = path.read_text(encoding="utf-8")
+    at = int(cut * len(text))
+    text = text[:at] + (text[at + dropped:] if dropped else "")
+    analysis = Analysis(text, str(path))
+    assert analysis.net is not None or analysis.diagnostics  # either figures or a reason
+    lines = text.split("\n")
+    for row, column in positions:
+        line = 1 + int(row * (len(lines) - 1))
+        col = 1 + int(column * len(lines[line - 1]))
+        analysis.hover(line, col)
+        analysis.definition(line, col)
+        completions(text, line, col, analysis.blocks)
+    analysis.inlay_hints()
