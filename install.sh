@@ -10,7 +10,8 @@ PY=${PYTHON:-python3}
 mode=${1:-core}
 
 want_core='import cnndsl, click, rich, numpy, safetensors'
-want_test="$want_core"'; import lark, torch, onnx, onnxruntime, pytest, hypothesis, sklearn, PIL, torchinfo, playwright
+want_test="$want_core"'; import lark, torch, onnx, onnxruntime, pytest, hypothesis, sklearn, PIL, torchinfo, playwright, pygls
+import pygments.lexers; pygments.lexers.get_lexer_by_name("cnndsl")  # the entry point: a reinstall registers it
 assert torch.__version__.startswith("2.13.0"), torch.__version__'
 
 installed() {  # is the editable install of *this* checkout present, with its extras?

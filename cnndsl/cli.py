@@ -89,7 +89,8 @@ class _Commands(click.Group):
     pattern): its options and module cost every other command's start-up."""
 
     lazy = {"train": ("cnndsl.training.command", "train"), "draw": ("cnndsl.draw", "draw"),
-            "report": ("cnndsl.report_html", "report"), "import": ("cnndsl.onnx_import.command", "import_")}
+            "report": ("cnndsl.report_html", "report"), "import": ("cnndsl.onnx_import.command", "import_"),
+            "fmt": ("cnndsl.fmt", "fmt"), "lsp": ("cnndsl.lsp", "lsp")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
