@@ -225,8 +225,12 @@ def test_schedule_arguments_are_checked():
         check_schedule("step", (3, 0.5, 1))
     with pytest.raises(CnnDslError, match="whole number"):
         check_schedule("step", (2.5,))
-    with pytest.raises(CnnDslError):
+    with pytest.raises(CnnDslError) as err:
+        check_schedule("step", (2.5, 0.5))
+    assert err.value.hint.endswith("step 2 0.5")
+    with pytest.raises(CnnDslError) as err:
         check_schedule("onecycle", (1.5,))
+    assert "onecycle 0.3" in err.value.hint
 
 
 # ---- loss ----------------------------------------------------------------------------------------
@@ -329,6 +333,16 @@ def test_npz_with_and_without_a_test_part(tmp_path):
     with pytest.raises(CnnDslError, match="no array 'y_train'"):
         np.savez(path, x_train=rng.random((4, 1, 8, 8)))
         D.load_data(str(path), (1, 8, 8))
+
+
+def test_labels_of_the_wrong_shape_get_a_fix_for_that_shape(tmp_path):
+    path = tmp_path / "d.npz"
+    fixes = {(10, 1): "y.reshape(-1)", (10, 2): "y.argmax(1)", (9,): "shape (10,)"}
+    for shape, fix in fixes.items():
+        np.savez(path, x_train=np.zeros((10, 1, 8, 8), np.float32), y_train=np.zeros(shape, np.int64))
+        with pytest.raises(CnnDslError, match="expected 10 integer labels") as err:
+            D.load_data(str(path), (1, 8, 8))
+        assert fix in err.value.hint
 
 
 @needs("PIL")

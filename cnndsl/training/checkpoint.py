@@ -127,7 +127,9 @@ def read_state(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as err:
         raise CnnDslError(f"cannot read {path}: {err}", hint="the run folder is damaged") from None
     if state.get("format") != FORMAT:
-        raise CnnDslError(f"{path} is not a cnndsl checkpoint (format {state.get('format')})")
+        raise CnnDslError(f"{path} is not a cnndsl checkpoint (format {state.get('format')})",
+                          hint=f"this state.json was not written by this cnndsl (format {FORMAT}): train into "
+                               "another --out, or --resume a folder `cnndsl train` wrote")
     return state
 
 

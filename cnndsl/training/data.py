@@ -195,7 +195,10 @@ def _check_array(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.n
 def _labels(y, n: int, what: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != n:
-        raise CnnDslError(f"{what} has shape {_fmt(y.shape)}, expected {n} integer labels")
+        hint = f"store one integer class index per image: an array of shape ({n},)"
+        if y.ndim == 2 and len(y) == n:
+            hint = "flatten it: y.reshape(-1)" if y.shape[1] == 1 else "if its rows are one-hot, store y.argmax(1)"
+        raise CnnDslError(f"{what} has shape {_fmt(y.shape)}, expected {n} integer labels", hint=hint)
     if not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.equal(np.mod(y, 1), 0)):
             raise CnnDslError(f"{what} holds non-integer labels", hint="labels are class indices 0..K-1")
@@ -295,7 +298,9 @@ def make_shapes(n: int, channels: int, height: int, width: int, seed: int) -> tu
 
 def _check_segmentation_input(input_shape: tuple[int, ...], what: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
-        raise CnnDslError(f"{what} feeds a CxHxW input, the network input is {_fmt(input_shape)}")
+        raise CnnDslError(f"{what} feeds a CxHxW input, the network input is {_fmt(input_shape)}",
+                          hint="declare an image input such as `input 1x64x64`; a vector input trains on --data "
+                               "digits or FILE.npz with x_train, y_train")
     c, h, w = (int(d) for d in input_shape)
     return c, h, w
 

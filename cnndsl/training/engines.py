@@ -137,6 +137,7 @@ class TorchEngine:
         expected = {s.name for s in net.tensor_specs() if s.trainable}
         if {n for n, _ in self.named} != expected:
             raise CnnDslError("the PyTorch module's parameter names do not match the network's tensors",
+                              hint="train with --backend numpy, and report this network file as a cnndsl bug",
                               notes=[f"module: {sorted(n for n, _ in self.named)[:6]}",
                                      f"network: {sorted(expected)[:6]}"])
         self.distributed = distributed

@@ -89,13 +89,19 @@ def resolve_config(network: ir.Network, options: TrainOptions) -> ir.TrainConfig
     if cfg.optimizer not in ("sgd", "adam", "adamw"):
         raise CnnDslError(f"unknown optimizer '{cfg.optimizer}'", hint="one of: sgd, adam, adamw")
     if cfg.epochs < 1 or cfg.batch < 1:
-        raise CnnDslError(f"epochs and batch must be at least 1 (got {cfg.epochs}, {cfg.batch})")
+        raise CnnDslError(f"epochs and batch must be at least 1 (got {cfg.epochs}, {cfg.batch})",
+                          hint="give --epochs and --batch (or the train section's epochs, batch) whole numbers "
+                               "of 1 or more, e.g. --epochs 15 --batch 16 (the defaults)")
     if not cfg.lr > 0:
-        raise CnnDslError(f"the learning rate must be positive, got {cfg.lr}")
+        raise CnnDslError(f"the learning rate must be positive, got {cfg.lr}",
+                          hint="give --lr (or the train section's lr) a number above 0, e.g. 0.002 (the default)")
     if cfg.weight_decay < 0 or cfg.momentum < 0:
-        raise CnnDslError("weight decay and momentum cannot be negative")
+        raise CnnDslError("weight decay and momentum cannot be negative",
+                          hint="give --weight-decay and --momentum (or weight_decay, momentum in the train "
+                               "section) 0 or more; 0 turns them off")
     if cfg.nesterov and (cfg.optimizer != "sgd" or not cfg.momentum):
-        raise CnnDslError("nesterov needs sgd with momentum", cfg.span)
+        raise CnnDslError("nesterov needs sgd with momentum", cfg.span,
+                          hint="write `optimizer sgd lr .05 momentum .9 nesterov`, or remove `nesterov`")
     check_schedule(cfg.schedule, cfg.schedule_args, cfg.span)
     return cfg
 
@@ -252,7 +258,8 @@ def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
     net.analyze()
     rank, world = _distributed()
     if world > 1 and options.backend != "torch":
-        raise CnnDslError("distributed training (torchrun) needs --backend torch")
+        raise CnnDslError("distributed training (torchrun) needs --backend torch",
+                          hint="add --backend torch, or run `cnndsl train` without torchrun for --backend numpy")
     cfg = resolve_config(net.ir, options)
 
     run_dir = Path(options.resume or options.out or _default_out(net))
@@ -269,7 +276,9 @@ def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
             raise CnnDslError(f"the run in {run_dir} used {saved.get('world_size', 1)} processes, this one {world}",
                               hint="resume with the same number of processes")
         if saved_state.get("network") != net.name:
-            raise CnnDslError(f"the run in {run_dir} trained network {saved_state.get('network')}, not {net.name}")
+            raise CnnDslError(f"the run in {run_dir} trained network {saved_state.get('network')}, not {net.name}",
+                              hint=f"resume with the file of network {saved_state.get('network')}, or train "
+                                   f"{net.name} into a new folder: drop --resume (or give another --out)")
         options = dataclasses.replace(options, data=options.data or saved["data"])
         cfg = _check_resume_options(saved, cfg, options)
     elif ckpt.read_state(run_dir) is not None:
@@ -290,7 +299,9 @@ def train(net: Net, options: TrainOptions | None = None) -> TrainResult:
     data = load_data(options.data, net.ir.input_shape, cfg.val_split, cfg.seed,
                      classes=int(output[0]) if dense else None)
     if len(data.x_train) == 0:
-        raise CnnDslError("the training split is empty")
+        raise CnnDslError("the training split is empty",
+                          hint="give more images (an .npz's x_train must not be empty), or lower the train "
+                               "section's val_split (the test part's fraction, 0.2 by default)")
     classes = _check_classes(net, data)
 
     if rank == 0:

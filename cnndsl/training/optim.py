@@ -52,9 +52,13 @@ def check_schedule(name: str, args: tuple[float, ...], span: Span | None = None)
         raise CnnDslError(f"schedule {name} takes at most {limits[name]} argument(s), got {len(args)}", span,
                           hint=f"write: schedule {usage}")
     if name == "step" and args and (args[0] < 1 or args[0] != int(args[0])):
-        raise CnnDslError(f"the step schedule's step size is a whole number of epochs, got {args[0]:g}", span)
+        whole = " ".join(f"{a:g}" for a in (max(1, round(args[0])), *args[1:]))
+        raise CnnDslError(f"the step schedule's step size is a whole number of epochs, got {args[0]:g}", span,
+                          hint=f"give the epochs between decays as a whole number of 1 or more: step {whole}")
     if name == "onecycle" and args and not 0 < args[0] < 1:
-        raise CnnDslError(f"onecycle's warm-up fraction is between 0 and 1, got {args[0]:g}", span)
+        raise CnnDslError(f"onecycle's warm-up fraction is between 0 and 1, got {args[0]:g}", span,
+                          hint="give the fraction of the steps spent warming up, strictly between 0 and 1: "
+                               "onecycle 0.3 (the default)")
 
 
 def lr_at(schedule: Schedule, epoch: int, step: int) -> float:
@@ -92,7 +96,7 @@ def lr_at(schedule: Schedule, epoch: int, step: int) -> float:
             return anneal(initial, base, t / warm_end if warm_end > 0 else 1.0)
         span = end - warm_end
         return anneal(base, final, min(1.0, (t - warm_end) / span) if span > 0 else 1.0)
-    raise CnnDslError(f"unknown schedule '{name}'")
+    raise CnnDslError(f"unknown schedule '{name}'", hint="one of: constant, step, cosine, onecycle")
 
 
 def decayed(specs) -> set[str]:
@@ -139,7 +143,9 @@ def state_entries(arrays: dict[str, np.ndarray], known):
             continue
         name, _, slot = key.rpartition(".")
         if name not in known:
-            raise CnnDslError(f"optimizer state for {name}, which the network does not have")
+            raise CnnDslError(f"optimizer state for {name}, which the network does not have",
+                              hint="the checkpoint is of another network: resume with the network file that run "
+                                   "trained, or start a new run with another --out")
         yield name, slot, value
 
 
