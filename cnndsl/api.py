@@ -154,10 +154,17 @@ def read_source(path: str | os.PathLike) -> str:
         raise CnnDslError(f"cannot read {shown}: {err.strerror or err}",
                           hint="check the path and that the file is readable",
                           source=Source("", shown)) from None
+    return decode_source(data, shown)
+
+
+def decode_source(data: bytes, path: str) -> str:
+    """`data` read from `path` (a file, or standard input) as text the way read_source decodes a
+    file: UTF-8 with or without a byte-order mark; anything else is a CnnDslError at its line and
+    column."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise _not_utf8(data, err, shown) from None
+        raise _not_utf8(data, err, path) from None
 
 
 def _not_utf8(data: bytes, err: UnicodeDecodeError, path: str) -> CnnDslError:
@@ -171,11 +178,14 @@ def _not_utf8(data: bytes, err: UnicodeDecodeError, path: str) -> CnnDslError:
         guess = "cp1252"  # Windows' Western European encoding; latin-1 is its subset
     except UnicodeDecodeError:
         guess = "latin-1"
+    if path == "<stdin>":
+        what, hint = "standard input", f"send UTF-8; if it is {guess}, pipe it through iconv -f {guess} -t utf-8"
+    else:
+        what = "the file"
+        hint = f"save the file as UTF-8; if it is {guess}: iconv -f {guess} -t utf-8 {path} > fixed.cnn"
     return CnnDslError(
-        f"the file is not UTF-8: byte 0x{data[err.start]:02x} cannot start a UTF-8 character",
-        Span(line, column, line, column + 1),
-        hint=f"save the file as UTF-8; if it is {guess}: iconv -f {guess} -t utf-8 {path} > fixed.cnn",
-        source=Source(text, path))
+        f"{what} is not UTF-8: byte 0x{data[err.start]:02x} cannot start a UTF-8 character",
+        Span(line, column, line, column + 1), hint=hint, source=Source(text, path))
 
 
 def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> Net:

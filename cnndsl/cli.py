@@ -126,16 +126,20 @@ def main(ctx: click.Context) -> None:
 def check(file: str, input_shape: str | None, output_format: str) -> None:
     """Check FILE ('-': standard input): syntax, shapes, alignment and `expect` lines. Every
     independent error is reported; exit status 1 on errors."""
-    from .api import diagnose, parse, read_source
+    from .api import decode_source, diagnose, parse, read_source
 
     path = "<stdin>" if file == "-" else file
-    text = sys.stdin.read() if file == "-" else read_source(file)
     if output_format == "json":
-        diagnostics = diagnose(text, path, _shape(input_shape))
+        try:
+            text = decode_source(sys.stdin.buffer.read(), path) if file == "-" else read_source(file)
+            diagnostics = diagnose(text, path, _shape(input_shape))
+        except CnnDslError as err:  # an unreadable or non-UTF-8 file, a bad --input: still JSON
+            diagnostics = [each.diagnostic()._replace(path=path) for each in err.errors]
         click.echo(json.dumps([d.to_json() for d in diagnostics], indent=2 if sys.stdout.isatty() else None))
         if any(d.severity == "error" for d in diagnostics):
             sys.exit(EXIT_USER_ERROR)
         return
+    text = decode_source(sys.stdin.buffer.read(), path) if file == "-" else read_source(file)
     net = parse(text, path, _shape(input_shape))
     report = net.analyze()
     _print_warnings(net)

@@ -145,6 +145,32 @@ def test_a_file_that_is_not_utf8_is_reported_at_its_line_and_column(tmp_path):
     assert result.exit_code == 1 and f"{path}:3:6: error: " in result.stderr
 
 
+def test_check_format_json_reports_a_file_it_cannot_read_or_decode(tmp_path):
+    latin = tmp_path / "latin.cnn"
+    latin.write_bytes((NET + "# caf").encode() + b"\xe9\nrelu\n")
+    for path, line, words in ((tmp_path / "missing.cnn", None, "cannot read"), (latin, 3, "not UTF-8")):
+        result = CliRunner().invoke(main, ["check", "--format", "json", str(path)])
+        assert result.exit_code == 1
+        (diagnostic,) = json.loads(result.stdout)
+        assert diagnostic["file"] == str(path) and diagnostic["severity"] == "error"
+        assert words in diagnostic["message"] and diagnostic["fix"]
+        start = diagnostic["range"] and diagnostic["range"]["start"]
+        assert start == ({"line": line, "column": 6} if line else None)
+
+
+def test_standard_input_is_decoded_like_a_file():
+    latin = (NET + "# caf").encode() + b"\xe9\nconv 3x3 -> 4\n"
+    result = CliRunner().invoke(main, ["check", "-"], input=latin)
+    assert result.exit_code == 1
+    assert "<stdin>:3:6: error: standard input is not UTF-8: byte 0xe9" in result.stderr
+    assert "iconv -f cp1252 -t utf-8" in result.stderr
+    as_json = CliRunner().invoke(main, ["check", "--format", "json", "-"], input=latin)
+    (diagnostic,) = json.loads(as_json.stdout)
+    assert as_json.exit_code == 1 and diagnostic["range"]["start"] == {"line": 3, "column": 6}
+    bom = CliRunner().invoke(main, ["check", "-"], input=b"\xef\xbb\xbf" + (NET + "relu\n").encode())
+    assert bom.exit_code == 0 and "<stdin>: ok: t" in bom.stdout
+
+
 # ---------------------------------------------------------------- every error has a fix
 
 _ERROR_CLASSES = {"CnnDslError", "CnnSyntaxError", "UnknownNameError", "BadValueError", "ShapeError",
