@@ -286,10 +286,13 @@ class _Expander:
         if block is None:
             candidates = list(self.blocks) + list(KEYWORDS)
             close = closest(stmt.block, candidates)
-            defined = ", ".join(sorted(self.blocks)) or "none"
+            defined = f"blocks defined: {', '.join(sorted(self.blocks))}" if self.blocks else "no block is defined"
+            params = [f"p{i}" for i in range(1, len(stmt.args) + 1)] + [kw.name for kw in stmt.kwargs]
+            signature = f"{stmt.block}({', '.join(params)})" if params else stmt.block
+            define = f"define it: 'block {signature} {{ ... }}' with the layers it stands for"
             raise UnknownNameError(
                 f"unknown block or layer '{stmt.block}'", stmt.span, calls=frame.calls,
-                hint=(f"did you mean '{close}'? " if close else "") + f"(blocks defined: {defined})")
+                hint=f"did you mean '{close}'? ({defined})" if close else f"{define} ({defined})")
         if stmt.block in frame.blocks_on_stack:
             chain = " -> ".join(frame.blocks_on_stack + (stmt.block,))
             raise LimitError(f"block {stmt.block} calls itself ({chain}), which would never end", stmt.span,

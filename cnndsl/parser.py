@@ -774,6 +774,39 @@ _OPTION_EXAMPLES = {
 }
 
 
+# What a statement needs after the word it stops at (or stumbles after), as a value to write there;
+# a list of the tokens lark would accept is no fix.
+_NEXT_VALUE = {
+    "x": ("the repeat count", "2"), "->": ("the output channel count", "64"), "pad": ("the padding", "1"),
+    "groups": ("the group count", "4"), "dil": ("the dilation", "2"), "outpad": ("the output padding", "1"),
+    "eps": ("the epsilon", "1e-5"), "momentum": ("the momentum", "0.1"),
+}
+_FIRST_WORDS = {
+    "conv": "the kernel size and output channels: 'conv 3x3 -> 64'",
+    "deconv": "the kernel, stride and output channels: 'deconv 2x2/2 -> 64'",
+    "pool": "the pooling and its window: 'pool max 2/2' or 'pool avg global'",
+    "fc": "the output size: 'fc 10'",
+}
+
+
+def _what_to_write(text: str, position: int) -> str | None:
+    """The fix for a statement that stops or goes wrong at `position` right after a word that must
+    be followed by a value (`pool max 2/2 x`, `conv 3x3 ->`, `conv`), or None."""
+    written = text[_statement_start(text, position):position].split("#", 1)[0].strip()
+    words = written.split()
+    if not words:
+        return None
+    last = words[-1]
+    if len(words) == 1 and last in _FIRST_WORDS:
+        return f"write {_FIRST_WORDS[last]}"
+    if words[:2] in (["pool", "max"], ["pool", "avg"]) and len(words) == 2:
+        return f"write the window: '{written} 2/2' or '{written} global'"
+    if last in _NEXT_VALUE and (last != "x" or len(words) > 1):
+        what, example = _NEXT_VALUE[last]
+        return f"write {what}: '{written} {example}'"
+    return None
+
+
 def misplaced_keyword(word: str) -> str | None:
     """A fix for a keyword used where a statement starts (`branch` outside concat, `nobias` alone)."""
     if word == "branch":
@@ -804,7 +837,8 @@ def _syntax_error(err: UnexpectedInput, text: str) -> tuple[CnnSyntaxError, int 
         error = CnnSyntaxError(
             f"unexpected character {char!r}" + (f" in '{word}'" if word and word != char else ""),
             Span(err.line, err.column, err.line, err.column + max(len(word), 1)),
-            hint=hint or f"expected {_expected_words(_accepts(err) or err.allowed or [])}",
+            hint=hint or _what_to_write(text, err.pos_in_stream)
+            or f"expected {_expected_words(_accepts(err) or err.allowed or [])}",
         )
         return error, err.pos_in_stream, False
     if isinstance(err, UnexpectedEOF):
@@ -855,7 +889,9 @@ def _syntax_error(err: UnexpectedInput, text: str) -> tuple[CnnSyntaxError, int 
         message = f"unexpected {shown}"
     hint = f"expected {_expected_words(expected)}"
     arrow = token.type in ("NUMBER", "SIZE") and any(_describe(t) == "'->'" for t in expected)
-    if arrow:
+    if (fix := _what_to_write(text, token.start_pos)) is not None:
+        hint = fix
+    elif arrow:
         # `conv 3x3 64`: the commonest slip is the missing arrow before the channel count.
         hint = f"did you mean '-> {token}'? ({hint})"
     elif str(token).isidentifier() and (suggestion := _suggest(str(token))) and suggestion != str(token):
@@ -883,7 +919,7 @@ def _unexpected_end(text: str, expected: set[str]) -> CnnSyntaxError:
     return CnnSyntaxError(
         "the file ends in the middle of a statement",
         Span(len(lines), len(lines[-1]) + 1),
-        hint=f"finish the statement: expected {_expected_words(expected)}",
+        hint=_what_to_write(text, len(text)) or f"finish the statement: expected {_expected_words(expected)}",
     )
 
 

@@ -110,6 +110,24 @@ def pair_text(values: tuple[int, int], square: str = "x") -> str:
 # ---------------------------------------------------------------- window arithmetic
 
 
+def groups_fix(groups: int, c_in: int, c_out: int) -> str:
+    """The fix for `groups` that does not divide the channels: the group count dividing both that
+    is nearest the one written (both on a tie), not simply the largest (which would be depthwise)."""
+    common = gcd(c_in, c_out)
+    nearest = [common]
+    # Outward from the number written: 1 divides both, so the search ends by `groups - 1` steps;
+    # bounded for absurd channel counts, where the common divisor itself is the answer.
+    for distance in range(min(groups, common, 1 << 20)):
+        found = [d for d in (groups - distance, groups + distance) if 1 <= d <= common and common % d == 0]
+        if found:
+            nearest = sorted(set(found))
+            break
+    both = f"{c_in}" if c_in == c_out else f"both {c_in} and {c_out}"
+    if len(nearest) == 1:
+        return f"use 'groups{nearest[0]}': the nearest group count that divides {both}"
+    return f"use 'groups{nearest[0]}' or 'groups{nearest[1]}': the nearest group counts that divide {both}"
+
+
 class Window(NamedTuple):
     """One axis of a sliding window, resolved."""
 

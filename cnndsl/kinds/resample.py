@@ -20,7 +20,6 @@ is what an interior output sees, continued past the edges.
 
 from __future__ import annotations
 
-import math
 from math import gcd
 from typing import TYPE_CHECKING
 
@@ -37,6 +36,7 @@ from .base import (
     fmt,
     fraction,
     glued,
+    groups_fix,
     n,
     node,
     pair_text,
@@ -253,8 +253,7 @@ class Deconv(Node):
             bad = [f"{c} {what}" for c, what in ((c_in, "input"), (c_out, "output")) if c % groups]
             raise self.error(f"groups{groups} does not divide the {' and '.join(bad)} channels",
                              notes=[f"input {fmt(shape)} -> {c_out} channels"],
-                             hint=f"pick groups that divide both {c_in} and {c_out}, e.g. "
-                                  f"groups{math.gcd(c_in, c_out)}")
+                             hint=groups_fix(groups, c_in, c_out))
         out = []
         for axis in range(2):
             size, k, s, p, extra = shape[1 + axis], self.kernel[axis], self.stride[axis], self.pads[axis], \

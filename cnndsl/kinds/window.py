@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from ..errors import BadValueError
@@ -20,6 +19,7 @@ from .base import (
     fmt,
     fraction,
     glued,
+    groups_fix,
     n,
     node,
     pair_text,
@@ -145,8 +145,7 @@ class Conv(Node):
                 bad = [f"{c} {what}" for c, what in ((c_in, "input"), (c_out, "output")) if c % groups]
                 raise self.error(f"groups{groups} does not divide the {' and '.join(bad)} channels",
                                  notes=[f"input {fmt(shape)} -> {c_out} channels"],
-                                 hint=f"pick groups that divide both {c_in} and {c_out}, e.g. "
-                                      f"groups{math.gcd(c_in, c_out)}")
+                                 hint=groups_fix(groups, c_in, c_out))
         windows = _windows(self, shape, self.kernel, self.stride, self.padding, self.dilation)
         _warn_dropped(self, windows, shape, shapes)
         return LayerShape(shape, (c_out, windows[0].out, windows[1].out), windows, c_in, c_out, groups)
