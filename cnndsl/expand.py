@@ -563,6 +563,8 @@ def _check_droppaths(body: ir.Seq) -> None:
     """`droppath` drops a residual body, so it must end one: the body's last statement, or the last
     statement of the block call that ends it (at most one per body)."""
     allowed = set()
+    # One walk: a residual comes before the nodes of its body, so a droppath that ends a body is
+    # allowed by the time the walk reaches it.
     for node in ir.walk(body):
         if isinstance(node, ir.Residual):
             last: ir.Node = node.body
@@ -570,8 +572,7 @@ def _check_droppaths(body: ir.Seq) -> None:
                 last = last.items[-1]
             if isinstance(last, ir.DropPath):
                 allowed.add(last.name)
-    for node in ir.walk(body):
-        if isinstance(node, ir.DropPath) and node.name not in allowed:
+        elif isinstance(node, ir.DropPath) and node.name not in allowed:
             raise BadValueError("droppath must be the last statement of a residual body", node.span,
                                 calls=node.calls,
                                 hint=f"move it to the end of the residual's body: "

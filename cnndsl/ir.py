@@ -146,6 +146,14 @@ class Network:
 
 
 def walk(node: Node) -> Iterator[Node]:
-    yield node
-    for child in node.children():
-        yield from walk(child)
+    """`node` and every node inside it, parents before children, in statement order."""
+    # A stack of nodes still to visit, the next on top, rather than recursion: a recursive generator
+    # resumes every enclosing generator for each node it yields (a deep network's walk was quadratic
+    # in its depth, and a twentieth of an expansion).
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        yield node
+        children = node.children()
+        if children:
+            pending.extend(reversed(children))

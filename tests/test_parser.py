@@ -282,3 +282,19 @@ def test_every_syntax_class_is_a_node():
     for cls in classes:
         assert issubclass(cls, S.Node), cls
         assert cls is S.Node or cls._fields, cls
+
+
+def test_walk_visits_parents_before_children_in_statement_order():
+    from cnndsl import ir
+
+    net = cnndsl.parse("network t\ninput 8x8x8\nblock b(c) { conv 3x3 pad1 -> c; relu }\n"
+                       "residual { b(8); concat { branch { relu } branch { b(4) } } ; conv 1x1 -> 8 }"
+                       " shortcut { conv 1x1 -> 8 }\nfc 2\n")
+
+    def recursive(node):
+        yield node
+        for child in node.children():
+            yield from recursive(child)
+
+    names = [n.name for n in ir.walk(net.ir.body)]
+    assert names == [n.name for n in recursive(net.ir.body)] and len(names) == len(set(names)) > 12
