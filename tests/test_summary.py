@@ -121,6 +121,9 @@ def test_mlp_has_no_receptive_field():
     assert "receptive field -" in text
     data = net.report.to_json()
     assert all(layer["rf"] is None and layer["jump"] is None for layer in data["layers"])
+    assert data["rf"] is None and data["jump"] is None and data["offset"] is None
+    spatial = cnndsl.parse("network c\ninput 1x8x8\nconv 3x3 -> 2\n").report.to_json()
+    assert spatial["rf"] == [3, 3] and spatial["jump"] == [1, 1] and spatial["offset"] == [1, 1]
 
 
 def test_readable_totals():
