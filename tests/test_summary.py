@@ -205,3 +205,10 @@ def test_json_pad_same_is_resolved_and_depthwise_groups():
 def test_erf_options_need_erf():
     proc = analyze("--weights", "w.safetensors", str(RESNET18))
     assert proc.returncode == 1 and "--weights only apply" in proc.stderr and "fix: add --erf" in proc.stderr
+
+
+def test_public_formatters():
+    from cnndsl.summary import bytes_text, pair_text
+
+    assert pair_text((27, 27)) == "27" and pair_text((7, 5)) == "7x5"
+    assert bytes_text(3 * 2**20) == "3.00 MiB" and bytes_text(812) == "812 B"
