@@ -14,6 +14,7 @@ import html
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
@@ -59,9 +60,16 @@ def _e(text: object) -> str:
 # ---------------------------------------------------------------- the page
 
 
-def build(net, *, weights: str | None = None, image: str | None = None, samples: int = 8, seed: int = 0) -> str:
-    """The report of `net` (an `api.Net`) as one HTML document."""
+def build(net, *, weights: str | None = None, image: str | None = None, samples: int = 8, seed: int = 0,
+          on_measure: Callable[[str], None] | None = None) -> str:
+    """The report of `net` (an `api.Net`) as one HTML document; `on_measure(layer)` is called before
+    the (slow) effective field of `layer` is measured."""
     report: Report = net.report
+    from .weights import load_weights
+
+    # A bad --weights or --image file fails here, before the diagram and the minutes of measuring.
+    arrays = load_weights(net, weights) if weights is not None else None
+    picture = _picture(image, report.input) if image is not None and len(report.input) == 3 else None
     layout, main = drawing(net, prefix="d")
     sections = [
         _summary(report),
@@ -74,7 +82,8 @@ def build(net, *, weights: str | None = None, image: str | None = None, samples:
                  f"<div id=details hidden>{_details(layout, main.expandable)}</div>"),
         _section("layers", "Layers", _table(layout, report)),
         _section("charts", "Charts", _charts(layout, report)),
-        _section("erf", "Effective receptive field", _erf_section(net, report, weights, image, samples, seed)),
+        _section("erf", "Effective receptive field",
+                 _erf_section(net, report, weights, arrays, image, picture, samples, seed, on_measure)),
     ]
     title = f"{report.network}: cnndsl report"
     csp = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
@@ -413,15 +422,17 @@ def last_spatial_layer(report: Report) -> LayerReport | None:
     return (larger or spatial or [None])[-1]
 
 
-def _erf_section(net, report: Report, weights: str | None, image: str | None, samples: int, seed: int) -> str:
+def _erf_section(net, report: Report, weights: str | None, arrays: dict | None, image: str | None,
+                 picture: str | None, samples: int, seed: int, on_measure: Callable[[str], None] | None) -> str:
     row = last_spatial_layer(report)
     if row is None:
         if image is not None:
             raise CnnDslError("--image needs a network with a CxHxW input: this one takes a vector",
                               hint="drop --image")
         return "<p class=note>The input is a vector: no receptive field to draw.</p>"
-    picture = _picture(image, report.input) if image is not None else None  # a bad file fails before the work
-    field = measure_field(net, row.name, weights, samples, seed)
+    if on_measure is not None:
+        on_measure(row.name)
+    field = measure_field(net, row.name, arrays, samples, seed)
     h, w = report.input[1:]
     theory = _theoretical_box(row, field.centre, h, w)
     source = f"the weights in {Path(weights).name}" if weights else f"fresh weights (seed {seed})"
@@ -443,7 +454,7 @@ def _erf_section(net, report: Report, weights: str | None, image: str | None, sa
     return text + f"<div class=panels>{''.join(panels)}</div>" + legend
 
 
-def measure_field(net, layer: str, weights: str | None, samples: int, seed: int):
+def measure_field(net, layer: str, weights: str | dict | None, samples: int, seed: int):
     """`effective_fields` for one layer (it takes the samples in batches that fit its memory budget)."""
     from .analysis.erf import effective_fields
 
@@ -559,7 +570,8 @@ def _picture(path: str, input_shape: tuple[int, ...]) -> str:
 @click.option("--weights", type=click.Path(dir_okay=False), help="A .safetensors file for the effective field "
               "(default: fresh seeded weights).")
 @click.option("--image", type=click.Path(dir_okay=False), help="A picture to draw both fields over (needs Pillow).")
-@click.option("--samples", type=int, default=8, show_default=True, help="Random inputs the effective field averages.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Random inputs the effective field averages.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the fresh weights and the inputs.")
 @click.option("--force", is_flag=True, help="Replace OUT even if cnndsl did not write it.")
 @click.option("--input", "input_shape", help="Report at another input shape, e.g. 3x64x64.")
@@ -577,10 +589,8 @@ def report(file: str, out: str | None, weights: str | None, image: str | None, s
         _print_warnings(net)
         path = Path(out) if out is not None else default_output(net, ".html")
         check_output(path, net, force)  # before the minutes of work, not after
-        row = last_spatial_layer(net.report)
-        if row is not None:
-            click.echo(f"measuring the effective field of {row.name} over {samples} random inputs", err=True)
-        page = build(net, weights=weights, image=image, samples=samples, seed=seed)
+        page = build(net, weights=weights, image=image, samples=samples, seed=seed, on_measure=lambda layer: click.echo(
+            f"measuring the effective field of {layer} over {samples} random inputs", err=True))
         write_output(path, page.encode(), net, force=force)
         click.echo(f"wrote {path}")
 
