@@ -109,6 +109,12 @@ def effective_fields(net: Net, *, samples: int = 8, seed: int = 0, weights: Any 
             f"over the {bytes_text(SAMPLE_LIMIT)} it allows",
             hint="measure at a smaller input with --input CxHxW (the activations grow with height x width), "
                  "or on a network with fewer or smaller layers")
+    if report.weight_bytes > SAMPLE_LIMIT:
+        from ..summary import bytes_text
+
+        raise CnnDslError(f"the effective field needs the network's weights in memory: "
+                          f"{bytes_text(report.weight_bytes)}, over the {bytes_text(SAMPLE_LIMIT)} it allows",
+                          hint="measure a network with fewer channels")
     model = net.to_numpy(resolve_weights(net, weights, seed))
     taps = _output_taps(net.ir, report)
     if layers is None:
