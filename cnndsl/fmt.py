@@ -270,11 +270,10 @@ def format_text(text: str, path: str = "<string>") -> str:
 
 
 def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    from .api import read_source  # UTF-8 with or without a byte-order mark (which is not written back)
+    # UTF-8 with or without a byte-order mark (which is not written back), stdin decoded as files are
+    from .api import decode_source, read_source
 
-    return read_source(path)
+    return decode_source(sys.stdin.buffer.read(), "<stdin>") if path == "-" else read_source(path)
 
 
 @click.command(name="fmt")

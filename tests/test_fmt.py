@@ -187,3 +187,25 @@ def test_command_errors_name_the_place():
     assert proc.returncode == 1
     assert proc.stderr.startswith("<stdin>:2:12: error: the statement is incomplete")
     assert "Traceback" not in proc.stderr
+
+
+def test_stdin_is_decoded_as_files_are(tmp_path):
+    """`fmt -` reads bytes and decodes them with read_source's decoder: a byte-order mark is dropped,
+    a byte that is not UTF-8 is an error at its line and column with the fix, never passed through."""
+    def fmt_stdin(data: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cnndsl.cli", "fmt", "-"], capture_output=True,
+                              input=data, timeout=60)
+
+    proc = fmt_stdin(b"\xef\xbb\xbfinput 3x8x8\nconv 3x3  ->  8\n")
+    assert (proc.returncode, proc.stdout) == (0, b"input 3x8x8\nconv 3x3 -> 8\n"), proc.stderr
+    latin1 = b"network a\ninput 3x8x8\n# caf\xe9\nconv 3x3 -> 4\n"
+    proc = fmt_stdin(latin1)
+    assert (proc.returncode, proc.stdout) == (1, b"")
+    stderr = proc.stderr.decode()
+    assert stderr.startswith("<stdin>:3:6: error: standard input is not UTF-8: byte 0xe9"), stderr
+    assert "fix: send UTF-8; if it is cp1252, convert it first: iconv -f cp1252 -t utf-8" in stderr
+    file = tmp_path / "cafe.cnn"
+    file.write_bytes(latin1)
+    proc = run(str(file))
+    assert proc.returncode == 1 and proc.stderr.startswith(f"{file}:3:6: error: the file is not UTF-8: byte 0xe9")
+    assert file.read_bytes() == latin1
