@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import click
 
 from .cli import EXIT_USER_ERROR, _user_errors
-from .errors import Source
+from .errors import CnnDslError, Source
 from .parser import _parser, parse_program
 
 __all__ = ["format_text", "fmt"]
@@ -286,10 +286,16 @@ def fmt(files: tuple[str, ...], check: bool) -> None:
 
     from .outputs import write_atomic
 
-    changed = 0
+    changed = failed = 0
     for path in files:
-        text = _read(path)
-        formatted = format_text(text, "<stdin>" if path == "-" else path)
+        try:
+            text = _read(path)
+            formatted = format_text(text, "<stdin>" if path == "-" else path)
+        except CnnDslError as err:  # this file is reported and left alone; the others are still formatted
+            failed += 1
+            for each in err.errors:
+                click.echo(each.render(), err=True)
+            continue
         if path == "-" and not check:
             click.echo(formatted, nl=False)
         elif formatted != text:
@@ -299,5 +305,8 @@ def fmt(files: tuple[str, ...], check: bool) -> None:
             else:
                 write_atomic(Path(path), formatted.encode("utf-8"))
                 click.echo(f"reformatted {path}", err=True)
-    if check and changed:
+    if failed and len(files) > 1:
+        click.echo(f"{failed} of {len(files)} files not formatted: "
+                   f"{'its' if failed == 1 else 'their'} errors are above", err=True)
+    if failed or (check and changed):
         sys.exit(EXIT_USER_ERROR)

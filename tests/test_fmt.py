@@ -209,3 +209,24 @@ def test_stdin_is_decoded_as_files_are(tmp_path):
     proc = run(str(file))
     assert proc.returncode == 1 and proc.stderr.startswith(f"{file}:3:6: error: the file is not UTF-8: byte 0xe9")
     assert file.read_bytes() == latin1
+
+
+def test_an_error_in_one_file_does_not_stop_the_others(tmp_path):
+    """Each file's errors are reported, the files after it are still checked or formatted, exit 1."""
+    good1, bad, good3 = tmp_path / "g1.cnn", tmp_path / "b2.cnn", tmp_path / "g3.cnn"
+    good1.write_text("input 3x8x8\nconv 3x3  -> 8\n", encoding="utf-8")
+    bad.write_text("input 3x8x8\nconv 3x3 ->\n", encoding="utf-8")
+    good3.write_text("input 3x8x8\nconv 3x3 ->  8\n", encoding="utf-8")
+    missing = tmp_path / "missing.cnn"
+    proc = run("--check", str(good1), str(bad), str(good3))
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [f"would reformat {good1}", f"would reformat {good3}"]
+    assert proc.stderr.startswith(f"{bad}:2:12: error: the statement is incomplete")
+    assert proc.stderr.endswith("1 of 3 files not formatted: its errors are above\n")
+    proc = run(str(good1), str(bad), str(missing), str(good3))
+    assert proc.returncode == 1
+    assert f"{missing}: error: cannot read {missing}" in proc.stderr
+    assert proc.stderr.index(f"{bad}:2:12") < proc.stderr.index(f"reformatted {good3}")
+    assert proc.stderr.endswith("2 of 4 files not formatted: their errors are above\n")
+    assert good1.read_text(encoding="utf-8") == good3.read_text(encoding="utf-8") == "input 3x8x8\nconv 3x3 -> 8\n"
+    assert bad.read_text(encoding="utf-8") == "input 3x8x8\nconv 3x3 ->\n"
