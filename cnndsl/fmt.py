@@ -230,13 +230,15 @@ def _render(lines: list[_Line | None]) -> str:
         if not group:
             return
         width = max(len(INDENT * g.indent + g.code) for g in group if g.code)
-        column = max(max(g.written for g in group), width + COMMENT_GAP)
+        column = max(group[0].written, width + COMMENT_GAP)  # every comment in the group was written there
         for g in group:
             out.append((INDENT * g.indent + g.code if g.code else "").ljust(column) + g.comment)
         group.clear()
 
     for line in lines:
         if line is not None and line.comment is not None and (line.code or (line.hanging and group)):
+            if group and line.written != group[0].written:
+                close_group()  # aligned is what the author aligned: a comment written elsewhere starts a group
             group.append(line)
             continue
         close_group()
