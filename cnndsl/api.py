@@ -154,10 +154,16 @@ def read_source(path: str | os.PathLike) -> str:
         raise CnnDslError(f"cannot read {shown}: {err.strerror or err}",
                           hint="check the path and that the file is readable",
                           source=Source("", shown)) from None
+    return decode_source(data, shown)
+
+
+def decode_source(data: bytes, path: str) -> str:
+    """`data` (a file's or standard input's bytes) as text, decoded as `read_source` decodes files:
+    UTF-8, a leading byte-order mark dropped; not UTF-8 is a CnnDslError at the first bad byte."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise _not_utf8(data, err, shown) from None
+        raise _not_utf8(data, err, path) from None
 
 
 def _not_utf8(data: bytes, err: UnicodeDecodeError, path: str) -> CnnDslError:
@@ -171,10 +177,15 @@ def _not_utf8(data: bytes, err: UnicodeDecodeError, path: str) -> CnnDslError:
         guess = "cp1252"  # Windows' Western European encoding; latin-1 is its subset
     except UnicodeDecodeError:
         guess = "latin-1"
+    if path == "<stdin>":
+        what, hint = "standard input", f"send UTF-8; if it is {guess}, convert it first: iconv -f {guess} -t utf-8"
+    else:
+        what = "the file"
+        hint = f"save the file as UTF-8; if it is {guess}: iconv -f {guess} -t utf-8 {path} > fixed.cnn"
     return CnnDslError(
-        f"the file is not UTF-8: byte 0x{data[err.start]:02x} cannot start a UTF-8 character",
+        f"{what} is not UTF-8: byte 0x{data[err.start]:02x} cannot start a UTF-8 character",
         Span(line, column, line, column + 1),
-        hint=f"save the file as UTF-8; if it is {guess}: iconv -f {guess} -t utf-8 {path} > fixed.cnn",
+        hint=hint,
         source=Source(text, path))
 
 
