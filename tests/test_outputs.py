@@ -109,3 +109,23 @@ def test_fmt_formats_the_file_a_link_points_to(tmp_path):
     result = CliRunner().invoke(main, ["fmt", str(link)])
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and target.read_text() == "input 1x8x8\nfc 2\n"
+
+
+def test_onnx_external_data_is_written_through_links_and_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    require("onnx")
+    from cnndsl.backends import onnx_builder
+
+    net = cnndsl.parse(SMALL)
+    real = written(tmp_path, "real.data", b"cnndsl external data of m.onnx (old)\n")
+    (tmp_path / "m.onnx.data").symlink_to("real.data")
+    old = os.umask(0o022)
+    try:
+        onnx_builder.save(net.to_onnx(), tmp_path / "m.onnx", net=net, external=True)
+        onnx_builder.save(net.to_onnx(), tmp_path / "n.onnx", external=True)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.onnx.data").is_symlink() and real.read_bytes().startswith(b"cnndsl external data of m.onnx")
+    assert stat.S_IMODE((tmp_path / "n.onnx.data").stat().st_mode) == 0o644  # mkstemp alone gives 0600
