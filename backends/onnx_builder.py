@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -594,7 +593,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, net=None, force: bo
     With `net`, the output rules of `cnndsl compile` apply: never over the source, nor over a file
     cnndsl did not write (unless `force`).
     """
-    from cnndsl.outputs import check_output, write_atomic, write_output
+    from cnndsl.outputs import check_output, replacing, write_atomic, write_output
 
     path = Path(path)
     if external is None:
@@ -609,9 +608,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, net=None, force: bo
         check_output(path, net, force)
         check_output(data_path, net, force)
     moved: list[tuple[TensorProto, bytes]] = []
-    fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with replacing(data_path) as handle:
             header = f"cnndsl external data of {path.name} ({model.graph.name})\n".encode()
             handle.write(header)
             offset = len(header)
@@ -630,18 +628,12 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, net=None, force: bo
                     entry = tensor.external_data.add()
                     entry.key, entry.value = key, value
                 offset += len(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        serialized = model.SerializeToString()
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            serialized = model.SerializeToString()
     finally:
         for tensor, raw in moved:  # leave the caller's model as it was
             del tensor.external_data[:]
             tensor.ClearField("data_location")
             tensor.raw_data = raw
-    os.replace(tmp, data_path)
     if net is not None:
         write_output(path, serialized, net, force=True)  # checked above, before the data was written
     else:

@@ -158,9 +158,8 @@ def read_source(path: str | os.PathLike) -> str:
 
 
 def decode_source(data: bytes, path: str) -> str:
-    """`data` read from `path` (a file, or standard input) as text the way read_source decodes a
-    file: UTF-8 with or without a byte-order mark; anything else is a CnnDslError at its line and
-    column."""
+    """`data` (a file's or standard input's bytes) as text, decoded as `read_source` decodes files:
+    UTF-8, a leading byte-order mark dropped; not UTF-8 is a CnnDslError at the first bad byte."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -179,13 +178,15 @@ def _not_utf8(data: bytes, err: UnicodeDecodeError, path: str) -> CnnDslError:
     except UnicodeDecodeError:
         guess = "latin-1"
     if path == "<stdin>":
-        what, hint = "standard input", f"send UTF-8; if it is {guess}, pipe it through iconv -f {guess} -t utf-8"
+        what, hint = "standard input", f"send UTF-8; if it is {guess}, convert it first: iconv -f {guess} -t utf-8"
     else:
         what = "the file"
         hint = f"save the file as UTF-8; if it is {guess}: iconv -f {guess} -t utf-8 {path} > fixed.cnn"
     return CnnDslError(
         f"{what} is not UTF-8: byte 0x{data[err.start]:02x} cannot start a UTF-8 character",
-        Span(line, column, line, column + 1), hint=hint, source=Source(text, path))
+        Span(line, column, line, column + 1),
+        hint=hint,
+        source=Source(text, path))
 
 
 def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> Net:

@@ -68,6 +68,9 @@ def _user_errors(command):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except MemoryError as err:  # the network's size, which analysis allows up to 2**40 values a tensor
+            click.echo(f"error: out of memory: {err}\n  fix: use fewer channels or a smaller --input", err=True)
+            sys.exit(EXIT_USER_ERROR)
         except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
             if os.environ.get("CNNDSL_DEBUG"):
                 raise

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from . import ir
+from . import ir, outputs
 from .analysis import Report, fmt
 from .analysis.shapes import active
 from .summary import human
@@ -454,10 +454,9 @@ def _comment(text: str) -> str:
 
 
 def default_output(net, suffix: str) -> Path:
-    """FILE's name with `suffix`, next to it (`net.svg` for `net.cnn`)."""
-    if net.source.path == "<string>":
-        return Path(net.name + suffix)
-    return Path(net.source.path).with_suffix(suffix)
+    """FILE's name with `suffix`, next to it (`net.svg` for `net.cnn`): the naming rule of
+    `outputs.default_output` for a one-file output named after the program (as ONNX is)."""
+    return outputs.default_output(net, "onnx").with_suffix(suffix)
 
 
 @click.command()

@@ -181,7 +181,11 @@ class _Expander:
         return value
 
     def number(self, expr: S.Expr, frame: _Frame, what: str, low: float, high: float) -> float:
-        value = float(self.eval(expr, frame))
+        value = self.eval(expr, frame)
+        if not -1e308 < value < 1e308:  # 1e300*1e300 is inf; float() of a 400-digit whole number overflows
+            raise BadValueError(f"{what} is too large to represent", expr.span, calls=frame.calls,
+                                hint=f"use a value from {low:g} to {high:g}")
+        value = float(value)
         if not low <= value <= high:
             raise BadValueError(f"{what} must be between {low:g} and {high:g}, got {value:g}", expr.span,
                                 calls=frame.calls, hint=f"use a value from {low:g} to {high:g}")

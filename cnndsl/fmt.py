@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import click
 
 from .cli import EXIT_USER_ERROR, _user_errors
-from .errors import Source
+from .errors import CnnDslError, Source
 from .parser import _parser, parse_program
 
 __all__ = ["format_text", "fmt"]
@@ -230,13 +230,15 @@ def _render(lines: list[_Line | None]) -> str:
         if not group:
             return
         width = max(len(INDENT * g.indent + g.code) for g in group if g.code)
-        column = max(max(g.written for g in group), width + COMMENT_GAP)
+        column = max(group[0].written, width + COMMENT_GAP)  # every comment in the group was written there
         for g in group:
             out.append((INDENT * g.indent + g.code if g.code else "").ljust(column) + g.comment)
         group.clear()
 
     for line in lines:
         if line is not None and line.comment is not None and (line.code or (line.hanging and group)):
+            if group and line.written != group[0].written:
+                close_group()  # aligned is what the author aligned: a comment written elsewhere starts a group
             group.append(line)
             continue
         close_group()
@@ -270,11 +272,10 @@ def format_text(text: str, path: str = "<string>") -> str:
 
 
 def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    from .api import read_source  # UTF-8 with or without a byte-order mark (which is not written back)
+    # UTF-8 with or without a byte-order mark (which is not written back), stdin decoded as files are
+    from .api import decode_source, read_source
 
-    return read_source(path)
+    return decode_source(sys.stdin.buffer.read(), "<stdin>") if path == "-" else read_source(path)
 
 
 @click.command(name="fmt")
@@ -287,10 +288,16 @@ def fmt(files: tuple[str, ...], check: bool) -> None:
 
     from .outputs import write_atomic
 
-    changed = 0
+    changed = failed = 0
     for path in files:
-        text = _read(path)
-        formatted = format_text(text, "<stdin>" if path == "-" else path)
+        try:
+            text = _read(path)
+            formatted = format_text(text, "<stdin>" if path == "-" else path)
+        except CnnDslError as err:  # this file is reported and left alone; the others are still formatted
+            failed += 1
+            for each in err.errors:
+                click.echo(each.render(), err=True)
+            continue
         if path == "-" and not check:
             click.echo(formatted, nl=False)
         elif formatted != text:
@@ -300,5 +307,8 @@ def fmt(files: tuple[str, ...], check: bool) -> None:
             else:
                 write_atomic(Path(path), formatted.encode("utf-8"))
                 click.echo(f"reformatted {path}", err=True)
-    if check and changed:
+    if failed and len(files) > 1:
+        click.echo(f"{failed} of {len(files)} files not formatted: "
+                   f"{'its' if failed == 1 else 'their'} errors are above", err=True)
+    if failed or (check and changed):
         sys.exit(EXIT_USER_ERROR)

@@ -11,6 +11,7 @@ and a "did you mean" for misspelled keywords.
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 from . import syntax as S
@@ -90,6 +91,15 @@ def _number(text: str) -> int | float:
 
     value = Decimal(text) * scale
     return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _literal(token: Token) -> int | float:
+    """A number token's value; one too large for a float (1e400 is inf) is refused."""
+    value = _number(str(token))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CnnSyntaxError(f"the number {token} is too large to represent", _span(token),
+                             hint="write a number below 1e308 (or a whole number, which is exact)")
+    return value
 
 
 def _dims(token: Token) -> tuple[S.Num, ...]:
@@ -323,7 +333,7 @@ class _ToSyntax:
 
     # ------------------------------------------------------------ arithmetic
     def number(self, span, items):
-        return S.Num(_number(str(items[0])), _span(items[0]))
+        return S.Num(_literal(items[0]), _span(items[0]))
 
     def var(self, span, items):
         return S.Var(str(items[0]), _span(items[0]))
@@ -351,7 +361,7 @@ class _ToSyntax:
         what = items[0]
         comparison = items[1] if len(items) == 3 else "=="
         raw = str(items[-1])
-        value = tuple(int(p) for p in raw.split("x")) if items[-1].type == "DIMS" else (_number(raw),)
+        value = tuple(int(p) for p in raw.split("x")) if items[-1].type == "DIMS" else (_literal(items[-1]),)
         return S.ExpectStmt(str(what), "==" if comparison == "=" else comparison, value, span,
                             _span(what))
 

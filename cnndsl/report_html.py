@@ -14,6 +14,7 @@ import html
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
@@ -41,7 +42,7 @@ from .draw import (
 )
 from .errors import CnnDslError
 from .kinds.base import rational_text
-from .summary import _bytes, _pair, human
+from .summary import bytes_text, human, pair_text
 
 CHART_W = 760
 HEAT_PX = 300  # the side of a drawn field panel, in CSS pixels
@@ -59,9 +60,16 @@ def _e(text: object) -> str:
 # ---------------------------------------------------------------- the page
 
 
-def build(net, *, weights: str | None = None, image: str | None = None, samples: int = 8, seed: int = 0) -> str:
-    """The report of `net` (an `api.Net`) as one HTML document."""
+def build(net, *, weights: str | None = None, image: str | None = None, samples: int = 8, seed: int = 0,
+          on_measure: Callable[[str], None] | None = None) -> str:
+    """The report of `net` (an `api.Net`) as one HTML document; `on_measure(layer)` is called before
+    the (slow) effective field of `layer` is measured."""
     report: Report = net.report
+    from .weights import load_weights
+
+    # A bad --weights or --image file fails here, before the diagram and the minutes of measuring.
+    arrays = load_weights(net, weights) if weights is not None else None
+    picture = _picture(image, report.input) if image is not None and len(report.input) == 3 else None
     layout, main = drawing(net, prefix="d")
     sections = [
         _summary(report),
@@ -74,7 +82,8 @@ def build(net, *, weights: str | None = None, image: str | None = None, samples:
                  f"<div id=details hidden>{_details(layout, main.expandable)}</div>"),
         _section("layers", "Layers", _table(layout, report)),
         _section("charts", "Charts", _charts(layout, report)),
-        _section("erf", "Effective receptive field", _erf_section(net, report, weights, image, samples, seed)),
+        _section("erf", "Effective receptive field",
+                 _erf_section(net, report, weights, arrays, image, picture, samples, seed, on_measure)),
     ]
     title = f"{report.network}: cnndsl report"
     csp = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
@@ -99,9 +108,9 @@ def _summary(report: Report) -> str:
     facts = [
         ("input", fmt(report.input)), ("output", fmt(report.output)),
         ("parameters", f"{report.params:,}"), ("MACs", f"{report.macs:,} ({human(report.macs)})"),
-        ("weights (float32)", _bytes(report.weight_bytes)),
-        ("activations per sample", _bytes(report.activation_bytes)),
-        ("receptive field", _pair(report.rf)), ("jump", _pair(report.jump)),
+        ("weights (float32)", bytes_text(report.weight_bytes)),
+        ("activations per sample", bytes_text(report.activation_bytes)),
+        ("receptive field", pair_text(report.rf)), ("jump", pair_text(report.jump)),
     ]
     cells = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
     warnings = "".join(f"<li>line {w.span.line if w.span else '?'}: {_e(w.message)}</li>" for w in report.warnings)
@@ -126,7 +135,7 @@ def _details(layout: Layout, expandable: list[tuple[str, Item]]) -> str:
                 if n.name in layout.rows]
         body = "".join(
             f"<tr><td>{_e(r.name)}</td><td>{_e(r.node.text())}</td><td>{_e(fmt(r.output))}</td>"
-            f"<td class=num>{r.params:,}</td><td class=num>{r.macs:,}</td><td class=num>{_pair(r.rf)}</td></tr>"
+            f"<td class=num>{r.params:,}</td><td class=num>{r.macs:,}</td><td class=num>{pair_text(r.rf)}</td></tr>"
             for r in rows)
         count = len(item.nodes)
         heading = item.label + (f" (the first of {count} copies drawn)" if count > 1 else "")
@@ -179,7 +188,7 @@ def _table(layout: Layout, report: Report) -> str:
             (index[rows[0].name], ""), (item.label, "<span class=toggle></span>"),
             (source_line(run[0]), ""), (layout.subtitle(item), ""), (fmt(last.output), ""), (params, ""), (macs, ""),
             (_first(last.rf), ""), (_first(last.jump), ""), (memory, "")]
-        shown = {7: _pair(last.rf), 8: _pair(last.jump), 9: _bytes(memory)}
+        shown = {7: pair_text(last.rf), 8: pair_text(last.jump), 9: bytes_text(memory)}
         header = "".join(_cell(value, kind, prefix, shown.get(i)) for i, ((value, prefix), (_, kind)) in
                          enumerate(zip(cells, COLUMNS, strict=True)))
         members = "".join(_row(r, index, report, member=True) for r in rows)
@@ -199,7 +208,7 @@ def _first(values) -> float:
 def _row(row: LayerReport, index: dict[str, int], report: Report, member: bool = False) -> str:
     values = (index[row.name], row.name, row.line, row.statement, fmt(row.output), row.params, row.macs,
               float(row.rf[0]), float(row.jump[0]), math.prod(row.output) * BYTES_PER_VALUE)
-    shown = {7: _pair(row.rf), 8: _pair(row.jump), 9: _bytes(values[9])}
+    shown = {7: pair_text(row.rf), 8: pair_text(row.jump), 9: bytes_text(values[9])}
     cells = "".join(_cell(value, kind, "", shown.get(i)) for i, (value, (_, kind)) in
                     enumerate(zip(values, COLUMNS, strict=True)))
     indent = f" style=\"--depth:{row.depth}\"" if row.depth else ""
@@ -231,7 +240,7 @@ def _charts(layout: Layout, report: Report) -> str:
                  "<p class=note>One bar per box of the diagram that holds parameters or MACs.</p>"
                  + _block_chart(layout))
     parts.append("<h3>Activation memory per layer</h3>"
-                 f"<p class=note>The output of every layer, float32, one sample; {_bytes(report.activation_bytes)} "
+                 f"<p class=note>The output of every layer, float32, one sample; {bytes_text(report.activation_bytes)} "
                  "in all.</p>" + _memory_chart(report))
     return "".join(parts)
 
@@ -316,7 +325,7 @@ def _field_chart(layout: Layout, report: Report) -> str:
         path = " ".join(f"{'M' if i == 0 else 'L'}{cx:.1f},{cy:.1f}" for i, (cx, cy) in enumerate(coords))
         svg.append(f"<path d=\"{path}\" fill=none stroke=\"{colour}\" stroke-width=2 />")
         for (cx, cy), (d, f), name in zip(coords, points, names, strict=True):
-            value = _pair(getattr(f, figure))
+            value = pair_text(getattr(f, figure))
             svg.append(f"<circle cx={cx:.1f} cy={cy:.1f} r=2.6 fill=\"{colour}\"><title>{_e(name)}: {label} "
                        f"{_e(value)} at depth {d}</title></circle>")
     legend_x = axes.left + axes.width + 6
@@ -375,13 +384,14 @@ def _memory_chart(report: Report) -> str:
     svg = [_chart_open(CHART_W, axes.top + axes.height + 40, "activation memory per layer"), _frame(axes)]
     for fraction in (0.25, 0.5, 0.75, 1.0):
         ty = axes.top + axes.height * (1 - fraction)
+        label = bytes_text(int(largest * fraction))
         svg.append(f"<line x1={axes.left} x2={axes.left + axes.width:.1f} y1={ty:.1f} y2={ty:.1f} class=grid />"
-                   f"<text x={axes.left - 6} y={ty + 4:.1f} text-anchor=end>{_bytes(int(largest * fraction))}</text>")
+                   f"<text x={axes.left - 6} y={ty + 4:.1f} text-anchor=end>{label}</text>")
     for i, (row, size) in enumerate(zip(rows, sizes, strict=True)):
         h = axes.height * size / largest
         svg.append(f"<rect x={axes.left + i * step:.2f} y={axes.top + axes.height - h:.2f} "
                    f"width={max(step - (0.6 if step > 3 else 0), 0.6):.2f} height={h:.2f} fill=\"{_bar_colour(row)}\">"
-                   f"<title>{_e(row.name)}: {fmt(row.output)}, {_bytes(size)}</title></rect>")
+                   f"<title>{_e(row.name)}: {fmt(row.output)}, {bytes_text(size)}</title></rect>")
     svg.append(f"<text x={axes.left + axes.width / 2:.1f} y={axes.top + axes.height + 30:.1f} text-anchor=middle>"
                f"layers in order ({len(rows)})</text></svg>")
     return "".join(svg)
@@ -412,26 +422,28 @@ def last_spatial_layer(report: Report) -> LayerReport | None:
     return (larger or spatial or [None])[-1]
 
 
-def _erf_section(net, report: Report, weights: str | None, image: str | None, samples: int, seed: int) -> str:
+def _erf_section(net, report: Report, weights: str | None, arrays: dict | None, image: str | None,
+                 picture: str | None, samples: int, seed: int, on_measure: Callable[[str], None] | None) -> str:
     row = last_spatial_layer(report)
     if row is None:
         if image is not None:
             raise CnnDslError("--image needs a network with a CxHxW input: this one takes a vector",
                               hint="drop --image")
         return "<p class=note>The input is a vector: no receptive field to draw.</p>"
-    picture = _picture(image, report.input) if image is not None else None  # a bad file fails before the work
-    field = measure_field(net, row.name, weights, samples, seed)
+    if on_measure is not None:
+        on_measure(row.name)
+    field = measure_field(net, row.name, arrays, samples, seed)
     h, w = report.input[1:]
     theory = _theoretical_box(row, field.centre, h, w)
     source = f"the weights in {Path(weights).name}" if weights else f"fresh weights (seed {seed})"
     text = (f"<p class=note>Layer <b>{_e(row.name)}</b> ({_e(row.statement)}, output {fmt(row.output)}): the unit "
             f"at row {field.unit[0]}, column {field.unit[1]}, whose field is centred on input pixel "
             f"({rational_text(field.centre[0])}, {rational_text(field.centre[1])}). Its theoretical field is "
-            f"{_pair(row.rf)} pixels; its effective field, the centred square holding {field.mass:.0%} of the "
+            f"{pair_text(row.rf)} pixels; its effective field, the centred square holding {field.mass:.0%} of the "
             f"input gradient (mean |gradient| of {samples} random inputs, {_e(source)}), is "
             f"{field.size[0]}x{field.size[1]} (Luo et al., 2016).</p>")
     panels = [_field_panel("effective field: the input gradient", field, theory, h, w, None),
-              _field_panel(f"theoretical field {_pair(row.rf)} around the input (dark)", field, theory, h, w, None,
+              _field_panel(f"theoretical field {pair_text(row.rf)} around the input (dark)", field, theory, h, w, None,
                            whole=True)]
     if picture is not None:
         panels.append(_field_panel(f"both over {Path(image).name}", field, theory, h, w, picture))
@@ -442,7 +454,7 @@ def _erf_section(net, report: Report, weights: str | None, image: str | None, sa
     return text + f"<div class=panels>{''.join(panels)}</div>" + legend
 
 
-def measure_field(net, layer: str, weights: str | None, samples: int, seed: int):
+def measure_field(net, layer: str, weights: str | dict | None, samples: int, seed: int):
     """`effective_fields` for one layer (it takes the samples in batches that fit its memory budget)."""
     from .analysis.erf import effective_fields
 
@@ -558,7 +570,8 @@ def _picture(path: str, input_shape: tuple[int, ...]) -> str:
 @click.option("--weights", type=click.Path(dir_okay=False), help="A .safetensors file for the effective field "
               "(default: fresh seeded weights).")
 @click.option("--image", type=click.Path(dir_okay=False), help="A picture to draw both fields over (needs Pillow).")
-@click.option("--samples", type=int, default=8, show_default=True, help="Random inputs the effective field averages.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Random inputs the effective field averages.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the fresh weights and the inputs.")
 @click.option("--force", is_flag=True, help="Replace OUT even if cnndsl did not write it.")
 @click.option("--input", "input_shape", help="Report at another input shape, e.g. 3x64x64.")
@@ -576,10 +589,8 @@ def report(file: str, out: str | None, weights: str | None, image: str | None, s
         _print_warnings(net)
         path = Path(out) if out is not None else default_output(net, ".html")
         check_output(path, net, force)  # before the minutes of work, not after
-        row = last_spatial_layer(net.report)
-        if row is not None:
-            click.echo(f"measuring the effective field of {row.name} over {samples} random inputs", err=True)
-        page = build(net, weights=weights, image=image, samples=samples, seed=seed)
+        page = build(net, weights=weights, image=image, samples=samples, seed=seed, on_measure=lambda layer: click.echo(
+            f"measuring the effective field of {layer} over {samples} random inputs", err=True))
         write_output(path, page.encode(), net, force=force)
         click.echo(f"wrote {path}")
 

@@ -55,14 +55,17 @@ def human(value: int) -> str:
     return f"{value:.2e}"
 
 
-def _bytes(value: int) -> str:
+def bytes_text(value: int) -> str:
+    """A size for a person, in binary units: `528.00 MiB`, `6.98 TiB`, `812 B`."""
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if value >= size:
             return f"{value / size:.2f} {unit}"
     return f"{value} B"
 
 
-def _pair(values) -> str:
+def pair_text(values) -> str:
+    """A per-axis figure (height, width) as the table prints it: `7` when square, else `7x5`; exact
+    rationals (`0.5`, `7/6`). The one formatter for RF, ERF, jump and offset everywhere."""
     a, b = (rational_text(v) for v in values)  # 0.5, 7/6: exact, as the analysis keeps them
     return a if a == b else f"{a}x{b}"
 
@@ -119,13 +122,13 @@ def table_rows(report: Report, depth: int | None = None,
 
 
 def _field_text(field, what: str) -> str:
-    return "-" if field is None else _pair(getattr(field, what))
+    return "-" if field is None else pair_text(getattr(field, what))
 
 
 def _erf_text(erf: dict[str, EffectiveField] | None, name: str) -> str:
     if erf is None or name not in erf:
         return "-"
-    return _pair(erf[name].size)
+    return pair_text(erf[name].size)
 
 
 def _outer_seqs(body: ir.Seq, depth: int) -> dict[str, ir.Seq]:
@@ -273,11 +276,11 @@ def totals(report: Report) -> list[str]:
         f"parameters: {report.params:,} ({human(report.params)}); {report.trainable_params:,} trainable; "
         f"buffers: {report.buffers:,}",
         f"MACs (conv + fc): {report.macs:,} ({human(report.macs)})",
-        f"memory per sample (float32): weights {_bytes(report.weight_bytes)}, "
-        f"activations {_bytes(report.activation_bytes)}",
+        f"memory per sample (float32): weights {bytes_text(report.weight_bytes)}, "
+        f"activations {bytes_text(report.activation_bytes)}",
         f"output {fmt(report.output)}; " + ("receptive field -" if not report.fields else
-                                           f"receptive field {_pair(report.rf)}, jump {_pair(report.jump)}, "
-                                           f"offset {_pair(report.offset)}"),
+                                           f"receptive field {pair_text(report.rf)}, jump {pair_text(report.jump)}, "
+                                           f"offset {pair_text(report.offset)}"),
     ]
 
 

@@ -1,4 +1,5 @@
-"""Shared test set-up: the `needs` marker for optional packages, and skips that show their reasons.
+"""Shared test set-up: the `needs` marker for optional packages (a missing one fails the test, naming
+its extra), and skips that show their reasons.
 
 The numbers every backend must produce come from one reference, `tests/reference.py`; the optional
 packages a test imports are declared with `extras.needs(...)` or `extras.require(...)`.
@@ -12,8 +13,8 @@ from extras import require
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "needs(*modules): the test imports these optional packages; without them it is skipped "
-        "naming the extra that installs them (a failure when the CI environment variable is set)")
+        "markers", "needs(*modules): the test imports these optional packages; without them it fails, "
+        "naming the extra that installs them")
     # Skips are listed with their reasons in the short summary, even under -q.
     chars = config.option.reportchars or ""
     if not set(chars) & set("saAN"):  # -rN asks for no summary

@@ -1,9 +1,9 @@
 """Optional dependencies in the tests: a test that needs one says so, and never goes quiet without it.
 
 `require("torch")` imports a package the core does not need. Where it is missing, the calling test
-(or, at module level, the test file) is skipped with a reason that names the extra installing it;
-under continuous integration (`CI` set to anything but "", "0" or "false") it fails instead, since
-CI runs `./install.sh test`, which installs every extra, and a skipped suite would pass unseen.
+(or, at module level, the test file) fails with a message that names the extra installing it: the
+README's test command (`./install.sh test`) installs every extra, and a skipped test would let a
+suite pass with that part unseen.
 
 `needs("torch", ...)` is the same as a marker, for tests whose helpers import the package.
 """
@@ -11,7 +11,6 @@ CI runs `./install.sh test`, which installs every extra, and a skipped suite wou
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import pytest
@@ -28,12 +27,8 @@ EXTRAS = {  # import name -> the extra of pyproject.toml that installs it
 }
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def require(name: str) -> ModuleType:
-    """The module `name`; without it, skip the test (or file) naming the extra, or fail under CI."""
+    """The module `name`; without it, fail the test (or file) naming the extra."""
     try:
         return importlib.import_module(name)
     except ImportError as error:
@@ -41,9 +36,7 @@ def require(name: str) -> ModuleType:
     top = name.split(".")[0]
     reason = (f"needs {top}, which is not installed ({problem}): pip install -e '.[{EXTRAS.get(top, 'test')}]' "
               "(./install.sh test installs every extra)")
-    if in_ci():
-        pytest.fail(f"CI is set and this test {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    pytest.fail(f"this test {reason}", pytrace=False)
 
 
 def needs(*names: str) -> pytest.MarkDecorator:

@@ -440,8 +440,7 @@ def test_a_block_whose_calls_differ_is_one_class(name, want):
                                   ROOT / "examples" / "cifar_tiny.cnn"], ids=example_id)
 def test_generated_file_passes_ruff(tmp_path, path):
     ruff = shutil.which("ruff")
-    if ruff is None:
-        pytest.skip("ruff is not installed")
+    assert ruff is not None, "ruff is not installed: pip install -e '.[test]' (./install.sh test)"
     sources = {"example.py": torch_codegen.generate(cnndsl.load(path)),
                "every.py": torch_codegen.generate(cnndsl.parse(EVERY_CONSTRUCT)),
                "vector.py": torch_codegen.generate(cnndsl.parse(VECTOR)),

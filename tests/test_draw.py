@@ -167,3 +167,15 @@ def test_cli_reports_a_bad_program_without_a_traceback(tmp_path):
     assert result.exit_code == 1
     assert "bad.cnn:4:1: error: unknown block or layer 'basik'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "bad.svg").exists()
+
+
+def test_default_output_follows_the_one_naming_rule(monkeypatch):
+    """draw (and report) name their file by outputs.default_output's rule, not a copy of it."""
+    from pathlib import Path
+
+    from cnndsl import draw, outputs
+
+    net = cnndsl.parse("network tiny\ninput 1x8x8\nconv 3x3 -> 2\n")
+    assert draw.default_output(net, ".svg") == Path("tiny.svg")
+    monkeypatch.setattr(outputs, "default_output", lambda net, target: Path("elsewhere/renamed.onnx"))
+    assert draw.default_output(net, ".svg") == Path("elsewhere/renamed.svg")

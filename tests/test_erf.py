@@ -231,3 +231,32 @@ def test_bad_samples_is_a_user_error():
 def test_vector_network_has_no_effective_field():
     net = cnndsl.parse("network mlp\ninput 20\nfc 10; relu\nfc 2\n")
     assert effective_fields(net, samples=1) == {}
+
+
+def test_one_sample_over_the_limit_is_refused_before_allocating(monkeypatch):
+    """Batches split the samples, never one sample: a network whose single sample's activations are
+    terabytes is a user error naming --input, at once (it was a MemoryError, or minutes of CPU)."""
+    import time
+
+    from cnndsl.analysis import erf
+
+    huge = cnndsl.parse("network big\ninput 1x4x4\nconv 3x3 pad1 -> 2\nupsample 100000x\nconv 1x1 -> 1\n")
+    started = time.process_time()
+    with pytest.raises(CnnDslError, match="one sample's activations") as caught:
+        effective_fields(huge, samples=1)
+    assert "--input" in caught.value.hint and time.process_time() - started < 5
+    net, _ = uniform_stack(1)
+    monkeypatch.setattr(erf, "SAMPLE_LIMIT", net.report.activation_bytes)  # exactly at the limit: measured
+    assert effective_fields(net, samples=1)
+    monkeypatch.setattr(erf, "SAMPLE_LIMIT", net.report.activation_bytes - 1)
+    with pytest.raises(CnnDslError, match="one sample's activations"):
+        effective_fields(net, samples=1)
+
+
+
+def test_cli_refuses_an_effective_field_too_large(tmp_path):
+    path = tmp_path / "z19.cnn"
+    path.write_text("network z19\ninput 1x4x4\nconv 3x3 pad1 -> 2\nupsample 100000x\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "cnndsl.cli", "analyze", "--erf", "--samples", "1", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1 and "one sample's activations" in proc.stderr and "fix:" in proc.stderr, proc.stderr

@@ -418,3 +418,69 @@ def test_form_feed_does_not_shift_the_shown_line():
         cnndsl.parse("network a\f\ninput 3x8x8\nrelu\ncnov 3x3 -> 4\n").analyze()
     assert info.value.line == 4
     assert "   4 | cnov 3x3 -> 4" in info.value.render()
+
+
+# ---------------------------------------------------------------- sizes no machine holds
+
+
+@pytest.mark.parametrize("text, line, words", [
+    (NET + "conv 3x3 -> 99999999999999999999999\n", 3, "the output of conv1"),  # was a numpy ValueError in report
+    (NET + "conv 3x3 -> 400000\nconv 3x3 -> 4000000\n", 4, "the parameters of conv2"),  # 1.44e13 weights
+    ("network t\ninput 3x99999999x99999999\nconv 3x3 -> 4\n", 3, "the output of conv1"),
+])
+def test_tensors_over_the_size_limit_are_a_limit_error(text, line, words, runner, tmp_path):
+    with pytest.raises(LimitError) as info:
+        cnndsl.parse(text).analyze()
+    assert words in info.value.message and "2**40" in info.value.message and info.value.line == line
+    path = tmp_path / "huge.cnn"
+    path.write_text(text)
+    for command in (["check"], ["analyze", "--json"], ["report", "-o", str(tmp_path / "r.html")],
+                    ["compile", "--target", "onnx", "-o", str(tmp_path / "r.onnx")]):
+        result = runner.invoke(main, [*command, str(path)])
+        assert result.exit_code == 1 and "internal error" not in result.output, (command, result.output)
+        assert "fix:" in result.output
+
+
+def test_the_size_limit_is_inclusive(monkeypatch):
+    from cnndsl.analysis import shapes
+
+    text = NET + "conv 3x3 -> 8\n"  # output 8x30x30 = 7,200 values; 3*8*9 + 8 = 224 parameters
+    monkeypatch.setattr(shapes, "MAX_ELEMENTS", 7_200)
+    assert cnndsl.parse(text).report.output == (8, 30, 30)
+    monkeypatch.setattr(shapes, "MAX_ELEMENTS", 7_199)
+    with pytest.raises(LimitError, match="7,200 values"):
+        cnndsl.parse(text).analyze()
+    vector = "network v\ninput 100\nfc 2\n"  # 100*2 + 2 parameters, 2 outputs
+    monkeypatch.setattr(shapes, "MAX_ELEMENTS", 202)
+    assert cnndsl.parse(vector).report.params == 202
+    monkeypatch.setattr(shapes, "MAX_ELEMENTS", 201)
+    with pytest.raises(LimitError, match="the parameters of fc1: 202 values"):
+        cnndsl.parse(vector).analyze()
+
+
+@pytest.mark.parametrize("text, column", [
+    (LENET + "expect rf >= 1e400\n", 14),  # compared against inf before
+    (LENET + "dropout 1e400\n", 9),
+    (LENET + "expect params <= 2.5e400\n", 18),
+])
+def test_non_finite_literals_are_refused(text, column):
+    with pytest.raises(CnnSyntaxError, match="too large to represent") as info:
+        cnndsl.parse(text)
+    assert (info.value.line, info.value.column) == (4, column)
+
+
+@pytest.mark.parametrize("value", ["1e300 * 1e300", "9" * 400])
+def test_numbers_overflowing_a_float_are_a_user_error(value):
+    with pytest.raises(BadValueError, match="too large to represent"):
+        cnndsl.parse(LENET + f"dropout {value}\n").analyze()
+
+
+def test_out_of_memory_is_a_user_error(tmp_path):
+    """Sizes under the limit that this machine cannot hold: a user error, not "a bug in cnndsl"."""
+    path = tmp_path / "wide.cnn"
+    path.write_text(NET + "conv 3x3 -> 100000\nconv 3x3 -> 100000\n")  # 9e10 weights: 335 GiB
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+              "from cnndsl.cli import main; sys.argv = ['cnndsl'] + sys.argv[1:]; main()")
+    proc = subprocess.run([sys.executable, "-c", script, "compile", "--target", "onnx", "-o", str(tmp_path / "w.onnx"),
+                           str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "out of memory" in proc.stderr and "fix:" in proc.stderr, proc.stderr

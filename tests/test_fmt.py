@@ -21,10 +21,7 @@ from cnndsl.parser import parse_program
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = sorted((ROOT / "examples").glob("*.cnn")) + sorted((ROOT / "tests" / "fixtures").glob("sketch_*.cnn"))
-CANONICAL = {"alexnet", "cifar_tiny", "convnext_tiny", "fcn_resnet50", "inception", "lenet5", "mobilenet_v1",
-             "mobilenet_v3_small", "resnet50", "resnet101", "unet", "unet_shapes", "vgg16", "mobilenet_v1_sym",
-             "resnet34", "sketch_lenet5", "sketch_inception_a_block", "sketch_expectations",
-             "sketch_data_and_training"}
+
 
 
 def figures(text: str) -> dict:
@@ -56,8 +53,34 @@ def test_every_program_formats_idempotently_to_the_same_figures(path):
     assert tree(once) == tree(text)
     if re.search(r"^input ", text, re.MULTILINE):  # a network, not one of the sketch's fragments
         assert figures(once) == figures(text)
-    if path.stem in CANONICAL:  # the house style the rules were read from
-        assert once == text
+    assert once == text  # every shipped example and sketch program is in the layout the rules describe
+
+
+def test_fmt_check_passes_on_every_example():
+    examples = sorted((ROOT / "examples").glob("*.cnn"))
+    assert len(examples) >= 20
+    proc = run("--check", *map(str, examples))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def test_trailing_comments_align_as_the_author_aligned_them():
+    """A group is the consecutive trailing comments written at one column: it moves together when its
+    code grows past it; a comment written one column off its neighbour (the sketch's ResNet-18) is
+    its own group and stays where it was written, two spaces after its code at least."""
+    sketch = (ROOT / "tests" / "fixtures" / "sketch_resnet18.cnn").read_text(encoding="utf-8")
+    assert "  } shortcut {                 # the projection" in sketch
+    assert "    conv 1x1/s -> c nobias; bn  # where the shapes" in sketch
+    assert format_text(sketch) == sketch
+    source = ("input 3x8x8\n"
+              "conv 3x3->8;relu # a\n"
+              "pool max 2       # b\n"
+              "conv 1x1 -> 4    # c\n"
+              "relu # d\n")
+    assert format_text(source) == ("input 3x8x8\n"
+                                   "conv 3x3 -> 8; relu  # a\n"
+                                   "pool max 2           # b\n"
+                                   "conv 1x1 -> 4        # c\n"
+                                   "relu  # d\n")
 
 
 def test_the_rules():
@@ -187,3 +210,46 @@ def test_command_errors_name_the_place():
     assert proc.returncode == 1
     assert proc.stderr.startswith("<stdin>:2:12: error: the statement is incomplete")
     assert "Traceback" not in proc.stderr
+
+
+def test_stdin_is_decoded_as_files_are(tmp_path):
+    """`fmt -` reads bytes and decodes them with read_source's decoder: a byte-order mark is dropped,
+    a byte that is not UTF-8 is an error at its line and column with the fix, never passed through."""
+    def fmt_stdin(data: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cnndsl.cli", "fmt", "-"], capture_output=True,
+                              input=data, timeout=60)
+
+    proc = fmt_stdin(b"\xef\xbb\xbfinput 3x8x8\nconv 3x3  ->  8\n")
+    assert (proc.returncode, proc.stdout) == (0, b"input 3x8x8\nconv 3x3 -> 8\n"), proc.stderr
+    latin1 = b"network a\ninput 3x8x8\n# caf\xe9\nconv 3x3 -> 4\n"
+    proc = fmt_stdin(latin1)
+    assert (proc.returncode, proc.stdout) == (1, b"")
+    stderr = proc.stderr.decode()
+    assert stderr.startswith("<stdin>:3:6: error: standard input is not UTF-8: byte 0xe9"), stderr
+    assert "fix: send UTF-8; if it is cp1252, convert it first: iconv -f cp1252 -t utf-8" in stderr
+    file = tmp_path / "cafe.cnn"
+    file.write_bytes(latin1)
+    proc = run(str(file))
+    assert proc.returncode == 1 and proc.stderr.startswith(f"{file}:3:6: error: the file is not UTF-8: byte 0xe9")
+    assert file.read_bytes() == latin1
+
+
+def test_an_error_in_one_file_does_not_stop_the_others(tmp_path):
+    """Each file's errors are reported, the files after it are still checked or formatted, exit 1."""
+    good1, bad, good3 = tmp_path / "g1.cnn", tmp_path / "b2.cnn", tmp_path / "g3.cnn"
+    good1.write_text("input 3x8x8\nconv 3x3  -> 8\n", encoding="utf-8")
+    bad.write_text("input 3x8x8\nconv 3x3 ->\n", encoding="utf-8")
+    good3.write_text("input 3x8x8\nconv 3x3 ->  8\n", encoding="utf-8")
+    missing = tmp_path / "missing.cnn"
+    proc = run("--check", str(good1), str(bad), str(good3))
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [f"would reformat {good1}", f"would reformat {good3}"]
+    assert proc.stderr.startswith(f"{bad}:2:12: error: the statement is incomplete")
+    assert proc.stderr.endswith("1 of 3 files not formatted: its errors are above\n")
+    proc = run(str(good1), str(bad), str(missing), str(good3))
+    assert proc.returncode == 1
+    assert f"{missing}: error: cannot read {missing}" in proc.stderr
+    assert proc.stderr.index(f"{bad}:2:12") < proc.stderr.index(f"reformatted {good3}")
+    assert proc.stderr.endswith("2 of 4 files not formatted: their errors are above\n")
+    assert good1.read_text(encoding="utf-8") == good3.read_text(encoding="utf-8") == "input 3x8x8\nconv 3x3 -> 8\n"
+    assert bad.read_text(encoding="utf-8") == "input 3x8x8\nconv 3x3 ->\n"

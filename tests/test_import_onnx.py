@@ -296,6 +296,76 @@ def test_command_writes_program_and_weights_and_reports_errors_without_traceback
     assert "ONNX node #0 (LRN) with input 1x3x8x8 cannot be expressed" in failed.stderr
 
 
+def one_conv(shape=(1, 3, 8, 8)):
+    node, weight = conv("c", "x", "y")
+    return graph_model([node], [weight], shape=shape)
+
+
+def test_command_never_writes_over_the_model_nor_both_outputs_to_one_file(tmp_path):
+    from click.testing import CliRunner
+
+    from cnndsl.cli import main
+
+    model = tmp_path / "m.onnx"
+    onnx.save(one_conv(), model)
+    before = model.read_bytes()
+    runner = CliRunner()
+    for args in (["-o", str(model)], ["-o", str(model), "--force"], ["--weights-out", str(model), "--force"]):
+        refused = runner.invoke(main, ["import", str(model), *args])
+        assert refused.exit_code == 1 and "which this command reads" in refused.output, refused.output
+    (tmp_path / "link.cnn").symlink_to(model)
+    refused = runner.invoke(main, ["import", str(model), "-o", str(tmp_path / "link.cnn"), "--force"])
+    assert refused.exit_code == 1 and "which this command reads" in refused.output
+    both = runner.invoke(main, ["import", str(model), "-o", str(tmp_path / "same.cnn"), "--weights-out",
+                                str(tmp_path / "." / "same.cnn"), "--force"])
+    assert both.exit_code == 1 and "both be written to" in both.output and "--weights-out" in both.output
+    assert model.read_bytes() == before and not (tmp_path / "same.cnn").exists()
+
+
+def test_command_keeps_a_hand_edited_import_unless_forced(tmp_path):
+    from click.testing import CliRunner
+
+    from cnndsl.cli import main
+
+    model = tmp_path / "m.onnx"
+    onnx.save(one_conv(), model)
+    runner = CliRunner()
+    assert runner.invoke(main, ["import", str(model)]).exit_code == 0
+    program = tmp_path / "m.cnn"
+    assert runner.invoke(main, ["import", str(model)]).exit_code == 0  # unedited: replaced without asking
+    edited = program.read_text() + "relu  # mine\n"
+    program.write_text(edited)
+    refused = runner.invoke(main, ["import", str(model)])
+    assert refused.exit_code == 1 and "edited since" in refused.output and "--force" in refused.output
+    assert program.read_text() == edited
+    assert runner.invoke(main, ["import", str(model), "--force"]).exit_code == 0
+    assert "# mine" not in program.read_text()
+
+
+def test_input_that_contradicts_a_fixed_size_is_refused():
+    model = one_conv()
+    assert cnndsl.parse(cnndsl.import_onnx(model, (3, 8, 8)).text).ir.input_shape == (3, 8, 8)  # agreeing is fine
+    for shape in ((3, 32, 32), (1, 8, 8)):
+        with pytest.raises(CnnDslError) as info:
+            cnndsl.import_onnx(model, shape)
+        assert "is fixed at 3x8x8" in info.value.message and "leave out --input" in info.value.hint
+    partly = one_conv(shape=(1, 3, "h", "w"))
+    with pytest.raises(CnnDslError, match=r"fixed at 3x\?x\?"):
+        cnndsl.import_onnx(partly, (1, 16, 16))
+    assert cnndsl.parse(cnndsl.import_onnx(partly, (3, 16, 16)).text).ir.input_shape == (3, 16, 16)
+
+
+def test_an_input_too_small_for_the_model_is_a_user_error_naming_the_size():
+    weight = np.ones((4, 3, 3, 3), np.float32)
+    model = graph_model([helper.make_node("Conv", ["x", "w"], ["y"])], [("w", weight)], shape=(1, 3, "h", "w"))
+    with pytest.raises(CnnDslError) as info:
+        cnndsl.import_onnx(model, (3, 2, 2))
+    message = info.value.message
+    assert "does not work at --input 3x2x2" in message and "kernel 3x3 is larger than its padded input 2x2" in message
+    assert "imported.cnn" not in message and "larger --input" in info.value.hint
+    assert cnndsl.parse(cnndsl.import_onnx(model, (3, 5, 5)).text).report.output == (4, 3, 3)
+
+
 # ---------------------------------------------------------------- ONNX from torch.onnx.export
 
 torch = require("torch")

@@ -176,3 +176,20 @@ def test_half_typed_programs_never_break_a_request(path, cut, dropped, positions
         analysis.definition(line, col)
         completions(text, line, col, analysis.blocks)
     analysis.inlay_hints()
+
+
+def test_hover_prints_figures_as_the_table_does():
+    """RF and jump through summary.pair_text (`7`, not `7x7`) and `-` where there is no spatial field."""
+    from cnndsl.lsp.features import Analysis
+    from cnndsl.summary import table_rows
+
+    text = "network n\ninput 1x16x16\nconv 7x7/2 -> 4\nconv 3x3 -> 4\n"
+    net = cnndsl.parse(text)
+    rows = {row.name: row for row in table_rows(net.report)}
+    hover, _ = Analysis(text, "/tmp/n.cnn").hover(4, 2)
+    last = rows[net.report.layers[-1].name]
+    assert (last.rf, last.jump) == ("11", "2")  # 7 + 2*(3-1); jump 2
+    assert f"| {last.rf} | {last.jump} |" in hover and "11x11" not in hover
+    vector = "network v\ninput 20\nfc 10\n"
+    hover, _ = Analysis(vector, "/tmp/v.cnn").hover(3, 2)
+    assert hover.rstrip().endswith("| - | - |") and "—" not in hover

@@ -183,3 +183,24 @@ def test_a_block_opens_from_the_keyboard_too(page):
     page.focus('#diagram > .diagram g.node.expandable[data-name="basic7"]')
     page.keyboard.press("Enter")
     assert page.locator("#detail .block-detail:visible h3").inner_text() == "basic(512, s=2)"
+
+
+def test_arguments_are_checked_before_any_work(tmp_path, monkeypatch):
+    """--samples 0 is a usage error, and a bad --image or --weights fails before the diagram and the
+    effective field are computed (it failed only after measuring)."""
+    import cnndsl.report_html as report_html
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the report started working before checking its arguments")
+
+    monkeypatch.setattr(report_html, "drawing", no_work)
+    monkeypatch.setattr(report_html, "measure_field", no_work)
+    runner = CliRunner()
+    program, out = str(ROOT / "examples/cifar_tiny.cnn"), str(tmp_path / "r.html")
+    zero = runner.invoke(main, ["report", program, "-o", out, "--samples", "0"])
+    assert zero.exit_code == 2 and "--samples" in zero.output and "measuring" not in zero.output
+    not_image = runner.invoke(main, ["report", program, "-o", out, "--image", program])
+    assert not_image.exit_code == 1 and "cannot read image" in not_image.output, not_image.output
+    not_weights = runner.invoke(main, ["report", program, "-o", out, "--weights", program])
+    assert not_weights.exit_code == 1 and "not a readable safetensors file" in not_weights.output, not_weights.output
+    assert not (tmp_path / "r.html").exists()

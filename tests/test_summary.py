@@ -121,6 +121,9 @@ def test_mlp_has_no_receptive_field():
     assert "receptive field -" in text
     data = net.report.to_json()
     assert all(layer["rf"] is None and layer["jump"] is None for layer in data["layers"])
+    assert data["rf"] is None and data["jump"] is None and data["offset"] is None
+    spatial = cnndsl.parse("network c\ninput 1x8x8\nconv 3x3 -> 2\n").report.to_json()
+    assert spatial["rf"] == [3, 3] and spatial["jump"] == [1, 1] and spatial["offset"] == [1, 1]
 
 
 def test_readable_totals():
@@ -202,3 +205,10 @@ def test_json_pad_same_is_resolved_and_depthwise_groups():
 def test_erf_options_need_erf():
     proc = analyze("--weights", "w.safetensors", str(RESNET18))
     assert proc.returncode == 1 and "--weights only apply" in proc.stderr and "fix: add --erf" in proc.stderr
+
+
+def test_public_formatters():
+    from cnndsl.summary import bytes_text, pair_text
+
+    assert pair_text((27, 27)) == "27" and pair_text((7, 5)) == "7x5"
+    assert bytes_text(3 * 2**20) == "3.00 MiB" and bytes_text(812) == "812 B"

@@ -152,8 +152,10 @@ class Report:
             "network": self.network, "input": list(self.input), "output": list(self.output),
             "params": self.params, "trainable_params": self.trainable_params, "buffers": self.buffers,
             "macs": self.macs, "weight_bytes": self.weight_bytes, "activation_bytes": self.activation_bytes,
-            "rf": list(self.rf), "jump": [rational_json(j) for j in self.jump],
-            "offset": [rational_json(o) for o in self.offset],
+            # A network with no spatial field has none to give: null, as its layers and the table's "-" say.
+            "rf": list(self.rf) if self.fields else None,
+            "jump": [rational_json(j) for j in self.jump] if self.fields else None,
+            "offset": [rational_json(o) for o in self.offset] if self.fields else None,
             "layers": [row.to_json(self.shapes.get(row.name), erf.get(row.name) if erf else None,
                                    field=bool(self.fields)) for row in self.layers],
             "warnings": [{"line": w.span.line if w.span else None, "column": w.span.column if w.span else None,

@@ -37,6 +37,9 @@ __all__ = ["EffectiveField", "centred_extent", "effective_fields"]
 # Bytes of activations (float32, per the Report) one batch of samples may hold: the NumPy model peaks near
 # 2.4 times that (ResNet-18, 8 samples: 528 MiB; a U-Net at 572x572, 1 sample: 2.7 GB).
 FIELD_BUDGET = 1 << 29
+# Bytes of activations ONE sample may hold (batches cannot split a sample): peak near 10 GB. The shipped
+# U-Net (1.1 GiB) and FCN-ResNet-50 (1.8 GiB) fit; `upsample 100000x` (terabytes) is refused at once.
+SAMPLE_LIMIT = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,21 @@ def effective_fields(net: Net, *, samples: int = 8, seed: int = 0, weights: Any 
     report = report if report is not None else net.report
     if len(report.input) != 3:
         return {}
+    if report.activation_bytes > SAMPLE_LIMIT:
+        from ..summary import bytes_text
+
+        raise CnnDslError(
+            f"the effective field needs one sample's activations in memory: "
+            f"{bytes_text(report.activation_bytes)} at input {'x'.join(map(str, report.input))}, "
+            f"over the {bytes_text(SAMPLE_LIMIT)} it allows",
+            hint="measure at a smaller input with --input CxHxW (the activations grow with height x width), "
+                 "or on a network with fewer or smaller layers")
+    if report.weight_bytes > SAMPLE_LIMIT:
+        from ..summary import bytes_text
+
+        raise CnnDslError(f"the effective field needs the network's weights in memory: "
+                          f"{bytes_text(report.weight_bytes)}, over the {bytes_text(SAMPLE_LIMIT)} it allows",
+                          hint="measure a network with fewer channels")
     model = net.to_numpy(resolve_weights(net, weights, seed))
     taps = _output_taps(net.ir, report)
     if layers is None:

@@ -8,12 +8,25 @@ instead of redoing the arithmetic.
 
 from __future__ import annotations
 
+import math
+
 from .. import ir
-from ..errors import CnnDslError, Warnings
+from ..errors import CnnDslError, LimitError, Warnings
 from ..kinds.base import LayerShape, Shape, Window, effective_kernel, fmt, same_padding, window
 
-__all__ = ["LayerShape", "Shape", "Shapes", "Window", "active", "effective_kernel", "fmt", "infer_shapes",
-           "same_padding", "window"]
+__all__ = ["MAX_ELEMENTS", "LayerShape", "Shape", "Shapes", "Window", "active", "check_size", "effective_kernel", "fmt",
+           "infer_shapes", "same_padding", "window"]
+
+# The most values one tensor (an activation of one sample, or a layer's parameters) may hold: 2**40 is
+# 4 TiB of float32, beyond any machine, and keeps every size exact in the backends' 64-bit integers.
+MAX_ELEMENTS = 1 << 40
+
+
+def check_size(values: int, what: str, node: ir.Node) -> None:
+    """Refuse a tensor of more than MAX_ELEMENTS values (`what` says which, for the message)."""
+    if values > MAX_ELEMENTS:
+        raise LimitError(f"{what}: {values:,} values, over the limit of {MAX_ELEMENTS:,} (2**40) per tensor", node.span,
+                         calls=node.calls, hint="use fewer channels or a smaller input")
 
 
 class Shapes(dict):
@@ -35,6 +48,9 @@ class Shapes(dict):
         if known is not None and known.input == shape:
             return known.output  # inferred as the node was built (names are unique)
         layer = node.infer(shape, self)
+        check_size(math.prod(layer.output), f"the output of {node.name} ({fmt(layer.output)})", node)
+        if not node.children():
+            check_size(node.cost(layer).params, f"the parameters of {node.name}", node)
         self[node.name] = layer
         return layer.output
 

@@ -17,7 +17,8 @@ from ..analysis import Report, active
 from ..api import Net, diagnose, parse
 from ..errors import CnnDslError, Diagnostic, Span
 from ..expand import EXPECTATIONS, OPTIMIZERS, SCHEDULES
-from ..kinds.base import fmt, rational_text
+from ..kinds.base import fmt
+from ..summary import pair_text
 from ..syntax import BlockDef
 
 _WORD = re.compile(r"[A-Za-z0-9_.]+")
@@ -113,9 +114,9 @@ class Analysis:
             where = " → ".join(f"line {c.line} `{self._call_text(c)}`" for c in site.calls) or f"`{site.node.name}`"
             params, macs = self.inside(site.node) if site.node.children() else (site.params, site.macs)
             text = site.node.text()
-            rf = fmt(site.rf) if any(site.rf) else "—"
-            jump = "x".join(rational_text(j) for j in site.jump) if any(site.jump) else "—"
-            jump = jump.split("x")[0] if len(set(jump.split("x"))) == 1 else jump
+            # As the table prints them: "-" where the layer has no spatial field (its figures are 0).
+            rf = pair_text(site.rf) if any(site.rf) else "-"
+            jump = pair_text(site.jump) if any(site.jump) else "-"
             out.append(f"| {where} | `{text}` | {fmt(site.output)} | {params:,} | {macs:,} | "
                        f"{rf} | {jump} |")
         return "\n".join(out), span

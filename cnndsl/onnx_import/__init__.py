@@ -90,13 +90,22 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto, input_shape: tuple[i
                                  graph, parse)
     except _FoldingFailed as failure:  # a folding bug must not cost the user the import: write it out
         notes = [*notes, f"the repeated blocks could not be folded ({failure}); the program is written out in full"]
-        text, weights = _checked(program(net_name, shape, preprocess, (), tree, origin, notes), tree, preprocess,
-                                 graph, parse)
+        try:
+            text, weights = _checked(program(net_name, shape, preprocess, (), tree, origin, notes), tree,
+                                     preprocess, graph, parse)
+        except _FoldingFailed as unfolded:  # not the folding, then: the program itself does not check
+            size = "x".join(map(str, shape))
+            if input_shape is not None:
+                raise CnnDslError(f"the model does not work at --input {size}: {unfolded}", source=Source("", path),
+                                  hint="give a larger --input (the size the model was trained at, for one)") from None
+            raise CnnDslError(f"the imported program does not check at the model's input {size}: {unfolded}",
+                              source=Source("", path),
+                              hint="this is a gap in cnndsl's import: please report it with the model") from None
     return Imported(text, weights, tuple(notes))
 
 
 class _FoldingFailed(Exception):
-    pass
+    """The text printed from the graph does not check; the message says where, without a file name."""
 
 
 def _checked(text: str, body, preprocess, graph, parse) -> tuple[str, dict]:
@@ -106,7 +115,11 @@ def _checked(text: str, body, preprocess, graph, parse) -> tuple[str, dict]:
     try:
         net = parse(text, "imported.cnn")
         weights = name_weights(net, body, preprocess)
-    except (CnnDslError, RuntimeError) as err:
+    except CnnDslError as err:
+        where = f"line {err.line} of the program, `{err.source.line_text(err.line).strip()}`: " \
+            if err.line and err.source else ""
+        raise _FoldingFailed(f"{where}{err.message}") from None
+    except RuntimeError as err:
         raise _FoldingFailed(str(err).splitlines()[0]) from None
     expected = graph.shape(graph.output)
     if tuple(net.report.output) != tuple(expected):

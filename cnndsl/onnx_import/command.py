@@ -22,14 +22,18 @@ def import_(model: str, out: str | None, weights_out: str | None, input_shape: s
     """Import an ONNX MODEL as a cnndsl program and its weights (safetensors)."""
     from pathlib import Path
 
-    from ..outputs import check_output, write_atomic
+    from ..errors import CnnDslError
+    from ..outputs import check_output, same_file, write_atomic
     from ..weights import save_weights
     from . import import_onnx
 
     program = Path(out) if out else Path(model).with_suffix(".cnn")
     weights = Path(weights_out) if weights_out else program.with_suffix(".safetensors")
+    if same_file(program, weights):
+        raise CnnDslError(f"the program and the weights would both be written to {program}",
+                          hint="give the weights another name with --weights-out")
     for path in (program, weights):
-        check_output(path, None, force)
+        check_output(path, None, force, reads=[model])  # never over the model, even with --force
     result = import_onnx(model, _shape(input_shape), name=name)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)

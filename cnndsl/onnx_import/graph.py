@@ -111,6 +111,14 @@ def read(model: onnx.ModelProto, path: str, input_shape: tuple[int, ...] | None 
             raise CnnDslError(f"--input {'x'.join(map(str, input_shape))} has {len(input_shape)} dimension(s) but "
                               f"the model's input {given.name} has {len(dims) - 1} after the batch", source=source,
                               hint="give CxHxW for an image model")
+        fixed = [d for d in dims[1:] if d is not None and d > 0]
+        if fixed and any(d is not None and d > 0 and d != want for d, want in zip(dims[1:], input_shape, strict=True)):
+            shown = "x".join("?" if d is None or d < 1 else str(d) for d in dims[1:])
+            everything = len(fixed) == len(dims) - 1
+            raise CnnDslError(f"--input {'x'.join(map(str, input_shape))} contradicts the model, whose input "
+                              f"'{given.name}' is fixed at {shown} after the batch", source=source,
+                              hint="leave out --input, the size is fixed" if everything else
+                              f"give an --input that keeps the sizes the model fixes ({shown})")
         dims = [dims[0] if dims else None, *input_shape]
     elif len(dims) < 2 or any(d is None or d < 1 for d in dims[1:]):
         shown = "x".join("?" if d is None else str(d) for d in dims[1:])

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import ir
 from ..kinds.base import Padding, number_text
+from ..outputs import stamped
 from .layers import Branching, Call, Item, Layer
 
 POINTWISE = (ir.BatchNorm, ir.Activation, ir.LayerNorm, ir.GroupNorm, ir.LayerScale, ir.Dropout, ir.DropPath)
@@ -114,8 +115,7 @@ def _tuple(values: np.ndarray) -> str:
 def program(name: str, input_shape: tuple[int, ...], preprocess: dict[str, np.ndarray], blocks, body,
             origin: str, notes: list[str]) -> str:
     """The whole file: a header comment, the block definitions, the network."""
-    head = [f"# imported from {origin} by 'cnndsl import'"]
-    head += [f"# note: {note}" for note in notes]
+    head = [f"# note: {note}" for note in notes]
     block_params = {b.name: b.params for b in blocks}
     text = head + [""]
     for block in blocks:
@@ -133,4 +133,4 @@ def program(name: str, input_shape: tuple[int, ...], preprocess: dict[str, np.nd
         text.append("preprocess { " + "; ".join(section) + " }")
     text.append("")
     text.extend(lines(body, {}, block_params))
-    return "\n".join(text) + "\n"
+    return stamped(f"# imported from {origin} by 'cnndsl import'", "\n".join(text) + "\n")
