@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +156,12 @@ def read_source(path: str | os.PathLike) -> str:
                           hint="check the path and that the file is readable",
                           source=Source("", shown)) from None
     return decode_source(data, shown)
+
+
+def read_argument(file: str) -> str:
+    """The text of a command's FILE argument: standard input for '-', else the file, both decoded
+    as `read_source` decodes files."""
+    return decode_source(sys.stdin.buffer.read(), "<stdin>") if file == "-" else read_source(file)
 
 
 def decode_source(data: bytes, path: str) -> str:

@@ -82,9 +82,12 @@ def _user_errors(command):
     return wrapper
 
 
-def _print_warnings(net) -> None:
-    for warning in net.check():
+def _print_warnings(net) -> int:
+    """Print the network's warnings; return how many there were."""
+    warnings = net.check()
+    for warning in warnings:
         click.echo(warning.render(net.source), err=True)
+    return len(warnings)
 
 
 class _Commands(click.Group):
@@ -129,12 +132,12 @@ def main(ctx: click.Context) -> None:
 def check(file: str, input_shape: str | None, output_format: str) -> None:
     """Check FILE ('-': standard input): syntax, shapes, alignment and `expect` lines. Every
     independent error is reported; exit status 1 on errors."""
-    from .api import decode_source, diagnose, parse, read_source
+    from .api import diagnose, parse, read_argument
 
     path = "<stdin>" if file == "-" else file
     if output_format == "json":
         try:
-            text = decode_source(sys.stdin.buffer.read(), path) if file == "-" else read_source(file)
+            text = read_argument(file)
             diagnostics = diagnose(text, path, _shape(input_shape))
         except CnnDslError as err:  # an unreadable or non-UTF-8 file, a bad --input: still JSON
             diagnostics = [each.diagnostic()._replace(path=path) for each in err.errors]
@@ -142,11 +145,9 @@ def check(file: str, input_shape: str | None, output_format: str) -> None:
         if any(d.severity == "error" for d in diagnostics):
             sys.exit(EXIT_USER_ERROR)
         return
-    text = decode_source(sys.stdin.buffer.read(), path) if file == "-" else read_source(file)
-    net = parse(text, path, _shape(input_shape))
+    net = parse(read_argument(file), path, _shape(input_shape))
     report = net.analyze()
-    _print_warnings(net)
-    warnings = len(net.check())
+    warnings = _print_warnings(net)
     click.echo(f"{path}: ok: {net.name}, {report.params:,} parameters, output "
                f"{'x'.join(map(str, report.output))}" + (f", {warnings} warning(s)" if warnings else ""))
 

@@ -271,13 +271,6 @@ def format_text(text: str, path: str = "<string>") -> str:
 # ---------------------------------------------------------------- the command
 
 
-def _read(path: str) -> str:
-    # UTF-8 with or without a byte-order mark (which is not written back), stdin decoded as files are
-    from .api import decode_source, read_source
-
-    return decode_source(sys.stdin.buffer.read(), "<stdin>") if path == "-" else read_source(path)
-
-
 @click.command(name="fmt")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--check", is_flag=True, help="Change nothing; list the files that would change, exit 1 if any.")
@@ -286,12 +279,13 @@ def fmt(files: tuple[str, ...], check: bool) -> None:
     """Lay out .cnn files the one canonical way; '-' reads stdin and writes stdout."""
     from pathlib import Path
 
+    from .api import read_argument
     from .outputs import write_atomic
 
     changed = failed = 0
     for path in files:
         try:
-            text = _read(path)
+            text = read_argument(path)  # a byte-order mark is dropped, and not written back
             formatted = format_text(text, "<stdin>" if path == "-" else path)
         except CnnDslError as err:  # this file is reported and left alone; the others are still formatted
             failed += 1
