@@ -453,12 +453,6 @@ def _comment(text: str) -> str:
     return text.replace("--", "- -")  # `--` may not appear inside an XML comment
 
 
-def default_output(net, suffix: str) -> Path:
-    """FILE's name with `suffix`, next to it (`net.svg` for `net.cnn`): the naming rule of
-    `outputs.default_output` for a one-file output named after the program (as ONNX is)."""
-    return outputs.default_output(net, "onnx").with_suffix(suffix)
-
-
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Output .svg (default: next to FILE).")
@@ -475,7 +469,7 @@ def draw(file: str, out: str | None, force: bool, input_shape: str | None) -> No
 
         net = load(file, _shape(input_shape))
         _print_warnings(net)
-        path = Path(out) if out is not None else default_output(net, ".svg")
+        path = Path(out) if out is not None else outputs.beside_source(net, ".svg")
         write_output(path, svg_bytes(net), net, force=force)
         click.echo(f"wrote {path}")
 

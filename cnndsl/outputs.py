@@ -44,11 +44,18 @@ def _digest(data: bytes) -> str:
 
 
 def default_output(net, target: str) -> Path:
-    source = Path(net.source.path)
-    stem = source.stem if net.source.path != "<string>" else net.name
+    """Where `compile --target` writes without -o: `net_torch.py`, `net_numpy.py`, `net.onnx`."""
     suffix = SUFFIX[target]
-    name = f"{stem}_{target}{suffix}" if target != "onnx" else f"{stem}{suffix}"
-    return source.with_name(name) if net.source.path != "<string>" else Path(name)
+    return beside_source(net, f"_{target}{suffix}" if target != "onnx" else suffix)
+
+
+def beside_source(net, ending: str) -> Path:
+    """FILE's stem + `ending`, next to FILE (`net.svg` for `net.cnn`); for a program with no file,
+    the network's name + `ending` in the current folder."""
+    if net.source.path == "<string>":
+        return Path(net.name + ending)
+    source = Path(net.source.path)
+    return source.with_name(source.stem + ending)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

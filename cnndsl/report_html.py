@@ -29,7 +29,6 @@ from .analysis.shapes import active
 from .draw import (
     Item,
     Layout,
-    default_output,
     drawing,
     group,
     kind_colour,
@@ -583,11 +582,11 @@ def report(file: str, out: str | None, weights: str | None, image: str | None, s
     @_user_errors
     def run() -> None:
         from .api import load
-        from .outputs import check_output, write_output
+        from .outputs import beside_source, check_output, write_output
 
         net = load(file, _shape(input_shape))
         _print_warnings(net)
-        path = Path(out) if out is not None else default_output(net, ".html")
+        path = Path(out) if out is not None else beside_source(net, ".html")
         check_output(path, net, force)  # before the minutes of work, not after
         page = build(net, weights=weights, image=image, samples=samples, seed=seed, on_measure=lambda layer: click.echo(
             f"measuring the effective field of {layer} over {samples} random inputs", err=True))

@@ -169,13 +169,19 @@ def test_cli_reports_a_bad_program_without_a_traceback(tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "bad.svg").exists()
 
 
-def test_default_output_follows_the_one_naming_rule(monkeypatch):
-    """draw (and report) name their file by outputs.default_output's rule, not a copy of it."""
+def test_default_output_follows_the_one_naming_rule(monkeypatch, tmp_path):
+    """draw (and report) name their file by the rule compile's default_output uses, not a copy of it."""
     from pathlib import Path
 
-    from cnndsl import draw, outputs
+    from cnndsl import outputs
 
     net = cnndsl.parse("network tiny\ninput 1x8x8\nconv 3x3 -> 2\n")
-    assert draw.default_output(net, ".svg") == Path("tiny.svg")
-    monkeypatch.setattr(outputs, "default_output", lambda net, target: Path("elsewhere/renamed.onnx"))
-    assert draw.default_output(net, ".svg") == Path("elsewhere/renamed.svg")
+    assert outputs.beside_source(net, ".svg") == Path("tiny.svg")
+    assert outputs.default_output(net, "onnx") == Path("tiny.onnx")
+    monkeypatch.setattr(outputs, "beside_source", lambda net, ending: tmp_path / ("renamed" + ending))
+    assert outputs.default_output(net, "onnx") == tmp_path / "renamed.onnx"  # one rule for both
+    program = tmp_path / "tiny.cnn"
+    program.write_text("network tiny\ninput 1x8x8\nconv 3x3 -> 2\n")
+    result = CliRunner().invoke(main, ["draw", str(program)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "renamed.svg").exists() and not (tmp_path / "tiny.svg").exists()
