@@ -89,13 +89,22 @@ class Report:
     offset: tuple[Rational, Rational]
     warnings: tuple[Diagnostic, ...] = ()
     shapes: Shapes = field(default_factory=Shapes, repr=False, compare=False)
-    # node name -> receptive field of its output, and of its input (for `explain`)
+    # node name -> receptive field of its output
     fields: dict[str, Field] = field(default_factory=dict, repr=False, compare=False)
-    field_inputs: dict[str, Field] = field(default_factory=dict, repr=False, compare=False)
     # What the rows are made from, when first asked for: the network, and the nodes after a gate
     # or group norm (`LayerReport.global_context`).
     network_ir: ir.Network | None = field(default=None, repr=False, compare=False)
     global_context: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    @cached_property
+    def field_inputs(self) -> dict[str, Field]:
+        """node name -> the receptive field it starts from (what `explain` shows as "rf: before -> after"),
+        from the field pass run again when first asked for."""
+        if not self.fields or self.network_ir is None:
+            return {}
+        inputs: dict[str, Field] = {}
+        receptive_fields(self.network_ir, self.shapes, inputs)
+        return inputs
 
     @cached_property
     def layers(self) -> tuple[LayerReport, ...]:
@@ -209,10 +218,9 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
     """All figures for `network` (at `input_shape` if given). Raises CnnDslError on a shape error or a
     broken `expect` line."""
     shapes = infer_shapes(network, input_shape)
-    field_inputs: dict[str, Field] = {}  # node name -> the field it starts from (Report.explain)
     context: set[str] = set()  # nodes after a gate or group norm
     spatial = len(input_shape or network.input_shape) == 3
-    fields = receptive_fields(network, shapes, field_inputs, context) if spatial else {}
+    fields = receptive_fields(network, shapes, None, context) if spatial else {}
     params = trainable = buffers = macs = activations = 0
     for node in active(network.body, shapes):
         if type(node) is ir.Seq:
@@ -235,7 +243,7 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
         weight_bytes=(params + buffers) * BYTES_PER_VALUE, activation_bytes=activations * BYTES_PER_VALUE,
         rf=final.size if final else (0, 0), jump=final.jump if final else (0, 0),
         offset=final.start if final else (0, 0), warnings=tuple(shapes.warnings.items), shapes=shapes,
-        fields=fields, field_inputs=field_inputs, network_ir=network, global_context=frozenset(context))
+        fields=fields, network_ir=network, global_context=frozenset(context))
     if check_expects:
         try:
             check_expectations(network, report)

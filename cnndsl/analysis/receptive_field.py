@@ -26,7 +26,7 @@ class FieldPass:
     def __init__(self, shapes: Shapes, inputs: dict[str, Field] | None = None):
         self.shapes = shapes
         self.fields: dict[str, Field] = {}
-        self.inputs: dict[str, Field] = inputs if inputs is not None else {}
+        self.inputs = inputs  # recorded only where asked for: `explain` wants them, `check` does not
         # After a squeeze-and-excitation gate or group norm's statistics, every output depends on the
         # whole input; the field stays what the spatial path sees. A kind's rule sets the flag, and
         # `global_context` collects the nodes whose output comes after such a layer.
@@ -34,7 +34,8 @@ class FieldPass:
         self.global_context: set[str] = set()
 
     def field(self, node: ir.Node, before: Field) -> Field:
-        self.inputs[node.name] = before
+        if self.inputs is not None:
+            self.inputs[node.name] = before
         out = self.fields[node.name] = node.field(before, self)
         if self.context:
             self.global_context.add(node.name)
