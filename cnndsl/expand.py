@@ -244,7 +244,9 @@ class _Expander:
     def statement(self, stmt: S.Statement, scope: _Scope, frame: _Frame, shape: Shape | None
                   ) -> tuple[list[ir.Node], Shape | None]:
         if type(stmt) is S.Layer:  # most statements
-            self.count(1, stmt, frame)
+            self.nodes += 1
+            if self.nodes > MAX_NODES:
+                self.count(0, stmt, frame)  # raises
             return self.layer(stmt, scope, frame, shape)
         if isinstance(stmt, S.Repeat):
             count = self.integer(stmt.count, frame, "a repeat count", minimum=0)  # x 0: a switch, e.g. `x use_se`
@@ -389,16 +391,16 @@ class _Expander:
     # ------------------------------------------------------------ layers
     def layer(self, stmt: S.Layer, scope: _Scope, frame: _Frame, shape: Shape | None
               ) -> tuple[list[ir.Node], Shape | None]:
-        span = stmt.span
+        line, column, end_line, end_column = span = stmt.span
         key = None
-        if shape is not None and span.end_line == span.line:
-            key = (self.lines[span.line - 1][span.column - 1:span.end_column - 1], frame.values, shape)
+        if shape is not None and end_line == line:
+            key = (self.lines[line - 1][column - 1:end_column - 1], frame.values, shape)
             known = self.built.get(key)
             if known is not None:
                 node, stem, layer_shape = known
-                node = node.moved(scope.name(stem), span, frame.calls)
-                self.shapes[node.name] = layer_shape
-                return [node], layer_shape.output
+                name = scope.name(stem)
+                self.shapes[name] = layer_shape
+                return [node.moved(name, span, frame.calls)], layer_shape.output
         options: dict[str, S.Option] = {}
         for option in stmt.options:
             if option.key in options:
@@ -594,7 +596,8 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
         raise CnnDslError.collect(_distinct(errors))
 
     body = ir.Seq(name="", span=statements[0].span, items=tuple(items))
-    expander.shapes.infer(body, input_shape)
+    # Each statement's shape was inferred as it was built: the body's runs from the input to the last.
+    expander.shapes[body.name] = LayerShape(input_shape, shape)
     if expander.droppaths:
         _check_droppaths(body)
     expander.shapes.body = body
