@@ -11,6 +11,7 @@ import difflib
 import operator
 from dataclasses import dataclass, field
 from functools import cached_property
+from math import prod
 from typing import TYPE_CHECKING, NamedTuple
 
 from .. import ir
@@ -221,17 +222,17 @@ def analyze(network: ir.Network, input_shape: tuple[int, ...] | None = None, *, 
     context: set[str] = set()  # nodes after a gate or group norm
     spatial = len(input_shape or network.input_shape) == 3
     fields = receptive_fields(network, shapes, None, context) if spatial else {}
-    params = trainable = buffers = macs = activations = 0
+    params = buffers = macs = activations = 0
     for node in active(network.body, shapes):
         if type(node) is ir.Seq:
             continue
-        shape = shapes.of(node)
+        shape = shapes[node.name]
         cost = node.cost(shape)
         params += cost.params
-        trainable += cost.params
         buffers += cost.buffers
         macs += cost.macs
-        activations += _numel(shape.output)
+        activations += prod(shape.output)
+    trainable = params
     pre = network.preprocess
     if pre is not None:
         buffers += 1 + (2 * network.input_shape[0] if pre.standardize else 0)
@@ -274,13 +275,6 @@ def _rows(network: ir.Network, shapes: Shapes, fields: dict[str, Field], context
             shape.output, cost.params, cost.macs, f.size if f else (0, 0), f.jump if f else (0, 0),
             f.start if f else (0, 0), lines, node, node.name in context))
     return rows
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for d in shape:
-        total *= d
-    return total
 
 
 def _indents(node: ir.Node) -> bool:

@@ -73,7 +73,20 @@ def infer_shapes(network: ir.Network, input_shape: Shape | None = None) -> Shape
 
 def active(node: ir.Node, shapes: Shapes) -> list[ir.Node]:
     """Nodes that take part in the computation, in order: a shortcut that does not project is skipped."""
-    return [each for each, _ in active_depths(node, shapes)]
+    out: list[ir.Node] = []
+    pending = [node]  # a stack, the next node on top: deep networks need no recursion
+    while pending:
+        node = pending.pop()
+        out.append(node)
+        if type(node) is ir.Residual:
+            if node.shortcut is not None and shapes[node.name].projects:
+                pending.append(node.shortcut)
+            pending.append(node.body)
+        else:
+            children = node.children()
+            if children:
+                pending.extend(reversed(children))
+    return out
 
 
 def active_depths(node: ir.Node, shapes: Shapes, indents: Callable[[ir.Node], bool] = lambda node: False
