@@ -37,19 +37,22 @@ class _Scope:
     prefix: str
     counts: dict[str, int] = field(default_factory=dict)
     used: set = field(default_factory=set)
+    stems: dict[str, str] = field(default_factory=dict)  # kind -> the name before its number
 
     def name(self, kind: str) -> str:
-        # `relu6` and a block called `conv3` end in a digit: their first use is `relu6_1`, `conv3_1`,
-        # never `relu61`/`conv31`, which the 61st relu or the 31st conv of the scope would also get.
-        sep = "_" if kind[-1:].isdigit() else ""
-        count = self.counts.get(kind, 0)
-        while True:
+        stem = self.stems.get(kind)
+        if stem is None:
+            # `relu6` and a block called `conv3` end in a digit: their first use is `relu6_1`, `conv3_1`,
+            # never `relu61`/`conv31`, which the 61st relu or the 31st conv of the scope would also get.
+            stem = self.stems[kind] = self.prefix + kind + ("_" if kind[-1:].isdigit() else "")
+        count = self.counts.get(kind, 0) + 1
+        name = stem + str(count)
+        while name in self.used:  # a last guard, e.g. blocks `conv3` and `conv3_`
             count += 1
-            name = f"{self.prefix}{kind}{sep}{count}"
-            if name not in self.used:  # a last guard, e.g. blocks `conv3` and `conv3_`
-                self.counts[kind] = count
-                self.used.add(name)
-                return name
+            name = stem + str(count)
+        self.counts[kind] = count
+        self.used.add(name)
+        return name
 
 
 @dataclass
@@ -276,19 +279,30 @@ class _Expander:
         # The children's shapes are known by now: the compound's own rule only joins them.
         return [node], self.infer(node, shape)
 
+    def sequence(self, shape: Shape | None, out: Shape | None, **fields) -> ir.Seq:
+        """A Seq of statements already expanded from `shape` to `out`: its shape is known without
+        running its rule over them again."""
+        seq = ir.Seq(**fields)
+        if shape is not None and out is not None:
+            self.shapes[seq.name] = LayerShape(shape, out)
+        return seq
+
     def compound(self, stmt: S.Statement, scope: _Scope, frame: _Frame, shape: Shape | None) -> ir.Node:
         if isinstance(stmt, S.Call):
             return self.call(stmt, scope, frame, shape)
         if isinstance(stmt, S.Residual):
             name = scope.name("residual")
             items, body_shape = self.statements(stmt.body, scope, frame, shape)
-            body = ir.Seq(name=f"{name}.body", span=stmt.span, calls=frame.calls, items=tuple(items))
+            body = self.sequence(shape, body_shape, name=f"{name}.body", span=stmt.span, calls=frame.calls,
+                                 items=tuple(items))
             shortcut = None
             if stmt.shortcut is not None:
                 inner = _Scope(scope.name("shortcut") + ".")
                 projects = stmt.always or body_shape != shape
-                items, _ = self.statements(stmt.shortcut, inner, frame, shape if projects else None)
-                shortcut = ir.Seq(name=inner.prefix[:-1], span=stmt.span, calls=frame.calls, items=tuple(items))
+                used = shape if projects else None
+                items, out = self.statements(stmt.shortcut, inner, frame, used)
+                shortcut = self.sequence(used, out, name=inner.prefix[:-1], span=stmt.span, calls=frame.calls,
+                                         items=tuple(items))
             return ir.Residual(name=name, span=stmt.span, calls=frame.calls, body=body, shortcut=shortcut,
                                always=stmt.always)
         assert isinstance(stmt, S.Branches)
@@ -300,8 +314,9 @@ class _Expander:
         branches = []
         for index, (body, span) in enumerate(zip(stmt.branches, stmt.branch_spans, strict=True), 1):
             inner = _Scope(f"{name}.branch{index}.")
-            items, _ = self.statements(body, inner, frame, shape)
-            branches.append(ir.Seq(name=inner.prefix[:-1], span=span, calls=frame.calls, items=tuple(items)))
+            items, out = self.statements(body, inner, frame, shape)
+            branches.append(self.sequence(shape, out, name=inner.prefix[:-1], span=span, calls=frame.calls,
+                                          items=tuple(items)))
         if stmt.kind == "concat_crop":  # `concat crop { ... }`: a concat that centre-crops its larger branches
             return ir.Concat(name=name, span=stmt.span, calls=frame.calls, branches=tuple(branches), crop=True)
         node_type = {"concat": ir.Concat, "add": ir.Add, "mul": ir.Mul}[stmt.kind]
@@ -341,9 +356,9 @@ class _Expander:
         nodes, warnings = self.nodes, len(self.shapes.warnings.items)
         inner_frame = _Frame(env, calls, frame.blocks_on_stack + (stmt.block,), block.name, in_c)
         inner = _Scope(scope.name(block.name) + ".")
-        items, _ = self.statements(block.body, inner, inner_frame, shape)
-        seq = ir.Seq(name=inner.prefix[:-1], span=block.span, calls=calls, items=tuple(items), block=block.name,
-                     args=tuple(env.items()))
+        items, out = self.statements(block.body, inner, inner_frame, shape)
+        seq = self.sequence(shape, out, name=inner.prefix[:-1], span=block.span, calls=calls, items=tuple(items),
+                            block=block.name, args=tuple(env.items()))
         if key is not None and len(self.shapes.warnings.items) == warnings and len(self.called) < MAX_BUILT:
             self.shapes.infer(seq, shape)
             self.called[key] = (seq, self.nodes - nodes + 1)

@@ -49,8 +49,10 @@ class Shapes(dict):
         if known is not None and known.input == shape:
             return known.output  # inferred as the node was built (names are unique)
         layer = node.infer(shape, self)
-        check_size(math.prod(layer.output), f"the output of {node.name} ({fmt(layer.output)})", node)
-        if not node.children():
+        # (The sizes are compared first: the message is made only for a tensor that is too large.)
+        if math.prod(layer.output) > MAX_ELEMENTS:
+            check_size(math.prod(layer.output), f"the output of {node.name} ({fmt(layer.output)})", node)
+        if not node.children() and node.cost(layer).params > MAX_ELEMENTS:
             check_size(node.cost(layer).params, f"the parameters of {node.name}", node)
         self[node.name] = layer
         return layer.output
