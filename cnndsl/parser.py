@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from typing import NamedTuple
 
 from . import syntax as S
 from .errors import MAX_ERRORS, CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
@@ -56,16 +57,6 @@ _TERMINAL_WORDS = {
     "FLIP_AXIS": " or ".join(f"'{w}'" for w in TERMINAL_WORDS["FLIP_AXIS"]),
     "SETTING": f"a setting ({', '.join(TERMINAL_WORDS['SETTING'])})",
 }
-
-
-@functools.cache
-def _parser() -> Lark:
-    """lark's stand-alone LALR parser, with its reduce actions replaced by `_callback`s: parsing
-    builds the syntax nodes directly."""
-    parser = Lark_StandAlone()
-    table_parser = parser.parser.parser.parser  # ParsingFrontend -> LALR_Parser -> _Parser
-    table_parser.callbacks = {rule: _callback(rule, _TRANSFORMER) for rule in table_parser.callbacks}
-    return parser
 
 
 _new_tuple = tuple.__new__  # Span(...) without NamedTuple's Python-level __new__: one per token and node
@@ -423,88 +414,189 @@ class _ToSyntax:
         return S.Setting("schedule", (str(items[0]), *items[1:]), (), span)
 
 
-class _Spliced(list):
-    """The children of an inlined rule (`_stmt`, `_atom`, a `x*` repetition): its parent takes
-    them as its own, as lark's tree builder would."""
+# ---------------------------------------------------------------- parsing
+#
+# Every value on the parser's stack is an entry (value, line, column, end_line, end_column): a
+# shifted token's entry holds the lark Token when some rule keeps that terminal (NAME, NUMBER, ...)
+# and None for keywords and separators, which only their positions outlive; a reduced rule's entry
+# holds its syntax node, or for an inlined rule (`_stmt`, a `x*` repetition) the list of its kept
+# children, which the parent splices in as lark's tree builder would. The positions are the span
+# of the rule (its first token to its last); an empty rule has None there, and Span(0, 0).
+#
+# Each rule's reduce action is a small function generated from the rule (`_reducer`): it knows
+# which children are kept, which are spliced and where the span starts and ends, so no type is
+# tested while parsing. A rule that leaves its one child as it is (`_atom: number`, `?expr: _sum`)
+# has no action at all: the parser only changes state.
 
 
-def _first_token(children: list) -> Token | None:
-    for child in children:
-        first = child if type(child) is Token else child[1]
-        if first is not None:
-            return first
-    return None
-
-
-def _last_token(children: list) -> Token | None:
-    for child in reversed(children):
-        last = child if type(child) is Token else child[2]
-        if last is not None:
-            return last
-    return None
-
-
-def _callback(rule, transformer: _ToSyntax):
-    """The parser's action when it reduces `rule`: what lark's tree builder does (drop the
-    keywords and separators, splice inlined rules, pass a lone child of a `?rule` through), but
-    calling `transformer`'s method for the rule at once instead of building a tree node.
-
-    Every value on the parser's stack is a Token or a triple (value, first token, last token):
-    the rule's span runs from its first token to its last (Span(0, 0) for an empty one)."""
-    keep = tuple(i for i, symbol in enumerate(rule.expansion)
-                 if rule.options.keep_all_tokens or not (symbol.is_term and symbol.filter_out))
-    inline = rule.origin.name.startswith("_")
-    expand1 = rule.options.expand1
-    method = None if inline else getattr(transformer, rule.alias or rule.origin.name, None)
-    if method is None and not (inline or expand1):
-        raise AssertionError(f"the grammar's rule '{rule.origin.name}' has no method in _ToSyntax")
-    token_type, new_tuple = Token, tuple.__new__
-    if expand1 and keep == (0,) and len(rule.expansion) == 1:
-        def collapse(children: list):  # `?expr: _sum`: the lone child is the value
-            child = children[0]
-            if type(child) is token_type:
-                return (child, child, child)
-            value = child[0]
-            if type(value) is _Spliced:
-                if len(value) == 1:
-                    return (value[0], child[1], child[2])
-                span = Span(child[1].line, child[1].column, child[2].end_line, child[2].end_column)
-                return (method(span, value), child[1], child[2])
-            return child
-        return collapse
-
-    def reduce(children: list):
-        values: list = []
-        for index in keep:
-            child = children[index]
-            if type(child) is token_type:
-                values.append(child)
-                continue
-            value = child[0]
-            if type(value) is _Spliced:
-                if values:
-                    values.extend(value)
-                else:
-                    values = value  # left recursion (`a*`): extend the same list, linear in its length
+def _rule_facts(rules) -> tuple[set[str], dict[str, set[str]], dict]:
+    """What the reduce actions are generated from: the nullable rules (which may span nothing),
+    what kind of value each rule leaves on the stack ("list" for a spliced one, "item" otherwise,
+    or both), and each rule's kept children (indices into its expansion)."""
+    keep = {rule: tuple(i for i, symbol in enumerate(rule.expansion)
+                        if rule.options.keep_all_tokens or not (symbol.is_term and symbol.filter_out))
+            for rule in rules}
+    nullable: set[str] = set()
+    kinds: dict[str, set[str]] = {rule.origin.name: set() for rule in rules}
+    changed = True
+    while changed:  # fixed points of both, over the rules
+        changed = False
+        for rule in rules:
+            name = rule.origin.name
+            if name not in nullable and all(not s.is_term and s.name in nullable for s in rule.expansion):
+                nullable.add(name)
+                changed = True
+            if name.startswith("_") and len(keep[rule]) == 1:  # `_atom: "(" expr ")"`: the child's value
+                child = rule.expansion[keep[rule][0]]
+                made = {"item"} if child.is_term else kinds[child.name]
             else:
-                values.append(value)
-        if children:
-            first, last = children[0], children[-1]
-            if type(first) is not token_type:
-                first = first[1] if first[1] is not None else _first_token(children)
-            if type(last) is not token_type:
-                last = last[2] if last[2] is not None else _last_token(children)
-        else:
-            first = last = None
-        if inline:
-            return (values if type(values) is _Spliced else _Spliced(values), first, last)
-        if expand1 and len(values) == 1:
-            return (values[0], first, last)
-        span = (new_tuple(Span, (first.line, first.column, last.end_line, last.end_column)) if first is not None
-                else Span(0, 0))
-        return (method(span, values), first, last)
+                made = {"list"} if name.startswith("_") else {"item"}
+            if not made <= kinds[name]:
+                kinds[name] |= made
+                changed = True
+    return nullable, kinds, keep
 
-    return reduce
+
+def _passes_through(rule, keep: tuple[int, ...]) -> str | None:
+    """"inline" for an inlined rule of one kept symbol (`_atom: number`), "collapse" for a `?rule`
+    of one (`?expr: _sum`): both leave their child's value as it is, unless it is a spliced list."""
+    if len(rule.expansion) != 1 or keep != (0,):
+        return None
+    if rule.origin.name.startswith("_"):
+        return "inline"
+    return "collapse" if rule.options.expand1 else None
+
+
+def _reducer(rule, keep, nullable, kinds, transformer: _ToSyntax):
+    """The reduce action of `rule` (a function of the list of its children's entries, returning
+    its own entry), or None when the rule's value is its one child's: the parser then only
+    changes state."""
+    expansion, name = rule.expansion, rule.origin.name
+    inline, expand1 = name.startswith("_"), rule.options.expand1
+    method = None if inline else getattr(transformer, rule.alias or name, None)
+    child_kinds = [{"item"} if s.is_term else kinds[s.name] for s in expansion]
+    passes = _passes_through(rule, keep)
+    if passes == "inline" or (passes == "collapse" and child_kinds[0] == {"item"}):
+        return None
+    if method is None and not inline and not (passes == "collapse"):
+        raise AssertionError(f"the grammar's rule '{name}' has no method in _ToSyntax")
+    names = {"Span": Span, "new_tuple": _new_tuple, "method": method, "first_entry": _first_entry,
+             "last_entry": _last_entry}
+    size = len(expansion)
+    lines = ["def reduce(c):"]
+    if size:
+        lines.append(f"    {''.join(f'c{i}, ' for i in range(size))}= c")
+    if passes == "collapse":  # `?rule: _spliced` and the child is a list of values
+        lines += ["    v = c0[0]",
+                  "    if type(v) is not list: return c0",
+                  "    if len(v) == 1: return (v[0], c0[1], c0[2], c0[3], c0[4])",
+                  "    return (method(new_tuple(Span, c0[1:]), v), c0[1], c0[2], c0[3], c0[4])"]
+        return _compile(lines, names)
+    parts = []
+    for i in keep if not (inline and len(keep) == 1) else ():
+        if child_kinds[i] == {"item"}:
+            parts.append(f"c{i}[0]")
+        else:
+            lines.append(f"    v{i} = c{i}[0]")
+            if child_kinds[i] != {"list"}:
+                lines.append(f"    if type(v{i}) is not list: v{i} = [v{i}]")
+            parts.append(f"*v{i}")
+    if inline and len(keep) == 1:  # `_atom: "(" expr ")"`: its value is its one child's, not spliced
+        lines.append(f"    values = c{keep[0]}[0]")
+    elif parts and parts[0].startswith("*"):
+        # Reuse the first spliced list: a left-recursive `x*` grows one list, linear in its length.
+        lines.append(f"    values = {parts[0][1:]}")
+        if parts[1:]:
+            lines.append(f"    values += [{', '.join(parts[1:])}]")
+    else:
+        lines.append(f"    values = [{', '.join(parts)}]")
+
+    def edge(indices, fallback):  # the child that starts (ends) the span; a nullable one may be empty
+        for i in indices:
+            if expansion[i].is_term or expansion[i].name not in nullable:
+                return f"c{i}" if i == indices[0] else f"{fallback}(c)"
+        return f"{fallback}(c)"
+
+    if size:
+        lines += [f"    f = {edge(range(size), 'first_entry')}",
+                  f"    z = {edge(range(size - 1, -1, -1), 'last_entry')}"]
+    else:
+        lines += ["    f = z = None"]
+    if size == 0 or "entry" in lines[-2]:
+        lines += ["    if f is None:",
+                  "        line = column = end_line = end_column = None",
+                  "        span = Span(0, 0)",
+                  "    else:",
+                  "        line, column, end_line, end_column = f[1], f[2], z[3], z[4]",
+                  "        span = new_tuple(Span, (line, column, end_line, end_column))"]
+    else:
+        lines += ["    line, column, end_line, end_column = f[1], f[2], z[3], z[4]"]
+        if not inline:
+            lines.append("    span = new_tuple(Span, (line, column, end_line, end_column))")
+    if inline:
+        lines.append("    return (values, line, column, end_line, end_column)")
+    else:
+        if expand1:
+            lines.append("    if len(values) == 1: return (values[0], line, column, end_line, end_column)")
+        lines.append("    return (method(span, values), line, column, end_line, end_column)")
+    return _compile(lines, names)
+
+
+def _compile(lines: list[str], names: dict):
+    exec("\n".join(lines), names)  # noqa: S102 - code generated from the grammar's rules above
+    return names["reduce"]
+
+
+def _first_entry(children):
+    for child in children:
+        if child[1] is not None:
+            return child
+    return None
+
+
+def _last_entry(children):
+    for child in reversed(children):
+        if child[1] is not None:
+            return child
+    return None
+
+
+class _Grammar(NamedTuple):
+    parser: Lark
+    reducers: dict  # rule -> its reduce action, or None where the rule's value is its child's
+    kept_terminals: frozenset[str]  # whose tokens some rule keeps: the parser holds them on the stack
+    rule_names: frozenset[str]
+
+
+@functools.cache
+def _grammar() -> _Grammar:
+    """lark's stand-alone LALR parser, with its reduce actions replaced by the generated ones:
+    parsing builds the syntax nodes directly, in lark's parser as in the fast path."""
+    parser = Lark_StandAlone()
+    table_parser = parser.parser.parser.parser  # ParsingFrontend -> LALR_Parser -> _Parser
+    rules = list(table_parser.callbacks)
+    nullable, kinds, keep = _rule_facts(rules)
+    reducers = {rule: _reducer(rule, keep[rule], nullable, kinds, _TRANSFORMER) for rule in rules}
+    kept = frozenset(rule.expansion[i].name for rule in rules for i in keep[rule] if rule.expansion[i].is_term)
+    table_parser.callbacks = {rule: _lark_callback(reducers[rule], kept) for rule in rules}
+    return _Grammar(parser, reducers, kept, frozenset(rule.origin.name for rule in rules))
+
+
+def _parser() -> Lark:
+    return _grammar().parser
+
+
+def _lark_callback(reducer, kept_terminals: frozenset[str]):
+    """The reduce action for lark's own parser, whose stack holds its Tokens where the fast path
+    holds entries."""
+    token_type = Token
+
+    def callback(children: list):
+        entries = [(child if child.type in kept_terminals else None, child.line, child.column, child.end_line,
+                    child.end_column) if type(child) is token_type else child for child in children]
+        return entries[0] if reducer is None else reducer(entries)
+
+    return callback
 
 
 _TRANSFORMER = _ToSyntax()
@@ -515,36 +607,84 @@ class _Irregular(Exception):
     text then raises the error, with everything its messages need."""
 
 
+class _Tables(NamedTuple):
+    """lark's LALR table, for the fast path.
+
+    `actions[state]` maps a terminal to the state to shift to (>= 0) or to ~the index of the rule to
+    reduce (< 0); `rules[index]` is (length, reduce action or None, name). `gotos[state]` maps a rule's
+    name to where the parser goes after reducing it with `state` below: (state, None), or (state,
+    {terminal: state}) when, with that terminal next, the new state would only reduce a rule that
+    leaves its child's value as it is, and so on (`number` -> `_atom` -> `_unary` -> `product` ->
+    `_sum` -> `expr`): the state at the end of that chain, reached at once.
+    """
+
+    actions: list[dict[str, int]]
+    gotos: list[dict[str, tuple[int, dict[str, int] | None]]]
+    rules: list[tuple[int, object, str]]
+    start: int
+    end: int
+    kept_terminals: frozenset[str]
+    scanners: dict[int, tuple]  # state -> its `_scanner`, made when the state first lexes
+
+
 @functools.cache
-def _tables():
-    """lark's LALR table for the fast path: state -> token type -> (True, next state) for a shift,
-    (False, (length, action, rule name)) for a reduce; the start and accepting states; and the
-    contextual lexer's lexer of each state."""
-    parser = _parser()
-    table_parser = parser.parser.parser.parser
-    table = table_parser.parse_table
-    actions = table_parser.callbacks
-    def entry(action, arg):
-        if action == Shift:
-            return (True, arg)
-        return (False, (len(arg.expansion), _passes_through(arg) or actions[arg], arg.origin.name))
+def _tables() -> _Tables:
+    grammar = _grammar()
+    table = grammar.parser.parser.parser.parser.parse_table
+    index: dict = {}
+    rules: list[tuple[int, object, str]] = []
+    actions: list[dict[str, int]] = [{} for _ in table.states]
+    targets: list[dict[str, int]] = [{} for _ in table.states]
+    for state, entries in table.states.items():
+        for symbol, (action, arg) in entries.items():
+            if action == Shift:
+                (targets if symbol in grammar.rule_names else actions)[state][symbol] = arg
+                continue
+            if arg not in index:
+                index[arg] = len(rules)
+                rules.append((len(arg.expansion), grammar.reducers[arg], arg.origin.name))
+            actions[state][symbol] = ~index[arg]
 
-    states = {state: {symbol: entry(*action) for symbol, action in entries.items()}
-              for state, entries in table.states.items()}
-    return states, table.start_states["start"], table.end_states["start"], parser.parser.lexer.lexers
+    def chain_end(below: int, state: int, terminal: str) -> int:
+        for _ in range(len(rules)):  # a chain of unit rules has no cycle in an LALR table
+            code = actions[state].get(terminal)
+            if code is None or code >= 0 or rules[~code][1] is not None:
+                return state
+            state = targets[below][rules[~code][2]]
+        raise AssertionError("a cycle of unit rules in the LALR table")
+
+    gotos = []
+    for below, row in enumerate(targets):
+        gotos.append({})
+        for name, state in row.items():
+            chain = {terminal: end for terminal in actions[state]
+                     if (end := chain_end(below, state, terminal)) != state}
+            gotos[below][name] = (state, chain or None)
+    return _Tables(actions, gotos, rules, table.start_states["start"], table.end_states["start"],
+                   grammar.kept_terminals, {})
 
 
-def _passes_through(rule) -> bool:
-    """Whether reducing `rule` leaves its one child as it is (`_atom: number`, `_stmt: repeat`): an
-    inlined rule of one symbol, kept. The fast path then only changes the parser's state."""
-    return (rule.origin.name.startswith("_") and len(rule.expansion) == 1
-            and not (rule.expansion[0].is_term and rule.expansion[0].filter_out and not rule.options.keep_all_tokens))
+def _scanner(state: int) -> tuple:
+    """The contextual lexer of `state`: its regex's match, the names it gives keywords matched as
+    names (lark's "unless" callbacks, whose patterns are all plain strings here), and the terminals
+    that may hold newlines and that are ignored."""
+    lexer = _parser().parser.lexer.lexers[state]
+    patterns = lexer.scanner._mres
+    if len(patterns) != 1:
+        raise AssertionError("lark split a scanner of over 100 terminals: the fast path expects one regex")
+    keywords = {}
+    for kind, callback in lexer.callback.items():
+        terminals = getattr(getattr(callback, "scanner", None), "terminals", None)
+        if terminals is None or any(t.pattern.type != "str" or t.pattern.flags for t in terminals):
+            raise AssertionError(f"the fast path reads lark's callbacks as keyword tables, not {callback!r}")
+        keywords[kind] = {t.pattern.value: t.name for t in terminals}
+    return patterns[0].match, keywords, lexer.newline_types, lexer.ignore_types
 
 
 def _parse(text: str) -> S.Program:
     """Lex and parse `text` in one loop over lark's tables, reducing into syntax nodes: what lark's
-    contextual lexer and LALR parser do, without their per-token objects and indirections (a third
-    of the time). Anything irregular is left to lark (`_Irregular`), whose errors the messages read."""
+    contextual lexer and LALR parser do, without their per-token objects and indirections. Anything
+    irregular is left to lark (`_Irregular`), whose errors the messages read."""
     try:
         return _parse_fast(text)
     except _Irregular:
@@ -555,83 +695,77 @@ _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 
 
 def _parse_fast(text: str) -> S.Program:
-    states, state, end_state, lexers = _tables()
-    scanners: dict[int, tuple] = {}
+    actions, gotos, rules, state, end_state, kept_terminals, scanners = _tables()
     new_token, token_type, skip_blanks = str.__new__, Token, _BLANKS
     state_stack: list[int] = [state]
     value_stack: list = []
+    push_state, push_value = state_stack.append, value_stack.append
     pos, line, line_start, size_of_text = 0, 1, 0, len(text)
-    token = None
+    scanner_state, scanner = -1, None
     while True:
+        kind = "$END"
         while pos < size_of_text:
-            scanner = scanners.get(state)
-            if scanner is None:
-                lexer = lexers[state]
-                patterns = lexer.scanner._mres
-                if len(patterns) != 1:
-                    raise _Irregular  # lark splits a scanner of over 100 terminals: none here
-                scanner = scanners[state] = (patterns[0].match, lexer.callback, lexer.newline_types,
-                                             lexer.ignore_types)
-            match, callback, newline_types, ignore_types = scanner
+            if state != scanner_state:
+                scanner = scanners.get(state) or scanners.setdefault(state, _scanner(state))
+                match, keywords, newline_kinds, ignore_kinds = scanner
+                scanner_state = state
             if text[pos] in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
                 pos = skip_blanks(text, pos).end()
                 if pos == size_of_text:
-                    continue  # to the end of the file
+                    break
             found = match(text, pos)
             if found is None:
                 raise _Irregular
-            value, kind = found.group(), found.lastgroup
-            start, column = pos, pos - line_start + 1
-            start_line = line
-            pos += len(value)
-            if kind in newline_types and "\n" in value:
+            kind = found.lastgroup
+            start, start_line, pos = pos, line, found.end()
+            column = start - line_start + 1
+            if kind in newline_kinds and "\n" in (value := text[start:pos]):
                 line += value.count("\n")
                 line_start = start + value.rindex("\n") + 1
-            if kind in ignore_types:
+            if kind in ignore_kinds:
+                kind = "$END"
                 continue
-            token = new_token(token_type, value)
-            token.type, token.value, token.start_pos, token.end_pos = kind, value, start, pos
-            token.line, token.column, token.end_line, token.end_column = start_line, column, line, pos - line_start + 1
-            if kind in callback:
-                token = callback[kind](token)
+            if kind in keywords:
+                kind = keywords[kind].get(text[start:pos], kind)
+            if kind in kept_terminals:
+                token = new_token(token_type, text[start:pos])
+                token.type, token.value, token.line, token.column, token.end_line, token.end_column = (
+                    kind, str(token), start_line, column, line, pos - line_start + 1)
+            else:
+                token = None
+            entry = (token, start_line, column, line, pos - line_start + 1)
             break
-        else:
-            end = new_token(token_type, "")
-            end.type, end.value = "$END", ""
-            if token is None:
-                end.start_pos, end.line, end.column, end.end_line, end.end_column, end.end_pos = 0, 1, 1, 1, 1, 0
-            else:
-                end.start_pos, end.line, end.column = token.start_pos, token.line, token.column
-                end.end_line, end.end_column, end.end_pos = token.end_line, token.end_column, token.end_pos
-            token = end
-        kind = token.type
+        row = actions[state]
         while True:
-            action = states[state].get(kind)
-            if action is None:
+            code = row.get(kind)
+            if code is None:
                 raise _Irregular
-            shift, arg = action
-            if shift:
-                state = arg
-                state_stack.append(state)
-                value_stack.append(token)
+            if code >= 0:  # shift
+                state = code
+                push_state(state)
+                push_value(entry)
                 break
-            size, reduce, name = arg
-            if reduce is True:  # the child stays on the stack as the rule's value
-                state_stack.pop()
-                state = states[state_stack[-1]][name][1]
-                state_stack.append(state)
-                continue
-            if size:
-                children = value_stack[-size:]
-                del value_stack[-size:]
-                del state_stack[-size:]
+            size, reduce, name = rules[~code]
+            if reduce is None:  # the child stays on the stack as the rule's value
+                state, chain = gotos[state_stack[-2]][name]
+                if chain is not None:
+                    state = chain.get(kind, state)
+                state_stack[-1] = state
             else:
-                children = []
-            value_stack.append(reduce(children))
-            state = states[state_stack[-1]][name][1]
-            state_stack.append(state)
-            if state == end_state and kind == "$END":
-                return value_stack[-1][0]
+                if size:
+                    children = value_stack[-size:]
+                    del value_stack[-size:]
+                    del state_stack[-size:]
+                    push_value(reduce(children))
+                else:
+                    push_value(reduce(()))
+                state, chain = gotos[state_stack[-1]][name]
+                if chain is not None:
+                    state = chain.get(kind, state)
+                push_state(state)
+                if state == end_state and kind == "$END":
+                    return value_stack[-1][0]
+            row = actions[state]
 
 
 def parse_program(text: str, source: Source | None = None) -> S.Program:
