@@ -59,7 +59,9 @@ _TERMINAL_WORDS = {
 }
 
 
-_new_tuple = tuple.__new__  # Span(...) without NamedTuple's Python-level __new__: one per token and node
+# Span(...) and the commonest syntax nodes without their Python-level __new__, which only checks the
+# number of fields: one is made for every token and node.
+_new_tuple = tuple.__new__
 
 
 def _span(token: Token) -> Span:
@@ -95,7 +97,7 @@ def _literal(token: Token) -> int | float:
 
 def _dims(token: Token) -> tuple[S.Num, ...]:
     span = _span(token)
-    return tuple([S.Num(int(part), span) for part in token.split("x")])
+    return tuple([_new_tuple(S.Num, (int(part), span)) for part in token.split("x")])
 
 
 class _LooseShortcut(S.Node):
@@ -157,7 +159,7 @@ class _ToSyntax:
     def repeat(self, span, items):
         if isinstance(items[0], _LooseShortcut):
             raise _misplaced_shortcut(items[0].span)
-        return S.Repeat(items[0], items[1], span)
+        return _new_tuple(S.Repeat, (items[0], items[1], span))
 
     def loose_shortcut(self, span, items):
         return _LooseShortcut(items[-1], len(items) == 2, span)
@@ -180,7 +182,7 @@ class _ToSyntax:
     def residual(self, span, items):
         body = items[0]
         shortcut, always = (items[1] if len(items) > 1 else (None, False))
-        return S.Residual(body, shortcut, always, span)
+        return _new_tuple(S.Residual, (body, shortcut, always, span))
 
     def shortcut(self, span, items):
         return (items[-1], len(items) == 2)
@@ -203,10 +205,10 @@ class _ToSyntax:
 
     # ------------------------------------------------------------ layers
     def _layer(self, op, span, options):
-        return S.Layer(op, tuple(options), span)
+        return _new_tuple(S.Layer, (op, tuple(options), span))
 
     def _flag(self, token: Token) -> S.Option:
-        return S.Option(str(token).lower(), True, _span(token))
+        return _new_tuple(S.Option, (str(token).lower(), True, _span(token)))
 
     def _options(self, items):
         return [self._flag(i) if isinstance(i, Token) else i for i in items]
@@ -236,10 +238,10 @@ class _ToSyntax:
         return self._layer("upsample", span, options)
 
     def kernel(self, span, items):
-        return S.Option("kernel", self._pair(items[0]), span)
+        return _new_tuple(S.Option, ("kernel", self._pair(items[0]), span))
 
     def stride(self, span, items):
-        return S.Option("stride", self._pair(items[0]), span)
+        return _new_tuple(S.Option, ("stride", self._pair(items[0]), span))
 
     def _pair(self, item):
         if isinstance(item, Token):
@@ -250,7 +252,7 @@ class _ToSyntax:
         return tuple(items)  # (height, width)
 
     def out(self, span, items):
-        return S.Option("out", items[0], span)
+        return _new_tuple(S.Option, ("out", items[0], span))
 
     def mult(self, span, items):
         return S.Option("mult", S.Num(int(str(items[0])[:-1]), _span(items[0])), span)
@@ -259,7 +261,7 @@ class _ToSyntax:
         (item,) = items
         if isinstance(item, Token) and item.type in ("SAME", "VALID"):
             return S.Option("pad", str(item), span)
-        return S.Option("pad", self._pair(item), span)
+        return _new_tuple(S.Option, ("pad", self._pair(item), span))
 
     def dil(self, span, items):
         return S.Option("dil", self._pair(items[0]), span)
@@ -317,24 +319,26 @@ class _ToSyntax:
         return S.Option("momentum", items[0], span)
 
     def activation(self, span, items):
-        options = [S.Option("kind", str(items[0]), _span(items[0]))]
+        options = [_new_tuple(S.Option, ("kind", str(items[0]), _span(items[0])))]
         if len(items) > 1:
             options.append(S.Option("alpha", items[1], items[1].span))
         return self._layer("act", span, options)
 
     # ------------------------------------------------------------ arithmetic
     def number(self, span, items):
+        if items[0].isdigit():  # the common case, without _literal's checks
+            return _new_tuple(S.Num, (int(items[0]), _span(items[0])))
         return S.Num(_literal(items[0]), _span(items[0]))
 
     def var(self, span, items):
-        return S.Var(str(items[0]), _span(items[0]))
+        return _new_tuple(S.Var, (str(items[0]), _span(items[0])))
 
     def neg(self, span, items):
         return S.Neg(items[0], span)
 
     def _binop(op):  # noqa: N805 - a method factory used in the class body
         def method(self, span, items):
-            return S.BinOp(op, items[0], items[1], span)
+            return _new_tuple(S.BinOp, (op, items[0], items[1], span))
         return method
 
     binop_add = _binop("+")
