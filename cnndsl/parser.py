@@ -628,7 +628,8 @@ class _Tables(NamedTuple):
     start: int
     end: int
     kept_terminals: frozenset[str]
-    scanners: dict[int, tuple]  # state -> its `_scanner`, made when the state first lexes
+    lexers: list[tuple | None]  # state -> its `_scanner`, made when the state first lexes
+    unusual: tuple[frozenset[str], frozenset[str]]  # the terminals that may hold newlines; those ignored
 
 
 @functools.cache
@@ -664,14 +665,16 @@ def _tables() -> _Tables:
             chain = {terminal: end for terminal in actions[state]
                      if (end := chain_end(below, state, terminal)) != state}
             gotos[below][name] = (state, chain or None)
+    lexers = grammar.parser.parser.lexer.lexers
+    newline_kinds = frozenset().union(*(lexer.newline_types for lexer in lexers.values()))
+    ignore_kinds = frozenset().union(*(lexer.ignore_types for lexer in lexers.values()))
     return _Tables(actions, gotos, rules, table.start_states["start"], table.end_states["start"],
-                   grammar.kept_terminals, {})
+                   grammar.kept_terminals, [None] * len(actions), (newline_kinds, ignore_kinds))
 
 
 def _scanner(state: int) -> tuple:
-    """The contextual lexer of `state`: its regex's match, the names it gives keywords matched as
-    names (lark's "unless" callbacks, whose patterns are all plain strings here), and the terminals
-    that may hold newlines and that are ignored."""
+    """The contextual lexer of `state`: its regex's match, and the names it gives keywords matched
+    as names (lark's "unless" callbacks, whose patterns are all plain strings here)."""
     lexer = _parser().parser.lexer.lexers[state]
     patterns = lexer.scanner._mres
     if len(patterns) != 1:
@@ -682,7 +685,7 @@ def _scanner(state: int) -> tuple:
         if terminals is None or any(t.pattern.type != "str" or t.pattern.flags for t in terminals):
             raise AssertionError(f"the fast path reads lark's callbacks as keyword tables, not {callback!r}")
         keywords[kind] = {t.pattern.value: t.name for t in terminals}
-    return patterns[0].match, keywords, lexer.newline_types, lexer.ignore_types
+    return patterns[0].match, keywords
 
 
 def _parse(text: str) -> S.Program:
@@ -699,36 +702,38 @@ _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 
 
 def _parse_fast(text: str) -> S.Program:
-    actions, gotos, rules, state, end_state, kept_terminals, scanners = _tables()
+    actions, gotos, rules, state, end_state, kept_terminals, lexers, unusual = _tables()
+    newline_kinds, ignore_kinds = unusual
+    unusual = newline_kinds | ignore_kinds
     new_token, token_type, skip_blanks = str.__new__, Token, _BLANKS
     state_stack: list[int] = [state]
     value_stack: list = []
     push_state, push_value = state_stack.append, value_stack.append
     pos, line, line_start, size_of_text = 0, 1, 0, len(text)
-    scanner_state, scanner = -1, None
     while True:
         kind = "$END"
         while pos < size_of_text:
-            if state != scanner_state:
-                scanner = scanners.get(state) or scanners.setdefault(state, _scanner(state))
-                match, keywords, newline_kinds, ignore_kinds = scanner
-                scanner_state = state
+            lexer = lexers[state]
+            if lexer is None:
+                lexer = lexers[state] = _scanner(state)
             if text[pos] in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
                 pos = skip_blanks(text, pos).end()
                 if pos == size_of_text:
                     break
-            found = match(text, pos)
+            found = lexer[0](text, pos)
             if found is None:
                 raise _Irregular
             kind = found.lastgroup
             start, start_line, pos = pos, line, found.end()
             column = start - line_start + 1
-            if kind in newline_kinds and "\n" in (value := text[start:pos]):
-                line += value.count("\n")
-                line_start = start + value.rindex("\n") + 1
-            if kind in ignore_kinds:
-                kind = "$END"
-                continue
+            if kind in unusual:
+                if kind in newline_kinds and "\n" in (value := text[start:pos]):
+                    line += value.count("\n")
+                    line_start = start + value.rindex("\n") + 1
+                if kind in ignore_kinds:
+                    kind = "$END"
+                    continue
+            keywords = lexer[1]
             if kind in keywords:
                 kind = keywords[kind].get(text[start:pos], kind)
             if kind in kept_terminals:
