@@ -18,6 +18,8 @@ from typing import NamedTuple
 from . import syntax as S
 from .errors import MAX_ERRORS, CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
 from .grammar.cnndsl_lalr import (
+    FIRST_CHARACTERS,
+    KEPT_TERMINALS,
     LAYER_KEYWORDS,
     OPTION_KEYWORDS,
     SECTION_KEYWORDS,
@@ -31,6 +33,8 @@ from .grammar.cnndsl_lalr import (
     UnexpectedEOF,
     UnexpectedInput,
     UnexpectedToken,
+    _create_unless,
+    reduce_actions,
 )
 
 __all__ = ["KEYWORDS", "LAYER_KEYWORDS", "OPTION_KEYWORDS", "SECTION_KEYWORDS", "TOP_KEYWORDS", "WORDS",
@@ -420,135 +424,11 @@ class _ToSyntax:
 
 # ---------------------------------------------------------------- parsing
 #
-# Every value on the parser's stack is an entry (value, line, column, end_line, end_column): a
-# shifted token's entry holds the lark Token when some rule keeps that terminal (NAME, NUMBER, ...)
-# and None for keywords and separators, which only their positions outlive; a reduced rule's entry
-# holds its syntax node, or for an inlined rule (`_stmt`, a `x*` repetition) the list of its kept
-# children, which the parent splices in as lark's tree builder would. The positions are the span
-# of the rule (its first token to its last); an empty rule has None there, and Span(0, 0).
-#
-# Each rule's reduce action is a small function generated from the rule (`_reducer`): it knows
-# which children are kept, which are spliced and where the span starts and ends, so no type is
-# tested while parsing. A rule that leaves its one child as it is (`_atom: number`, `?expr: _sum`)
-# has no action at all: the parser only changes state.
-
-
-def _rule_facts(rules) -> tuple[set[str], dict[str, set[str]], dict]:
-    """What the reduce actions are generated from: the nullable rules (which may span nothing),
-    what kind of value each rule leaves on the stack ("list" for a spliced one, "item" otherwise,
-    or both), and each rule's kept children (indices into its expansion)."""
-    keep = {rule: tuple(i for i, symbol in enumerate(rule.expansion)
-                        if rule.options.keep_all_tokens or not (symbol.is_term and symbol.filter_out))
-            for rule in rules}
-    nullable: set[str] = set()
-    kinds: dict[str, set[str]] = {rule.origin.name: set() for rule in rules}
-    changed = True
-    while changed:  # fixed points of both, over the rules
-        changed = False
-        for rule in rules:
-            name = rule.origin.name
-            if name not in nullable and all(not s.is_term and s.name in nullable for s in rule.expansion):
-                nullable.add(name)
-                changed = True
-            if name.startswith("_") and len(keep[rule]) == 1:  # `_atom: "(" expr ")"`: the child's value
-                child = rule.expansion[keep[rule][0]]
-                made = {"item"} if child.is_term else kinds[child.name]
-            else:
-                made = {"list"} if name.startswith("_") else {"item"}
-            if not made <= kinds[name]:
-                kinds[name] |= made
-                changed = True
-    return nullable, kinds, keep
-
-
-def _passes_through(rule, keep: tuple[int, ...]) -> str | None:
-    """"inline" for an inlined rule of one kept symbol (`_atom: number`), "collapse" for a `?rule`
-    of one (`?expr: _sum`): both leave their child's value as it is, unless it is a spliced list."""
-    if len(rule.expansion) != 1 or keep != (0,):
-        return None
-    if rule.origin.name.startswith("_"):
-        return "inline"
-    return "collapse" if rule.options.expand1 else None
-
-
-def _reducer(rule, keep, nullable, kinds, transformer: _ToSyntax):
-    """The reduce action of `rule` (a function of the list of its children's entries, returning
-    its own entry), or None when the rule's value is its one child's: the parser then only
-    changes state."""
-    expansion, name = rule.expansion, rule.origin.name
-    inline, expand1 = name.startswith("_"), rule.options.expand1
-    method = None if inline else getattr(transformer, rule.alias or name, None)
-    child_kinds = [{"item"} if s.is_term else kinds[s.name] for s in expansion]
-    passes = _passes_through(rule, keep)
-    if passes == "inline" or (passes == "collapse" and child_kinds[0] == {"item"}):
-        return None
-    if method is None and not inline and not (passes == "collapse"):
-        raise AssertionError(f"the grammar's rule '{name}' has no method in _ToSyntax")
-    names = {"Span": Span, "new_tuple": _new_tuple, "method": method, "first_entry": _first_entry,
-             "last_entry": _last_entry}
-    size = len(expansion)
-    lines = ["def reduce(c):"]
-    if size:
-        lines.append(f"    {''.join(f'c{i}, ' for i in range(size))}= c")
-    if passes == "collapse":  # `?rule: _spliced` and the child is a list of values
-        lines += ["    v = c0[0]",
-                  "    if type(v) is not list: return c0",
-                  "    if len(v) == 1: return (v[0], c0[1], c0[2], c0[3], c0[4])",
-                  "    return (method(new_tuple(Span, c0[1:]), v), c0[1], c0[2], c0[3], c0[4])"]
-        return _compile(lines, names)
-    parts = []
-    for i in keep if not (inline and len(keep) == 1) else ():
-        if child_kinds[i] == {"item"}:
-            parts.append(f"c{i}[0]")
-        else:
-            lines.append(f"    v{i} = c{i}[0]")
-            if child_kinds[i] != {"list"}:
-                lines.append(f"    if type(v{i}) is not list: v{i} = [v{i}]")
-            parts.append(f"*v{i}")
-    if inline and len(keep) == 1:  # `_atom: "(" expr ")"`: its value is its one child's, not spliced
-        lines.append(f"    values = c{keep[0]}[0]")
-    elif parts and parts[0].startswith("*"):
-        # Reuse the first spliced list: a left-recursive `x*` grows one list, linear in its length.
-        lines.append(f"    values = {parts[0][1:]}")
-        if parts[1:]:
-            lines.append(f"    values += [{', '.join(parts[1:])}]")
-    else:
-        lines.append(f"    values = [{', '.join(parts)}]")
-
-    def edge(indices, fallback):  # the child that starts (ends) the span; a nullable one may be empty
-        for i in indices:
-            if expansion[i].is_term or expansion[i].name not in nullable:
-                return f"c{i}" if i == indices[0] else f"{fallback}(c)"
-        return f"{fallback}(c)"
-
-    if size:
-        lines += [f"    f = {edge(range(size), 'first_entry')}",
-                  f"    z = {edge(range(size - 1, -1, -1), 'last_entry')}"]
-    else:
-        lines += ["    f = z = None"]
-    if size == 0 or "entry" in lines[-2]:
-        lines += ["    if f is None:",
-                  "        line = column = end_line = end_column = None",
-                  "        span = Span(0, 0)",
-                  "    else:",
-                  "        line, column, end_line, end_column = f[1], f[2], z[3], z[4]",
-                  "        span = new_tuple(Span, (line, column, end_line, end_column))"]
-    else:
-        lines += ["    line, column, end_line, end_column = f[1], f[2], z[3], z[4]"]
-        if not inline:
-            lines.append("    span = new_tuple(Span, (line, column, end_line, end_column))")
-    if inline:
-        lines.append("    return (values, line, column, end_line, end_column)")
-    else:
-        if expand1:
-            lines.append("    if len(values) == 1: return (values[0], line, column, end_line, end_column)")
-        lines.append("    return (method(span, values), line, column, end_line, end_column)")
-    return _compile(lines, names)
-
-
-def _compile(lines: list[str], names: dict):
-    exec("\n".join(lines), names)  # noqa: S102 - code generated from the grammar's rules above
-    return names["reduce"]
+# Parsing runs lark's LALR tables in one loop (`_parse_fast`) with reduce actions generated, one per
+# rule, from the grammar at build time (grammar/fast_path.py explains them): every value on the
+# stack is an entry (value, line, column, end_line, end_column), the value being a kept token, a
+# syntax node or an inlined rule's list of values, the positions the span. lark's own parser runs
+# the same actions (`_lark_callback`), for the errors and for `cnndsl fmt`.
 
 
 def _first_entry(children):
@@ -578,12 +458,13 @@ def _grammar() -> _Grammar:
     parsing builds the syntax nodes directly, in lark's parser as in the fast path."""
     parser = Lark_StandAlone()
     table_parser = parser.parser.parser.parser  # ParsingFrontend -> LALR_Parser -> _Parser
+    actions = reduce_actions(_TRANSFORMER, Span, _new_tuple, _first_entry, _last_entry)
     rules = list(table_parser.callbacks)
-    nullable, kinds, keep = _rule_facts(rules)
-    reducers = {rule: _reducer(rule, keep[rule], nullable, kinds, _TRANSFORMER) for rule in rules}
-    kept = frozenset(rule.expansion[i].name for rule in rules for i in keep[rule] if rule.expansion[i].is_term)
-    table_parser.callbacks = {rule: _lark_callback(reducers[rule], kept) for rule in rules}
-    return _Grammar(parser, reducers, kept, frozenset(rule.origin.name for rule in rules))
+    if {str(rule) for rule in rules} != set(actions):
+        raise AssertionError("the parser module's reduce actions are not its rules': run `python -m cnndsl.grammar`")
+    reducers = {rule: actions[str(rule)] for rule in rules}
+    table_parser.callbacks = {rule: _lark_callback(reducers[rule], KEPT_TERMINALS) for rule in rules}
+    return _Grammar(parser, reducers, KEPT_TERMINALS, frozenset(rule.origin.name for rule in rules))
 
 
 def _parser() -> Lark:
@@ -623,13 +504,26 @@ class _Tables(NamedTuple):
     """
 
     actions: list[dict[str, int]]
-    gotos: list[dict[str, tuple[int, dict[str, int] | None]]]
+    gotos: dict[int, dict[str, tuple[int, dict[str, int] | None]]]
     rules: list[tuple[int, object, str]]
     start: int
     end: int
     kept_terminals: frozenset[str]
     lexers: list[tuple | None]  # state -> its `_scanner`, made when the state first lexes
     unusual: tuple[frozenset[str], frozenset[str]]  # the terminals that may hold newlines; those ignored
+
+
+class _Rows(dict):
+    """The goto table's rows, each made when the parser first reduces above its state: most
+    programs need few of them."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, state: int):
+        row = self[state] = self.make(state)
+        return row
 
 
 @functools.cache
@@ -658,13 +552,15 @@ def _tables() -> _Tables:
             state = targets[below][rules[~code][2]]
         raise AssertionError("a cycle of unit rules in the LALR table")
 
-    gotos = []
-    for below, row in enumerate(targets):
-        gotos.append({})
-        for name, state in row.items():
+    def goto_row(below: int) -> dict[str, tuple[int, dict[str, int] | None]]:
+        row = {}
+        for name, state in targets[below].items():
             chain = {terminal: end for terminal in actions[state]
                      if (end := chain_end(below, state, terminal)) != state}
-            gotos[below][name] = (state, chain or None)
+            row[name] = (state, chain or None)
+        return row
+
+    gotos = _Rows(goto_row)
     lexers = grammar.parser.parser.lexer.lexers
     newline_kinds = frozenset().union(*(lexer.newline_types for lexer in lexers.values()))
     ignore_kinds = frozenset().union(*(lexer.ignore_types for lexer in lexers.values()))
@@ -674,32 +570,31 @@ def _tables() -> _Tables:
 
 def _scanner(state: int) -> tuple:
     """The contextual lexer of `state`: a function of a token's first character giving the match of
-    a regex of only the terminals that can start with it (`_first_characters`), and the names it
+    a regex of only the terminals that can start with it (FIRST_CHARACTERS), and the names it
     gives keywords matched as names (lark's "unless" callbacks, whose patterns are all plain
     strings here). lark's regex of the state tries every terminal in turn, in its order: leaving out
     those that cannot match here keeps that order, and so the token lark would read, in a third of
-    the time."""
+    the time. The terminals and callbacks are those lark's lexer makes (`_build_scanner`), without
+    compiling its regex of them all."""
     lexer = _parser().parser.lexer.lexers[state]
-    scanner = lexer.scanner
-    if len(scanner._mres) != 1:
-        raise AssertionError("lark split a scanner of over 100 terminals: the fast path expects one regex")
+    if lexer.user_callbacks:
+        raise AssertionError("the fast path expects no lexer callbacks of the user's")
+    terminals, callbacks = _create_unless(lexer.terminals, lexer.g_regex_flags, lexer.re, lexer.use_bytes)
     keywords = {}
-    for kind, callback in lexer.callback.items():
-        terminals = getattr(getattr(callback, "scanner", None), "terminals", None)
-        if terminals is None or any(t.pattern.type != "str" or t.pattern.flags for t in terminals):
+    for kind, callback in callbacks.items():
+        words = getattr(getattr(callback, "scanner", None), "terminals", None)
+        if words is None or any(t.pattern.type != "str" or t.pattern.flags for t in words):
             raise AssertionError(f"the fast path reads lark's callbacks as keyword tables, not {callback!r}")
-        keywords[kind] = {t.pattern.value: t.name for t in terminals}
-    terminals, flags, whole = scanner.terminals, scanner.g_regex_flags, scanner._mres[0].match
-    starts = [_first_characters(t.pattern.to_regexp(), flags) for t in terminals]
+        keywords[kind] = {t.pattern.value: t.name for t in words}
+    flags = lexer.g_regex_flags
     by_character: dict[str, object] = {}
 
     def matcher(character: str):
         found = by_character.get(character)
         if found is None:
-            if len(character) != 1 or character > "\x7f":
-                return whole  # `_first_characters` knows ASCII only
-            chosen = tuple((t.name, t.pattern.to_regexp()) for t, first in zip(terminals, starts, strict=True)
-                           if first is None or character in first)
+            known = len(character) == 1 and character <= "\x7f"  # FIRST_CHARACTERS know ASCII only
+            chosen = tuple((t.name, t.pattern.to_regexp()) for t in terminals
+                           if not known or FIRST_CHARACTERS[t.name] is None or character in FIRST_CHARACTERS[t.name])
             found = by_character[character] = _regex(chosen, flags)
         return found
 
@@ -711,79 +606,6 @@ def _regex(terminals: tuple[tuple[str, str], ...], flags: int):
     """The match of lark's regex for `terminals` ((name, regex) pairs), in that order: one per set
     of terminals that can start with some character, shared by the states."""
     return re.compile("|".join(f"(?P<{name}>{regexp})" for name, regexp in terminals), flags).match
-
-
-_ASCII = [chr(code) for code in range(128)]
-
-
-def _first_characters(regexp: str, flags: int) -> frozenset[str] | None:
-    """The ASCII characters a match of `regexp` can start with, or None for "any" (also where this
-    reading of the regex gives up: case-insensitive, back references, an empty match)."""
-    import re._constants as op  # the regex's own parse: no second reading of the syntax to keep true
-    import re._parser
-
-    def first(items) -> tuple[frozenset[str] | None, bool]:  # (characters, whether it may match empty)
-        found: set[str] = set()
-        for code, arg in items:
-            if code is op.LITERAL:
-                return frozenset(found | {chr(arg)}), False
-            if code is op.IN:
-                if any(c is op.NEGATE for c, _ in arg):
-                    return None, False
-                return frozenset(found | {ch for ch in _ASCII if re.fullmatch(f"[{_charset(arg)}]", ch)}), False
-            if code in (op.AT, op.ASSERT, op.ASSERT_NOT):
-                continue  # zero width: the next item starts the match
-            if code is op.SUBPATTERN:
-                if arg[1] & re.IGNORECASE:
-                    return None, False
-                part, empty = first(arg[3])
-            elif code is op.BRANCH:
-                parts = [first(alternative) for alternative in arg[1]]
-                if any(p is None for p, _ in parts):
-                    return None, False
-                part, empty = frozenset().union(*(p for p, _ in parts)), any(e for _, e in parts)
-            elif code in (op.MAX_REPEAT, op.MIN_REPEAT, op.POSSESSIVE_REPEAT):
-                part, empty = first(arg[2])
-                empty = empty or arg[0] == 0
-            elif code is op.ATOMIC_GROUP:
-                part, empty = first(arg)
-            else:
-                return None, False
-            if part is None:
-                return None, False
-            found |= part
-            if not empty:
-                return frozenset(found), False
-        return frozenset(found), True
-
-    if flags & re.IGNORECASE:
-        return None
-    parsed = re._parser.parse(regexp, flags)
-    if parsed.state.flags & re.IGNORECASE:
-        return None
-    characters, empty = first(list(parsed))
-    return None if empty else characters
-
-
-def _charset(items) -> str:
-    """A regex character class's items (from the regex's parse) written back as a class body."""
-    import re._constants as op
-
-    parts = []
-    for code, arg in items:
-        if code is op.LITERAL:
-            parts.append(re.escape(chr(arg)))
-        elif code is op.RANGE:
-            parts.append(f"{re.escape(chr(arg[0]))}-{re.escape(chr(arg[1]))}")
-        elif code is op.CATEGORY:
-            parts.append(_CATEGORIES[str(arg)])
-        else:
-            raise AssertionError(f"unexpected item {code} in a character class")
-    return "".join(parts)
-
-
-_CATEGORIES = {"CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s",
-               "CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W"}
 
 
 def _parse(text: str) -> S.Program:
