@@ -218,7 +218,7 @@ class _ToSyntax:
         return [self._flag(i) if isinstance(i, Token) else i for i in items]
 
     def conv(self, span, items):
-        return self._layer("conv", span, self._options(items))
+        return _new_tuple(S.Layer, ("conv", tuple(self._options(items)), span))
 
     def deconv(self, span, items):
         return self._layer("deconv", span, self._options(items))
@@ -290,7 +290,7 @@ class _ToSyntax:
         return self._layer("dropout", span, [S.Option("p", items[0], span)] if items else [])
 
     def bn(self, span, items):
-        return self._layer("bn", span, items)
+        return _new_tuple(S.Layer, ("bn", tuple(items), span))
 
     def ln(self, span, items):
         return self._layer("ln", span, items)
@@ -323,15 +323,15 @@ class _ToSyntax:
         return S.Option("momentum", items[0], span)
 
     def activation(self, span, items):
-        options = [_new_tuple(S.Option, ("kind", str(items[0]), _span(items[0])))]
+        options = (_new_tuple(S.Option, ("kind", str(items[0]), _span(items[0]))),)
         if len(items) > 1:
-            options.append(S.Option("alpha", items[1], items[1].span))
-        return self._layer("act", span, options)
+            options += (S.Option("alpha", items[1], items[1].span),)
+        return _new_tuple(S.Layer, ("act", options, span))
 
     # ------------------------------------------------------------ arithmetic
     def number(self, span, items):
-        if items[0].isdigit():  # the common case, without _literal's checks
-            return _new_tuple(S.Num, (int(items[0]), _span(items[0])))
+        if items[0].isdigit():  # the common case, without _literal's checks; the span is the token's
+            return _new_tuple(S.Num, (int(items[0]), span))
         return S.Num(_literal(items[0]), _span(items[0]))
 
     def var(self, span, items):
@@ -569,8 +569,9 @@ def _tables() -> _Tables:
 
 
 def _scanner(state: int) -> tuple:
-    """The contextual lexer of `state`: a function of a token's first character giving the match of
-    a regex of only the terminals that can start with it (FIRST_CHARACTERS), and the names it
+    """The contextual lexer of `state`: the match of a regex of only the terminals that can start
+    with a token's first character (FIRST_CHARACTERS), by that character, as far as made, and the
+    function that makes and records one; and the names it
     gives keywords matched as names (lark's "unless" callbacks, whose patterns are all plain
     strings here). lark's regex of the state tries every terminal in turn, in its order: leaving out
     those that cannot match here keeps that order, and so the token lark would read, in a third of
@@ -595,10 +596,13 @@ def _scanner(state: int) -> tuple:
             known = len(character) == 1 and character <= "\x7f"  # FIRST_CHARACTERS know ASCII only
             chosen = tuple((t.name, t.pattern.to_regexp()) for t in terminals
                            if not known or FIRST_CHARACTERS[t.name] is None or character in FIRST_CHARACTERS[t.name])
-            found = by_character[character] = _regex(chosen, flags)
+            found = by_character[character] = _regex(chosen, flags) if chosen else _NO_MATCH
         return found
 
-    return matcher, keywords
+    return by_character, matcher, keywords
+
+
+_NO_MATCH = re.compile("(?!)").match  # no terminal of the state can start with the character
 
 
 @functools.cache
@@ -640,7 +644,8 @@ def _parse_fast(text: str) -> S.Program:
                 pos = skip_blanks(text, pos).end()
                 if pos == size_of_text:
                     break
-            found = lexer[0](text[pos])(text, pos)
+            character = text[pos]
+            found = (lexer[0].get(character) or lexer[1](character))(text, pos)
             if found is None:
                 raise _Irregular
             kind = found.lastgroup
@@ -653,7 +658,7 @@ def _parse_fast(text: str) -> S.Program:
                 if kind in ignore_kinds:
                     kind = "$END"
                     continue
-            keywords = lexer[1]
+            keywords = lexer[2]
             if kind in keywords:
                 kind = keywords[kind].get(text[start:pos], kind)
             if kind in kept_terminals:
