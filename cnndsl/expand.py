@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from . import ir
 from . import syntax as S
-from .analysis.shapes import Shape, Shapes
+from .analysis.shapes import LayerShape, Shape, Shapes
 from .errors import BadValueError, CnnDslError, CnnSyntaxError, LimitError, Source, Span, UnknownNameError, closest
 from .kinds import STATEMENTS
 from .kinds.base import number_text
@@ -59,6 +60,11 @@ class _Frame:
     block: str | None = None
     in_c: int | None = None  # the channels entering this call of `block` (None: unknown here)
 
+    @cached_property
+    def values(self) -> tuple:
+        """Everything a statement's expression may read here: the arguments and `in_c`."""
+        return (self.block, self.in_c, tuple(self.env.items()))
+
 
 IN_C = "in_c"
 """Inside a block, the channel count entering that call (a vector's length); a reserved name."""
@@ -78,13 +84,26 @@ class _Unknowable(CnnDslError):
     error is), only the statement is given up."""
 
 
+MAX_BUILT = 4096
+"""Layers remembered for reuse (`_Expander.built`): enough for every distinct layer of a real network."""
+
+
 class _Expander:
-    def __init__(self, blocks: dict[str, S.BlockDef]):
+    def __init__(self, blocks: dict[str, S.BlockDef], source: Source | None = None):
         self.blocks = blocks
+        self.lines = source.lines if source is not None else []  # the statements' text: what `built` is keyed by
         self.nodes = 0
         self.depth = 0
         self.shapes = Shapes()
         self.shape_lost = False  # an earlier statement's error left the shape flowing on unknown
+        self.droppaths = False  # whether a droppath was built: only then is where each stands checked
+        # (statement text, what its expressions read, input shape) -> (node, name stem, its shape).
+        # A layer is a pure function of these: `bn` or `conv 3x3 pad1 -> c` written again, or called
+        # again with the same arguments and input, is the node built before at another place.
+        self.built: dict[tuple, tuple[ir.Node, str, LayerShape]] = {}
+        # The same for block calls: (block, arguments, input shape, nesting) -> (the call's Seq, the
+        # statements it counts); `bottleneck(256) x35` expands once and is moved 34 times.
+        self.called: dict[tuple, tuple[ir.Seq, int]] = {}
 
     # ------------------------------------------------------------ arithmetic
     def eval(self, expr: S.Expr, frame: _Frame) -> int | float:
@@ -212,11 +231,21 @@ class _Expander:
             out.extend(nodes)
         return out, shape
 
+    def count(self, nodes: int, stmt: S.Statement, frame: _Frame) -> None:
+        self.nodes += nodes
+        if self.nodes > MAX_NODES:
+            raise LimitError(f"the network expands to more than {MAX_NODES:,} nodes", stmt.span, calls=frame.calls,
+                             hint="lower a repeat count or the number of block calls; a network this large is "
+                                  "almost surely a typo")
+
     def infer(self, node: ir.Node, shape: Shape | None) -> Shape | None:
         return None if shape is None else self.shapes.infer(node, shape)
 
     def statement(self, stmt: S.Statement, scope: _Scope, frame: _Frame, shape: Shape | None
                   ) -> tuple[list[ir.Node], Shape | None]:
+        if type(stmt) is S.Layer:  # most statements
+            self.count(1, stmt, frame)
+            return self.layer(stmt, scope, frame, shape)
         if isinstance(stmt, S.Repeat):
             count = self.integer(stmt.count, frame, "a repeat count", minimum=0)  # x 0: a switch, e.g. `x use_se`
             if count > MAX_REPEAT:
@@ -233,14 +262,7 @@ class _Expander:
                                      calls=frame.calls, hint=f"this repeat makes {count:,} x {self.nodes - before:,} "
                                      f"= {count * (self.nodes - before):,} nodes; is the count a typo?")
             return out, shape
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise LimitError(f"the network expands to more than {MAX_NODES:,} nodes", stmt.span, calls=frame.calls,
-                             hint="lower a repeat count or the number of block calls; a network this large is "
-                                  "almost surely a typo")
-        if isinstance(stmt, S.Layer):
-            node = self.layer(stmt, scope, frame)
-            return [node], self.infer(node, shape)
+        self.count(1, stmt, frame)
         if self.depth >= MAX_DEPTH:
             raise LimitError(f"residuals, branches and block calls nest deeper than {MAX_DEPTH} levels", stmt.span,
                              calls=frame.calls, hint="flatten the structure; real networks nest a few levels")
@@ -306,11 +328,24 @@ class _Expander:
                              hint="call fewer blocks inside one another; real networks nest a few levels")
         in_c = shape[0] if shape is not None else None
         env = self.bind(block, stmt, frame, in_c)
-        inner_frame = _Frame(env, frame.calls + (stmt.span,), frame.blocks_on_stack + (stmt.block,), block.name, in_c)
+        calls = frame.calls + (stmt.span,)
+        key = (block.name, tuple(env.items()), shape, self.depth, len(calls)) if shape is not None else None
+        known = self.called.get(key) if key is not None else None
+        # (Past the node limit the call is expanded again, to fail at the statement that passes it.)
+        if known is not None and self.nodes + known[1] - 1 <= MAX_NODES:
+            template, nodes = known
+            self.nodes += nodes - 1  # the call itself is counted already
+            return _moved_tree(template, scope.name(block.name), calls, self.shapes)
+        nodes, warnings = self.nodes, len(self.shapes.warnings.items)
+        inner_frame = _Frame(env, calls, frame.blocks_on_stack + (stmt.block,), block.name, in_c)
         inner = _Scope(scope.name(block.name) + ".")
         items, _ = self.statements(block.body, inner, inner_frame, shape)
-        return ir.Seq(name=inner.prefix[:-1], span=block.span, calls=frame.calls + (stmt.span,),
-                      items=tuple(items), block=block.name, args=tuple(env.items()))
+        seq = ir.Seq(name=inner.prefix[:-1], span=block.span, calls=calls, items=tuple(items), block=block.name,
+                     args=tuple(env.items()))
+        if key is not None and len(self.shapes.warnings.items) == warnings and len(self.called) < MAX_BUILT:
+            self.shapes.infer(seq, shape)
+            self.called[key] = (seq, self.nodes - nodes + 1)
+        return seq
 
     def bind(self, block: S.BlockDef, stmt: S.Call, frame: _Frame, in_c: int | None) -> dict[str, int | float]:
         """The call's arguments, evaluated where the call is written; the defaults inside the block,
@@ -352,14 +387,35 @@ class _Expander:
         return env
 
     # ------------------------------------------------------------ layers
-    def layer(self, stmt: S.Layer, scope: _Scope, frame: _Frame) -> ir.Node:
+    def layer(self, stmt: S.Layer, scope: _Scope, frame: _Frame, shape: Shape | None
+              ) -> tuple[list[ir.Node], Shape | None]:
+        span = stmt.span
+        key = None
+        if shape is not None and span.end_line == span.line:
+            key = (self.lines[span.line - 1][span.column - 1:span.end_column - 1], frame.values, shape)
+            known = self.built.get(key)
+            if known is not None:
+                node, stem, layer_shape = known
+                node = node.moved(scope.name(stem), span, frame.calls)
+                self.shapes[node.name] = layer_shape
+                return [node], layer_shape.output
         options: dict[str, S.Option] = {}
         for option in stmt.options:
             if option.key in options:
                 raise BadValueError(f"'{option.key}' is given twice", option.span, calls=frame.calls,
                                     hint="keep one of them")
             options[option.key] = option
-        return STATEMENTS[stmt.op].build(Options(self, stmt, options, scope, frame))
+        built = Options(self, stmt, options, scope, frame)
+        node = STATEMENTS[stmt.op].build(built)
+        self.droppaths = self.droppaths or isinstance(node, ir.DropPath)
+        if shape is None:
+            return [node], None
+        warnings = len(self.shapes.warnings.items)
+        output = self.shapes.infer(node, shape)
+        # A warning names its place: a layer that warned is built again wherever it is written.
+        if key is not None and len(self.shapes.warnings.items) == warnings and len(self.built) < MAX_BUILT:
+            self.built[key] = (node, built.stem, self.shapes[node.name])
+        return [node], output
 
 
 class Options:
@@ -370,12 +426,14 @@ class Options:
                  frame: _Frame):
         self._expander, self._stmt, self._options, self._scope, self._frame = expander, stmt, options, scope, frame
         self.common = dict(span=stmt.span, calls=frame.calls)
+        self.stem = ""  # what name() was asked for: the same statement elsewhere is named alike
 
     def __contains__(self, key: str) -> bool:
         return key in self._options
 
     def name(self, stem: str) -> str:
         """The node's unique dotted name in its scope (`conv3`, `basic2.relu1`)."""
+        self.stem = stem
         return self._scope.name(stem)
 
     def word(self, key: str) -> str:
@@ -410,6 +468,30 @@ class Options:
         """A mistake in the statement, shown at option `key` (or at the statement)."""
         span = self._options[key].span if key is not None else self._stmt.span
         return BadValueError(message, span, calls=self._frame.calls, hint=hint)
+
+
+def _moved_tree(root: ir.Node, name: str, calls: tuple[Span, ...], shapes: Shapes) -> ir.Node:
+    """`root` and everything in it renamed from `root.name` to `name`, and called from `calls` instead
+    of `root.calls`, with the shapes each had."""
+    names_from, calls_from = len(root.name), len(root.calls)
+
+    def move(node: ir.Node) -> ir.Node:
+        children = None
+        if node.children():  # structure: each field holding nodes is moved along
+            children = {}
+            for key, value in node.__dict__.items():
+                if type(value) is tuple:
+                    if value and isinstance(value[0], ir.Node):
+                        children[key] = tuple([move(v) for v in value])
+                elif isinstance(value, ir.Node):
+                    children[key] = move(value)
+        moved = node.moved(name + node.name[names_from:], node.span, calls + node.calls[calls_from:], children)
+        layer_shape = shapes.get(node.name)
+        if layer_shape is not None:  # a shortcut the residual does not use has none
+            shapes[moved.name] = layer_shape
+        return moved
+
+    return move(root)
 
 
 def _whole(value: int | float) -> int | float:
@@ -453,13 +535,12 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
             errors.append(err)
             return None
 
-    headers = [i for i in program.items if isinstance(i, S.NetworkHeader)]
-    inputs = [i for i in program.items if isinstance(i, S.InputHeader)]
-    block_defs = [i for i in program.items if isinstance(i, S.BlockDef)]
-    expects = [i for i in program.items if isinstance(i, S.ExpectStmt)]
-    sections = [i for i in program.items if isinstance(i, S.Section)]
-    statements = tuple(i for i in program.items if isinstance(i, (S.Layer, S.Call, S.Repeat, S.Residual,
-                                                                    S.Branches)))
+    by_kind: dict[type, list] = {}
+    for item in program.items:
+        by_kind.setdefault(type(item), []).append(item)
+    headers, inputs, block_defs, expects, sections = (
+        by_kind.get(kind, []) for kind in (S.NetworkHeader, S.InputHeader, S.BlockDef, S.ExpectStmt, S.Section))
+    statements = [i for i in program.items if type(i) in _STATEMENT_TYPES]
     header = attempt(_single, headers, "network") or (headers[0] if headers else None)
     input_header = attempt(_single, inputs, "input") or (inputs[0] if inputs else None)
 
@@ -488,7 +569,7 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
         errors.append(BadValueError("the network has no layers", input_span or Span(1, 1),
                                     hint="add statements after 'input', e.g. 'conv 3x3 pad1 -> 16; relu'"))
 
-    expander = _Expander(blocks)
+    expander = _Expander(blocks, source)
     expander.shapes.input = input_shape  # known while the nodes are built (`upsample to input`)
     expander.shape_lost = input_shape is None
     items: list[ir.Node] = []
@@ -514,7 +595,8 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
 
     body = ir.Seq(name="", span=statements[0].span, items=tuple(items))
     expander.shapes.infer(body, input_shape)
-    _check_droppaths(body)
+    if expander.droppaths:
+        _check_droppaths(body)
     expander.shapes.body = body
     name = header.name if header else _default_name(source.path)
     return ir.Network(
@@ -530,6 +612,9 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
         input_span=input_span,
         blocks=tuple(blocks.values()),
     )
+
+
+_STATEMENT_TYPES = frozenset((S.Layer, S.Call, S.Repeat, S.Residual, S.Branches))
 
 
 def _distinct(errors: list[CnnDslError]) -> list[CnnDslError]:

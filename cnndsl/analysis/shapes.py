@@ -9,13 +9,14 @@ instead of redoing the arithmetic.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from .. import ir
 from ..errors import CnnDslError, LimitError, Warnings
 from ..kinds.base import LayerShape, Shape, Window, effective_kernel, fmt, same_padding, window
 
-__all__ = ["MAX_ELEMENTS", "LayerShape", "Shape", "Shapes", "Window", "active", "check_size", "effective_kernel", "fmt",
-           "infer_shapes", "same_padding", "window"]
+__all__ = ["MAX_ELEMENTS", "LayerShape", "Shape", "Shapes", "Window", "active", "active_depths", "check_size",
+           "effective_kernel", "fmt", "infer_shapes", "same_padding", "window"]
 
 # The most values one tensor (an activation of one sample, or a layer's parameters) may hold: 2**40 is
 # 4 TiB of float32, beyond any machine, and keeps every size exact in the backends' 64-bit integers.
@@ -72,17 +73,23 @@ def infer_shapes(network: ir.Network, input_shape: Shape | None = None) -> Shape
 
 def active(node: ir.Node, shapes: Shapes) -> list[ir.Node]:
     """Nodes that take part in the computation, in order: a shortcut that does not project is skipped."""
-    nodes: list[ir.Node] = []
-    _collect_active(node, shapes, nodes)
-    return nodes
+    return [each for each, _ in active_depths(node, shapes)]
 
 
-def _collect_active(node: ir.Node, shapes: Shapes, nodes: list[ir.Node]) -> None:
-    nodes.append(node)
-    if isinstance(node, ir.Residual):
-        _collect_active(node.body, shapes, nodes)
-        if node.shortcut is not None and shapes.of(node).projects:
-            _collect_active(node.shortcut, shapes, nodes)
-        return
-    for child in node.children():
-        _collect_active(child, shapes, nodes)
+def active_depths(node: ir.Node, shapes: Shapes, indents: Callable[[ir.Node], bool] = lambda node: False
+                  ) -> list[tuple[ir.Node, int]]:
+    """`active`, each node with its depth: how many nodes around it `indents` holds true of."""
+    out: list[tuple[ir.Node, int]] = []
+    pending = [(node, 0)]  # a stack, the next node on top: deep networks need no recursion
+    while pending:
+        node, depth = pending.pop()
+        out.append((node, depth))
+        if type(node) is ir.Residual:
+            children = (node.body, node.shortcut) if node.shortcut is not None and shapes[node.name].projects \
+                else (node.body,)
+        else:
+            children = node.children()
+        if children:
+            inner = depth + 1 if indents(node) else depth
+            pending.extend([(child, inner) for child in reversed(children)])
+    return out

@@ -459,6 +459,19 @@ class Node:
         """The nodes directly inside this one, in order (none for a layer)."""
         return ()
 
+    def moved(self, name: str, span: Span, calls: tuple[Span, ...], children: dict[str, Any] | None = None) -> Node:
+        """The same evaluated statement at another place: a copy with another name, span and calls
+        (and, for structure, the `children` fields given). dataclasses.replace would run every field
+        through __init__ again: the expander moves most layers of a large program, so a copy of the
+        fields is what it pays for."""
+        moved = object.__new__(type(self))
+        fields_of = moved.__dict__
+        fields_of.update(self.__dict__)
+        fields_of["name"], fields_of["span"], fields_of["calls"] = name, span, calls
+        if children:
+            fields_of.update(children)
+        return moved
+
     # -- rules (every kind defines them or inherits a family's) ----------------------------------
     @classmethod
     def build(cls, options: Options) -> Node:
