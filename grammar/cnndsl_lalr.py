@@ -3692,1782 +3692,439 @@ FIRST_CHARACTERS = {'ACTIVATION': 'eghlrst',
 
 def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
     """Each rule's reduce action (by `str(rule)`), calling `transformer`'s method for the rule."""
-    t_activation = transformer.activation
-    t_add = transformer.add
-    t_augment = transformer.augment
-    t_binop_add = transformer.binop_add
-    t_binop_div = transformer.binop_div
-    t_binop_floordiv = transformer.binop_floordiv
-    t_binop_mul = transformer.binop_mul
-    t_binop_sub = transformer.binop_sub
-    t_block_def = transformer.block_def
-    t_bn = transformer.bn
-    t_body = transformer.body
-    t_branch = transformer.branch
-    t_branches = transformer.branches
-    t_brightness = transformer.brightness
-    t_call = transformer.call
-    t_call_args = transformer.call_args
-    t_channel_from = transformer.channel_from
-    t_channel_to = transformer.channel_to
-    t_channels = transformer.channels
-    t_comparison = transformer.comparison
-    t_concat = transformer.concat
-    t_contrast = transformer.contrast
-    t_conv = transformer.conv
-    t_crop = transformer.crop
-    t_deconv = transformer.deconv
-    t_dil = transformer.dil
-    t_dropout = transformer.dropout
-    t_droppath = transformer.droppath
-    t_eps = transformer.eps
-    t_expect = transformer.expect
-    t_fc = transformer.fc
-    t_flatten = transformer.flatten
-    t_flip = transformer.flip
-    t_func = transformer.func
-    t_gn = transformer.gn
-    t_groups = transformer.groups
-    t_input = transformer.input
-    t_kernel = transformer.kernel
-    t_keyword_arg = transformer.keyword_arg
-    t_layerscale = transformer.layerscale
-    t_ln = transformer.ln
-    t_loose_shortcut = transformer.loose_shortcut
-    t_momentum = transformer.momentum
-    t_mul = transformer.mul
-    t_mult = transformer.mult
-    t_neg = transformer.neg
-    t_network = transformer.network
-    t_number = transformer.number
-    t_opt_betas = transformer.opt_betas
-    t_opt_lr = transformer.opt_lr
-    t_opt_momentum = transformer.opt_momentum
-    t_optimizer = transformer.optimizer
-    t_out = transformer.out
-    t_outpad = transformer.outpad
-    t_pad = transformer.pad
-    t_pair = transformer.pair
-    t_param = transformer.param
-    t_params = transformer.params
-    t_pool = transformer.pool
-    t_positional_arg = transformer.positional_arg
-    t_preprocess = transformer.preprocess
-    t_repeat = transformer.repeat
-    t_residual = transformer.residual
-    t_rotate = transformer.rotate
-    t_scale = transformer.scale
-    t_schedule = transformer.schedule
-    t_setting = transformer.setting
-    t_shortcut = transformer.shortcut
-    t_shuffle = transformer.shuffle
-    t_skew = transformer.skew
-    t_standardize = transformer.standardize
-    t_start = transformer.start
-    t_stride = transformer.stride
-    t_train = transformer.train
-    t_tuple = transformer.tuple
-    t_upsample = transformer.upsample
-    t_var = transformer.var
-    t_zoom = transformer.zoom
 
-    def reduce_0(c):  # <start : _SEP _top __start_star_0 _SEP>
-        c0, c1, c2, c3, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_1(c):  # <start : _SEP _top __start_star_0>
-        c0, c1, c2, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_2(c):  # <start : _SEP _top _SEP>
-        c0, c1, c2, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_3(c):  # <start : _SEP _top>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_4(c):  # <start : _SEP>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_5(c):  # <start : _top __start_star_0 _SEP>
-        c0, c1, c2, = c
-        v1 = c1[0]
-        if type(v1) is not list: v1 = [v1]
-        values = [c0[0], *v1]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_6(c):  # <start : _top __start_star_0>
-        c0, c1, = c
-        v1 = c1[0]
-        if type(v1) is not list: v1 = [v1]
-        values = [c0[0], *v1]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_7(c):  # <start : _top _SEP>
-        c0, c1, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_8(c):  # <start : _top>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
-
-    def reduce_9(c):  # <start : >
-        values = []
-        f = None
-        z = None
-        if f is None:
-            line = column = end_line = end_column = None
-            span = Span(0, 0)
-        else:
-            line, column, end_line, end_column = f[1], f[2], z[3], z[4]
+    def shape_0(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            v2 = c2[0]
+            if type(v2) is not list: v2 = [v2]
+            values = [c1[0], *v2]
+            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
             span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_start(span, values), line, column, end_line, end_column)
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
 
-    def reduce_18(c):  # <network : NETWORK NAME>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_network(span, values), line, column, end_line, end_column)
-
-    def reduce_19(c):  # <input : TO_INPUT DIMS>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_input(span, values), line, column, end_line, end_column)
-
-    def reduce_20(c):  # <input : TO_INPUT NUMBER>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_input(span, values), line, column, end_line, end_column)
-
-    def reduce_21(c):  # <block_def : BLOCK NAME params LBRACE body RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        values = [c1[0], c2[0], c4[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_block_def(span, values), line, column, end_line, end_column)
-
-    def reduce_22(c):  # <block_def : BLOCK NAME LBRACE body RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c1[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_block_def(span, values), line, column, end_line, end_column)
-
-    def reduce_23(c):  # <params : LPAR param __params_star_1 RPAR>
-        c0, c1, c2, c3, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_params(span, values), line, column, end_line, end_column)
-
-    def reduce_24(c):  # <params : LPAR param RPAR>
-        c0, c1, c2, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_params(span, values), line, column, end_line, end_column)
-
-    def reduce_25(c):  # <params : LPAR RPAR>
-        c0, c1, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_params(span, values), line, column, end_line, end_column)
-
-    def reduce_26(c):  # <param : NAME EQUAL expr>
-        c0, c1, c2, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_param(span, values), line, column, end_line, end_column)
-
-    def reduce_27(c):  # <param : NAME>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_param(span, values), line, column, end_line, end_column)
-
-    def reduce_28(c):  # <body : _SEP _stmt __body_star_2 _SEP>
-        c0, c1, c2, c3, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_29(c):  # <body : _SEP _stmt __body_star_2>
-        c0, c1, c2, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_30(c):  # <body : _SEP _stmt _SEP>
-        c0, c1, c2, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_31(c):  # <body : _SEP _stmt>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_32(c):  # <body : _SEP>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_33(c):  # <body : _stmt __body_star_2 _SEP>
-        c0, c1, c2, = c
-        v1 = c1[0]
-        if type(v1) is not list: v1 = [v1]
-        values = [c0[0], *v1]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_34(c):  # <body : _stmt __body_star_2>
-        c0, c1, = c
-        v1 = c1[0]
-        if type(v1) is not list: v1 = [v1]
-        values = [c0[0], *v1]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_35(c):  # <body : _stmt _SEP>
-        c0, c1, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_36(c):  # <body : _stmt>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
-
-    def reduce_37(c):  # <body : >
-        values = []
-        f = None
-        z = None
-        if f is None:
-            line = column = end_line = end_column = None
-            span = Span(0, 0)
-        else:
-            line, column, end_line, end_column = f[1], f[2], z[3], z[4]
+    def shape_1(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            v2 = c2[0]
+            if type(v2) is not list: v2 = [v2]
+            values = [c1[0], *v2]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
             span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_body(span, values), line, column, end_line, end_column)
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
 
-    def reduce_40(c):  # <repeat : _simple_stmt X expr>
-        c0, c1, c2, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_repeat(span, values), line, column, end_line, end_column)
-
-    def reduce_62(c):  # <call : NAME call_args>
-        c0, c1, = c
-        values = [c0[0], c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_call(span, values), line, column, end_line, end_column)
-
-    def reduce_63(c):  # <call : NAME>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_call(span, values), line, column, end_line, end_column)
-
-    def reduce_64(c):  # <call_args : LPAR arg __call_args_star_3 RPAR>
-        c0, c1, c2, c3, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_call_args(span, values), line, column, end_line, end_column)
-
-    def reduce_65(c):  # <call_args : LPAR arg RPAR>
-        c0, c1, c2, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_call_args(span, values), line, column, end_line, end_column)
-
-    def reduce_66(c):  # <call_args : LPAR RPAR>
-        c0, c1, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_call_args(span, values), line, column, end_line, end_column)
-
-    def reduce_67(c):  # <arg : expr>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_positional_arg(span, values), line, column, end_line, end_column)
-
-    def reduce_68(c):  # <arg : NAME EQUAL expr>
-        c0, c1, c2, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_keyword_arg(span, values), line, column, end_line, end_column)
-
-    def reduce_69(c):  # <residual : RESIDUAL LBRACE body RBRACE shortcut>
-        c0, c1, c2, c3, c4, = c
-        values = [c2[0], c4[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_residual(span, values), line, column, end_line, end_column)
-
-    def reduce_70(c):  # <residual : RESIDUAL LBRACE body RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_residual(span, values), line, column, end_line, end_column)
-
-    def reduce_71(c):  # <shortcut : SHORTCUT ALWAYS LBRACE body RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c1[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_shortcut(span, values), line, column, end_line, end_column)
-
-    def reduce_72(c):  # <shortcut : SHORTCUT LBRACE body RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_shortcut(span, values), line, column, end_line, end_column)
-
-    def reduce_73(c):  # <loose_shortcut : SHORTCUT ALWAYS LBRACE body RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c1[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_loose_shortcut(span, values), line, column, end_line, end_column)
-
-    def reduce_74(c):  # <loose_shortcut : SHORTCUT LBRACE body RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_loose_shortcut(span, values), line, column, end_line, end_column)
-
-    def reduce_75(c):  # <concat : CONCAT CROP LBRACE branches RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c1[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_concat(span, values), line, column, end_line, end_column)
-
-    def reduce_76(c):  # <concat : CONCAT LBRACE branches RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_concat(span, values), line, column, end_line, end_column)
-
-    def reduce_77(c):  # <add : ADD LBRACE branches RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_add(span, values), line, column, end_line, end_column)
-
-    def reduce_78(c):  # <mul : MUL LBRACE branches RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_mul(span, values), line, column, end_line, end_column)
-
-    def reduce_79(c):  # <branches : _SEP __branches_star_4>
-        c0, c1, = c
-        v1 = c1[0]
-        if type(v1) is not list: v1 = [v1]
-        values = v1
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_branches(span, values), line, column, end_line, end_column)
-
-    def reduce_80(c):  # <branches : _SEP>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_branches(span, values), line, column, end_line, end_column)
-
-    def reduce_81(c):  # <branches : __branches_star_4>
-        c0, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_branches(span, values), line, column, end_line, end_column)
-
-    def reduce_82(c):  # <branches : >
-        values = []
-        f = None
-        z = None
-        if f is None:
-            line = column = end_line = end_column = None
-            span = Span(0, 0)
-        else:
-            line, column, end_line, end_column = f[1], f[2], z[3], z[4]
+    def shape_2(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = [c1[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
             span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_branches(span, values), line, column, end_line, end_column)
-
-    def reduce_83(c):  # <branch : BRANCH LBRACE body RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_branch(span, values), line, column, end_line, end_column)
-
-    def reduce_84(c):  # <conv : CONV kernel stride __conv_star_5>
-        c0, c1, c2, c3, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c1[0], c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_conv(span, values), line, column, end_line, end_column)
-
-    def reduce_85(c):  # <conv : CONV kernel stride>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_conv(span, values), line, column, end_line, end_column)
-
-    def reduce_86(c):  # <conv : CONV kernel __conv_star_5>
-        c0, c1, c2, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_conv(span, values), line, column, end_line, end_column)
-
-    def reduce_87(c):  # <conv : CONV kernel>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_conv(span, values), line, column, end_line, end_column)
-
-    def reduce_95(c):  # <out : __ANON_0 expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_out(span, values), line, column, end_line, end_column)
-
-    def reduce_96(c):  # <mult : __ANON_0 MULT>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_mult(span, values), line, column, end_line, end_column)
-
-    def reduce_97(c):  # <pad : PAD SAME>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pad(span, values), line, column, end_line, end_column)
-
-    def reduce_98(c):  # <pad : PAD VALID>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pad(span, values), line, column, end_line, end_column)
-
-    def reduce_99(c):  # <pad : PAD DIMS>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pad(span, values), line, column, end_line, end_column)
-
-    def reduce_100(c):  # <pad : PAD pair>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pad(span, values), line, column, end_line, end_column)
-
-    def reduce_101(c):  # <pad : PAD expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pad(span, values), line, column, end_line, end_column)
-
-    def reduce_102(c):  # <dil : DIL DIMS>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_dil(span, values), line, column, end_line, end_column)
-
-    def reduce_103(c):  # <dil : DIL pair>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_dil(span, values), line, column, end_line, end_column)
-
-    def reduce_104(c):  # <dil : DIL expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_dil(span, values), line, column, end_line, end_column)
-
-    def reduce_105(c):  # <groups : GROUPS expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_groups(span, values), line, column, end_line, end_column)
-
-    def reduce_106(c):  # <deconv : DECONV kernel stride __deconv_star_6>
-        c0, c1, c2, c3, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c1[0], c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_deconv(span, values), line, column, end_line, end_column)
-
-    def reduce_107(c):  # <deconv : DECONV kernel stride>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_deconv(span, values), line, column, end_line, end_column)
-
-    def reduce_108(c):  # <deconv : DECONV kernel __deconv_star_6>
-        c0, c1, c2, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_deconv(span, values), line, column, end_line, end_column)
-
-    def reduce_109(c):  # <deconv : DECONV kernel>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_deconv(span, values), line, column, end_line, end_column)
-
-    def reduce_115(c):  # <outpad : OUTPAD DIMS>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_outpad(span, values), line, column, end_line, end_column)
-
-    def reduce_116(c):  # <outpad : OUTPAD pair>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_outpad(span, values), line, column, end_line, end_column)
-
-    def reduce_117(c):  # <outpad : OUTPAD expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_outpad(span, values), line, column, end_line, end_column)
-
-    def reduce_118(c):  # <upsample : UPSAMPLE MULT UPSAMPLE_MODE>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_upsample(span, values), line, column, end_line, end_column)
-
-    def reduce_119(c):  # <upsample : UPSAMPLE MULT>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_upsample(span, values), line, column, end_line, end_column)
-
-    def reduce_120(c):  # <upsample : UPSAMPLE TO DIMS UPSAMPLE_MODE>
-        c0, c1, c2, c3, = c
-        values = [c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_upsample(span, values), line, column, end_line, end_column)
-
-    def reduce_121(c):  # <upsample : UPSAMPLE TO DIMS>
-        c0, c1, c2, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_upsample(span, values), line, column, end_line, end_column)
-
-    def reduce_122(c):  # <upsample : UPSAMPLE TO pair UPSAMPLE_MODE>
-        c0, c1, c2, c3, = c
-        values = [c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_upsample(span, values), line, column, end_line, end_column)
-
-    def reduce_123(c):  # <upsample : UPSAMPLE TO pair>
-        c0, c1, c2, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_upsample(span, values), line, column, end_line, end_column)
-
-    def reduce_124(c):  # <upsample : UPSAMPLE TO TO_INPUT UPSAMPLE_MODE>
-        c0, c1, c2, c3, = c
-        values = [c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_upsample(span, values), line, column, end_line, end_column)
-
-    def reduce_125(c):  # <upsample : UPSAMPLE TO TO_INPUT>
-        c0, c1, c2, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_upsample(span, values), line, column, end_line, end_column)
-
-    def reduce_126(c):  # <kernel : DIMS>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_kernel(span, values), line, column, end_line, end_column)
-
-    def reduce_127(c):  # <kernel : pair>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_kernel(span, values), line, column, end_line, end_column)
-
-    def reduce_128(c):  # <kernel : _atom>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_kernel(span, values), line, column, end_line, end_column)
-
-    def reduce_129(c):  # <stride : SLASH DIMS>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_stride(span, values), line, column, end_line, end_column)
-
-    def reduce_130(c):  # <stride : SLASH pair>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_stride(span, values), line, column, end_line, end_column)
-
-    def reduce_131(c):  # <stride : SLASH expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_stride(span, values), line, column, end_line, end_column)
-
-    def reduce_132(c):  # <pair : LPAR expr COMMA expr RPAR>
-        c0, c1, c2, c3, c4, = c
-        values = [c1[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pair(span, values), line, column, end_line, end_column)
-
-    def reduce_133(c):  # <pool : POOL POOL_MODE GLOBAL __pool_star_7>
-        c0, c1, c2, c3, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c1[0], c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pool(span, values), line, column, end_line, end_column)
-
-    def reduce_134(c):  # <pool : POOL POOL_MODE GLOBAL>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pool(span, values), line, column, end_line, end_column)
-
-    def reduce_135(c):  # <pool : POOL POOL_MODE ADAPTIVE kernel __pool_star_7>
-        c0, c1, c2, c3, c4, = c
-        v4 = c4[0]
-        if type(v4) is not list: v4 = [v4]
-        values = [c1[0], c2[0], c3[0], *v4]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pool(span, values), line, column, end_line, end_column)
-
-    def reduce_136(c):  # <pool : POOL POOL_MODE ADAPTIVE kernel>
-        c0, c1, c2, c3, = c
-        values = [c1[0], c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pool(span, values), line, column, end_line, end_column)
-
-    def reduce_137(c):  # <pool : POOL POOL_MODE kernel stride __pool_star_7>
-        c0, c1, c2, c3, c4, = c
-        v4 = c4[0]
-        if type(v4) is not list: v4 = [v4]
-        values = [c1[0], c2[0], c3[0], *v4]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pool(span, values), line, column, end_line, end_column)
-
-    def reduce_138(c):  # <pool : POOL POOL_MODE kernel stride>
-        c0, c1, c2, c3, = c
-        values = [c1[0], c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pool(span, values), line, column, end_line, end_column)
-
-    def reduce_139(c):  # <pool : POOL POOL_MODE kernel __pool_star_7>
-        c0, c1, c2, c3, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c1[0], c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pool(span, values), line, column, end_line, end_column)
-
-    def reduce_140(c):  # <pool : POOL POOL_MODE kernel>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_pool(span, values), line, column, end_line, end_column)
-
-    def reduce_143(c):  # <fc : FC __ANON_0 expr NOBIAS>
-        c0, c1, c2, c3, = c
-        values = [c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_fc(span, values), line, column, end_line, end_column)
-
-    def reduce_144(c):  # <fc : FC __ANON_0 expr>
-        c0, c1, c2, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_fc(span, values), line, column, end_line, end_column)
-
-    def reduce_145(c):  # <fc : FC expr NOBIAS>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_fc(span, values), line, column, end_line, end_column)
-
-    def reduce_146(c):  # <fc : FC expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_fc(span, values), line, column, end_line, end_column)
-
-    def reduce_147(c):  # <flatten : FLATTEN>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_flatten(span, values), line, column, end_line, end_column)
-
-    def reduce_148(c):  # <dropout : DROPOUT expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_dropout(span, values), line, column, end_line, end_column)
-
-    def reduce_149(c):  # <dropout : DROPOUT>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_dropout(span, values), line, column, end_line, end_column)
-
-    def reduce_150(c):  # <bn : BN __bn_star_8>
-        c0, c1, = c
-        v1 = c1[0]
-        if type(v1) is not list: v1 = [v1]
-        values = v1
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_bn(span, values), line, column, end_line, end_column)
-
-    def reduce_151(c):  # <bn : BN>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_bn(span, values), line, column, end_line, end_column)
-
-    def reduce_154(c):  # <eps : EPS expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_eps(span, values), line, column, end_line, end_column)
-
-    def reduce_155(c):  # <momentum : MOMENTUM expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_momentum(span, values), line, column, end_line, end_column)
-
-    def reduce_156(c):  # <ln : LN eps>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_ln(span, values), line, column, end_line, end_column)
-
-    def reduce_157(c):  # <ln : LN>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_ln(span, values), line, column, end_line, end_column)
-
-    def reduce_158(c):  # <gn : GN expr eps>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_gn(span, values), line, column, end_line, end_column)
-
-    def reduce_159(c):  # <gn : GN expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_gn(span, values), line, column, end_line, end_column)
-
-    def reduce_160(c):  # <layerscale : LAYERSCALE expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_layerscale(span, values), line, column, end_line, end_column)
-
-    def reduce_161(c):  # <droppath : DROPPATH expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_droppath(span, values), line, column, end_line, end_column)
-
-    def reduce_162(c):  # <shuffle : SHUFFLE expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_shuffle(span, values), line, column, end_line, end_column)
-
-    def reduce_163(c):  # <channels : CHANNELS channel_from COLON channel_to>
-        c0, c1, c2, c3, = c
-        values = [c1[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_channels(span, values), line, column, end_line, end_column)
-
-    def reduce_164(c):  # <channels : CHANNELS channel_from COLON>
-        c0, c1, c2, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_channels(span, values), line, column, end_line, end_column)
-
-    def reduce_165(c):  # <channels : CHANNELS COLON channel_to>
-        c0, c1, c2, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_channels(span, values), line, column, end_line, end_column)
-
-    def reduce_166(c):  # <channel_from : expr>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_channel_from(span, values), line, column, end_line, end_column)
-
-    def reduce_167(c):  # <channel_to : expr>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_channel_to(span, values), line, column, end_line, end_column)
-
-    def reduce_168(c):  # <activation : ACTIVATION expr>
-        c0, c1, = c
-        values = [c0[0], c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_activation(span, values), line, column, end_line, end_column)
-
-    def reduce_169(c):  # <activation : ACTIVATION>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_activation(span, values), line, column, end_line, end_column)
-
-    def reduce_174(c):  # <binop_add : _sum PLUS product>
-        c0, c1, c2, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_binop_add(span, values), line, column, end_line, end_column)
-
-    def reduce_175(c):  # <binop_sub : _sum MINUS product>
-        c0, c1, c2, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_binop_sub(span, values), line, column, end_line, end_column)
-
-    def reduce_180(c):  # <binop_mul : product STAR _unary>
-        c0, c1, c2, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_binop_mul(span, values), line, column, end_line, end_column)
-
-    def reduce_181(c):  # <binop_div : product SLASH _unary>
-        c0, c1, c2, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_binop_div(span, values), line, column, end_line, end_column)
-
-    def reduce_182(c):  # <binop_floordiv : product __ANON_1 _unary>
-        c0, c1, c2, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_binop_floordiv(span, values), line, column, end_line, end_column)
-
-    def reduce_185(c):  # <neg : MINUS _unary>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_neg(span, values), line, column, end_line, end_column)
-
-    def reduce_189(c):  # <_atom : LPAR expr RPAR>
-        c0, c1, c2, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_190(c):  # <func : NAME LPAR expr __func_star_9 RPAR>
-        c0, c1, c2, c3, c4, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c0[0], c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_func(span, values), line, column, end_line, end_column)
-
-    def reduce_191(c):  # <func : NAME LPAR expr RPAR>
-        c0, c1, c2, c3, = c
-        values = [c0[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_func(span, values), line, column, end_line, end_column)
-
-    def reduce_192(c):  # <number : NUMBER>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_number(span, values), line, column, end_line, end_column)
-
-    def reduce_193(c):  # <number : SIZE>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_number(span, values), line, column, end_line, end_column)
-
-    def reduce_194(c):  # <var : NAME>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_var(span, values), line, column, end_line, end_column)
-
-    def reduce_195(c):  # <expect : EXPECT NAME comparison DIMS>
-        c0, c1, c2, c3, = c
-        values = [c1[0], c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_expect(span, values), line, column, end_line, end_column)
-
-    def reduce_196(c):  # <expect : EXPECT NAME comparison NUMBER>
-        c0, c1, c2, c3, = c
-        values = [c1[0], c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_expect(span, values), line, column, end_line, end_column)
-
-    def reduce_197(c):  # <expect : EXPECT NAME comparison SIZE>
-        c0, c1, c2, c3, = c
-        values = [c1[0], c2[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_expect(span, values), line, column, end_line, end_column)
-
-    def reduce_198(c):  # <expect : EXPECT NAME DIMS>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_expect(span, values), line, column, end_line, end_column)
-
-    def reduce_199(c):  # <expect : EXPECT NAME NUMBER>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_expect(span, values), line, column, end_line, end_column)
-
-    def reduce_200(c):  # <expect : EXPECT NAME SIZE>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_expect(span, values), line, column, end_line, end_column)
-
-    def reduce_201(c):  # <comparison : LESSTHAN>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_comparison(span, values), line, column, end_line, end_column)
-
-    def reduce_202(c):  # <comparison : __ANON_2>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_comparison(span, values), line, column, end_line, end_column)
-
-    def reduce_203(c):  # <comparison : MORETHAN>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_comparison(span, values), line, column, end_line, end_column)
-
-    def reduce_204(c):  # <comparison : __ANON_3>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_comparison(span, values), line, column, end_line, end_column)
-
-    def reduce_205(c):  # <comparison : __ANON_4>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_comparison(span, values), line, column, end_line, end_column)
-
-    def reduce_206(c):  # <comparison : EQUAL>
-        c0, = c
-        values = [c0[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_comparison(span, values), line, column, end_line, end_column)
-
-    def reduce_207(c):  # <preprocess : PREPROCESS LBRACE _SEP _pre_stmt __preprocess_star_10 _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, c6, = c
-        v4 = c4[0]
-        if type(v4) is not list: v4 = [v4]
-        values = [c3[0], *v4]
-        line, column, end_line, end_column = c0[1], c0[2], c6[3], c6[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_208(c):  # <preprocess : PREPROCESS LBRACE _SEP _pre_stmt __preprocess_star_10 RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        v4 = c4[0]
-        if type(v4) is not list: v4 = [v4]
-        values = [c3[0], *v4]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_209(c):  # <preprocess : PREPROCESS LBRACE _SEP _pre_stmt _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        values = [c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_210(c):  # <preprocess : PREPROCESS LBRACE _SEP _pre_stmt RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_211(c):  # <preprocess : PREPROCESS LBRACE _SEP RBRACE>
-        c0, c1, c2, c3, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_212(c):  # <preprocess : PREPROCESS LBRACE _pre_stmt __preprocess_star_10 _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_213(c):  # <preprocess : PREPROCESS LBRACE _pre_stmt __preprocess_star_10 RBRACE>
-        c0, c1, c2, c3, c4, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_214(c):  # <preprocess : PREPROCESS LBRACE _pre_stmt _SEP RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_215(c):  # <preprocess : PREPROCESS LBRACE _pre_stmt RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_216(c):  # <preprocess : PREPROCESS LBRACE RBRACE>
-        c0, c1, c2, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_preprocess(span, values), line, column, end_line, end_column)
-
-    def reduce_219(c):  # <scale : SCALE expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_scale(span, values), line, column, end_line, end_column)
-
-    def reduce_220(c):  # <standardize : STANDARDIZE MEAN tuple STD tuple>
-        c0, c1, c2, c3, c4, = c
-        values = [c2[0], c4[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_standardize(span, values), line, column, end_line, end_column)
-
-    def reduce_221(c):  # <standardize : STANDARDIZE>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_standardize(span, values), line, column, end_line, end_column)
-
-    def reduce_222(c):  # <tuple : LPAR expr __func_star_9 RPAR>
-        c0, c1, c2, c3, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_tuple(span, values), line, column, end_line, end_column)
-
-    def reduce_223(c):  # <tuple : LPAR expr RPAR>
-        c0, c1, c2, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_tuple(span, values), line, column, end_line, end_column)
-
-    def reduce_224(c):  # <augment : AUGMENT LBRACE _SEP _aug_stmt __augment_star_11 _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, c6, = c
-        v4 = c4[0]
-        if type(v4) is not list: v4 = [v4]
-        values = [c3[0], *v4]
-        line, column, end_line, end_column = c0[1], c0[2], c6[3], c6[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_225(c):  # <augment : AUGMENT LBRACE _SEP _aug_stmt __augment_star_11 RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        v4 = c4[0]
-        if type(v4) is not list: v4 = [v4]
-        values = [c3[0], *v4]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_226(c):  # <augment : AUGMENT LBRACE _SEP _aug_stmt _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        values = [c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_227(c):  # <augment : AUGMENT LBRACE _SEP _aug_stmt RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_228(c):  # <augment : AUGMENT LBRACE _SEP RBRACE>
-        c0, c1, c2, c3, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_229(c):  # <augment : AUGMENT LBRACE _aug_stmt __augment_star_11 _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_230(c):  # <augment : AUGMENT LBRACE _aug_stmt __augment_star_11 RBRACE>
-        c0, c1, c2, c3, c4, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_231(c):  # <augment : AUGMENT LBRACE _aug_stmt _SEP RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_232(c):  # <augment : AUGMENT LBRACE _aug_stmt RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_233(c):  # <augment : AUGMENT LBRACE RBRACE>
-        c0, c1, c2, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_augment(span, values), line, column, end_line, end_column)
-
-    def reduce_241(c):  # <flip : FLIP FLIP_AXIS>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_flip(span, values), line, column, end_line, end_column)
-
-    def reduce_242(c):  # <flip : FLIP>
-        c0, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_flip(span, values), line, column, end_line, end_column)
-
-    def reduce_243(c):  # <rotate : ROTATE expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_rotate(span, values), line, column, end_line, end_column)
-
-    def reduce_244(c):  # <zoom : ZOOM number number>
-        c0, c1, c2, = c
-        values = [c1[0], c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_zoom(span, values), line, column, end_line, end_column)
-
-    def reduce_245(c):  # <zoom : ZOOM number>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_zoom(span, values), line, column, end_line, end_column)
-
-    def reduce_246(c):  # <skew : SKEW expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_skew(span, values), line, column, end_line, end_column)
-
-    def reduce_247(c):  # <crop : CROP expr PAD _atom>
-        c0, c1, c2, c3, = c
-        values = [c1[0], c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_crop(span, values), line, column, end_line, end_column)
-
-    def reduce_248(c):  # <crop : CROP expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_crop(span, values), line, column, end_line, end_column)
-
-    def reduce_249(c):  # <brightness : BRIGHTNESS expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_brightness(span, values), line, column, end_line, end_column)
-
-    def reduce_250(c):  # <contrast : CONTRAST expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_contrast(span, values), line, column, end_line, end_column)
-
-    def reduce_251(c):  # <train : TRAIN LBRACE _SEP _train_stmt __train_star_12 _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, c6, = c
-        v4 = c4[0]
-        if type(v4) is not list: v4 = [v4]
-        values = [c3[0], *v4]
-        line, column, end_line, end_column = c0[1], c0[2], c6[3], c6[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_252(c):  # <train : TRAIN LBRACE _SEP _train_stmt __train_star_12 RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        v4 = c4[0]
-        if type(v4) is not list: v4 = [v4]
-        values = [c3[0], *v4]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_253(c):  # <train : TRAIN LBRACE _SEP _train_stmt _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        values = [c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_254(c):  # <train : TRAIN LBRACE _SEP _train_stmt RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c3[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_255(c):  # <train : TRAIN LBRACE _SEP RBRACE>
-        c0, c1, c2, c3, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_256(c):  # <train : TRAIN LBRACE _train_stmt __train_star_12 _SEP RBRACE>
-        c0, c1, c2, c3, c4, c5, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_257(c):  # <train : TRAIN LBRACE _train_stmt __train_star_12 RBRACE>
-        c0, c1, c2, c3, c4, = c
-        v3 = c3[0]
-        if type(v3) is not list: v3 = [v3]
-        values = [c2[0], *v3]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_258(c):  # <train : TRAIN LBRACE _train_stmt _SEP RBRACE>
-        c0, c1, c2, c3, c4, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_259(c):  # <train : TRAIN LBRACE _train_stmt RBRACE>
-        c0, c1, c2, c3, = c
-        values = [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_260(c):  # <train : TRAIN LBRACE RBRACE>
-        c0, c1, c2, = c
-        values = []
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_train(span, values), line, column, end_line, end_column)
-
-    def reduce_264(c):  # <optimizer : OPTIMIZER NAME __optimizer_star_13>
-        c0, c1, c2, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_optimizer(span, values), line, column, end_line, end_column)
-
-    def reduce_265(c):  # <optimizer : OPTIMIZER NAME>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_optimizer(span, values), line, column, end_line, end_column)
-
-    def reduce_270(c):  # <opt_lr : LR expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_opt_lr(span, values), line, column, end_line, end_column)
-
-    def reduce_271(c):  # <opt_momentum : MOMENTUM expr>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_opt_momentum(span, values), line, column, end_line, end_column)
-
-    def reduce_272(c):  # <opt_betas : BETAS tuple>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_opt_betas(span, values), line, column, end_line, end_column)
-
-    def reduce_273(c):  # <setting : SETTING expr>
-        c0, c1, = c
-        values = [c0[0], c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_setting(span, values), line, column, end_line, end_column)
-
-    def reduce_274(c):  # <schedule : SCHEDULE NAME __schedule_star_14>
-        c0, c1, c2, = c
-        v2 = c2[0]
-        if type(v2) is not list: v2 = [v2]
-        values = [c1[0], *v2]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_schedule(span, values), line, column, end_line, end_column)
-
-    def reduce_275(c):  # <schedule : SCHEDULE NAME>
-        c0, c1, = c
-        values = [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        span = new_tuple(Span, (line, column, end_line, end_column))
-        return (t_schedule(span, values), line, column, end_line, end_column)
-
-    def reduce_276(c):  # <__start_star_0 : _SEP _top>
-        c0, c1, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_277(c):  # <__start_star_0 : __start_star_0 _SEP _top>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_278(c):  # <__params_star_1 : COMMA param>
-        c0, c1, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_279(c):  # <__params_star_1 : __params_star_1 COMMA param>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_280(c):  # <__body_star_2 : _SEP _stmt>
-        c0, c1, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_281(c):  # <__body_star_2 : __body_star_2 _SEP _stmt>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_282(c):  # <__call_args_star_3 : COMMA arg>
-        c0, c1, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_283(c):  # <__call_args_star_3 : __call_args_star_3 COMMA arg>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_284(c):  # <__branches_star_4 : branch _SEP>
-        c0, c1, = c
-        values = c0[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_286(c):  # <__branches_star_4 : __branches_star_4 branch _SEP>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_287(c):  # <__branches_star_4 : __branches_star_4 branch>
-        c0, c1, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_289(c):  # <__conv_star_5 : __conv_star_5 _conv_opt>
-        c0, c1, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_291(c):  # <__deconv_star_6 : __deconv_star_6 _deconv_opt>
-        c0, c1, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_293(c):  # <__pool_star_7 : __pool_star_7 _pool_opt>
-        c0, c1, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_295(c):  # <__bn_star_8 : __bn_star_8 _bn_opt>
-        c0, c1, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_296(c):  # <__func_star_9 : COMMA expr>
-        c0, c1, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_297(c):  # <__func_star_9 : __func_star_9 COMMA expr>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_298(c):  # <__preprocess_star_10 : _SEP _pre_stmt>
-        c0, c1, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_299(c):  # <__preprocess_star_10 : __preprocess_star_10 _SEP _pre_stmt>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_300(c):  # <__augment_star_11 : _SEP _aug_stmt>
-        c0, c1, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_301(c):  # <__augment_star_11 : __augment_star_11 _SEP _aug_stmt>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_302(c):  # <__train_star_12 : _SEP _train_stmt>
-        c0, c1, = c
-        values = c1[0]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_303(c):  # <__train_star_12 : __train_star_12 _SEP _train_stmt>
-        c0, c1, c2, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c2[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_305(c):  # <__optimizer_star_13 : __optimizer_star_13 _opt_opt>
-        c0, c1, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
-
-    def reduce_307(c):  # <__schedule_star_14 : __schedule_star_14 number>
-        c0, c1, = c
-        v0 = c0[0]
-        if type(v0) is not list: v0 = [v0]
-        values = v0
-        values += [c1[0]]
-        line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-        return (values, line, column, end_line, end_column)
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_3(method):
+        def reduce(c):
+            c0, c1, = c
+            values = [c1[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_4(method):
+        def reduce(c):
+            c0, = c
+            values = []
+            line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_5(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            v1 = c1[0]
+            if type(v1) is not list: v1 = [v1]
+            values = [c0[0], *v1]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_6(method):
+        def reduce(c):
+            c0, c1, = c
+            v1 = c1[0]
+            if type(v1) is not list: v1 = [v1]
+            values = [c0[0], *v1]
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_7(method):
+        def reduce(c):
+            c0, c1, = c
+            values = [c0[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_8(method):
+        def reduce(c):
+            c0, = c
+            values = [c0[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_9(method):
+        def reduce(c):
+            values = []
+            f = None
+            z = None
+            if f is None:
+                line = column = end_line = end_column = None
+                span = Span(0, 0)
+            else:
+                line, column, end_line, end_column = f[1], f[2], z[3], z[4]
+                span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_10(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, = c
+            values = [c1[0], c2[0], c4[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_11(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            values = [c1[0], c3[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_12(method):
+        def reduce(c):
+            c0, c1, = c
+            values = []
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_13(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = [c0[0], c2[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_14(method):
+        def reduce(c):
+            c0, c1, = c
+            values = [c0[0], c1[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_15(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            values = [c2[0], c4[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_16(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c2[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_17(method):
+        def reduce(c):
+            c0, c1, = c
+            v1 = c1[0]
+            if type(v1) is not list: v1 = [v1]
+            values = v1
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_18(method):
+        def reduce(c):
+            c0, = c
+            v0 = c0[0]
+            if type(v0) is not list: v0 = [v0]
+            values = v0
+            line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_19(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            v3 = c3[0]
+            if type(v3) is not list: v3 = [v3]
+            values = [c1[0], c2[0], *v3]
+            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_20(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = [c1[0], c2[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_21(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c2[0], c3[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_22(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = [c2[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_23(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            v4 = c4[0]
+            if type(v4) is not list: v4 = [v4]
+            values = [c1[0], c2[0], c3[0], *v4]
+            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_24(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c1[0], c2[0], c3[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_25(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c1[0], c3[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_26(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = c1[0]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
+            return (values, line, column, end_line, end_column)
+        return reduce
+
+    def shape_27(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            v3 = c3[0]
+            if type(v3) is not list: v3 = [v3]
+            values = [c0[0], c2[0], *v3]
+            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_28(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c0[0], c2[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_29(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, c6, = c
+            v4 = c4[0]
+            if type(v4) is not list: v4 = [v4]
+            values = [c3[0], *v4]
+            line, column, end_line, end_column = c0[1], c0[2], c6[3], c6[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_30(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, = c
+            v4 = c4[0]
+            if type(v4) is not list: v4 = [v4]
+            values = [c3[0], *v4]
+            line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_31(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, = c
+            values = [c3[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_32(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            values = [c3[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_33(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = []
+            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_34(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, = c
+            v3 = c3[0]
+            if type(v3) is not list: v3 = [v3]
+            values = [c2[0], *v3]
+            line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_35(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            v3 = c3[0]
+            if type(v3) is not list: v3 = [v3]
+            values = [c2[0], *v3]
+            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_36(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            values = [c2[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_37(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = []
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
+            span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_38(method):
+        def reduce(c):
+            c0, c1, = c
+            values = c1[0]
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            return (values, line, column, end_line, end_column)
+        return reduce
+
+    def shape_39(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            v0 = c0[0]
+            if type(v0) is not list: v0 = [v0]
+            values = v0
+            values += [c2[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
+            return (values, line, column, end_line, end_column)
+        return reduce
+
+    def shape_40(method):
+        def reduce(c):
+            c0, c1, = c
+            values = c0[0]
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            return (values, line, column, end_line, end_column)
+        return reduce
+
+    def shape_41(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            v0 = c0[0]
+            if type(v0) is not list: v0 = [v0]
+            values = v0
+            values += [c1[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
+            return (values, line, column, end_line, end_column)
+        return reduce
+
+    def shape_42(method):
+        def reduce(c):
+            c0, c1, = c
+            v0 = c0[0]
+            if type(v0) is not list: v0 = [v0]
+            values = v0
+            values += [c1[0]]
+            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
+            return (values, line, column, end_line, end_column)
+        return reduce
 
     return {
-        '<start : _SEP _top __start_star_0 _SEP>': reduce_0,
-        '<start : _SEP _top __start_star_0>': reduce_1,
-        '<start : _SEP _top _SEP>': reduce_2,
-        '<start : _SEP _top>': reduce_3,
-        '<start : _SEP>': reduce_4,
-        '<start : _top __start_star_0 _SEP>': reduce_5,
-        '<start : _top __start_star_0>': reduce_6,
-        '<start : _top _SEP>': reduce_7,
-        '<start : _top>': reduce_8,
-        '<start : >': reduce_9,
+        '<start : _SEP _top __start_star_0 _SEP>': shape_0(transformer.start),
+        '<start : _SEP _top __start_star_0>': shape_1(transformer.start),
+        '<start : _SEP _top _SEP>': shape_2(transformer.start),
+        '<start : _SEP _top>': shape_3(transformer.start),
+        '<start : _SEP>': shape_4(transformer.start),
+        '<start : _top __start_star_0 _SEP>': shape_5(transformer.start),
+        '<start : _top __start_star_0>': shape_6(transformer.start),
+        '<start : _top _SEP>': shape_7(transformer.start),
+        '<start : _top>': shape_8(transformer.start),
+        '<start : >': shape_9(transformer.start),
         '<_top : network>': None,
         '<_top : input>': None,
         '<_top : block_def>': None,
@@ -5476,29 +4133,29 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
         '<_top : augment>': None,
         '<_top : train>': None,
         '<_top : _stmt>': None,
-        '<network : NETWORK NAME>': reduce_18,
-        '<input : TO_INPUT DIMS>': reduce_19,
-        '<input : TO_INPUT NUMBER>': reduce_20,
-        '<block_def : BLOCK NAME params LBRACE body RBRACE>': reduce_21,
-        '<block_def : BLOCK NAME LBRACE body RBRACE>': reduce_22,
-        '<params : LPAR param __params_star_1 RPAR>': reduce_23,
-        '<params : LPAR param RPAR>': reduce_24,
-        '<params : LPAR RPAR>': reduce_25,
-        '<param : NAME EQUAL expr>': reduce_26,
-        '<param : NAME>': reduce_27,
-        '<body : _SEP _stmt __body_star_2 _SEP>': reduce_28,
-        '<body : _SEP _stmt __body_star_2>': reduce_29,
-        '<body : _SEP _stmt _SEP>': reduce_30,
-        '<body : _SEP _stmt>': reduce_31,
-        '<body : _SEP>': reduce_32,
-        '<body : _stmt __body_star_2 _SEP>': reduce_33,
-        '<body : _stmt __body_star_2>': reduce_34,
-        '<body : _stmt _SEP>': reduce_35,
-        '<body : _stmt>': reduce_36,
-        '<body : >': reduce_37,
+        '<network : NETWORK NAME>': shape_3(transformer.network),
+        '<input : TO_INPUT DIMS>': shape_3(transformer.input),
+        '<input : TO_INPUT NUMBER>': shape_3(transformer.input),
+        '<block_def : BLOCK NAME params LBRACE body RBRACE>': shape_10(transformer.block_def),
+        '<block_def : BLOCK NAME LBRACE body RBRACE>': shape_11(transformer.block_def),
+        '<params : LPAR param __params_star_1 RPAR>': shape_0(transformer.params),
+        '<params : LPAR param RPAR>': shape_2(transformer.params),
+        '<params : LPAR RPAR>': shape_12(transformer.params),
+        '<param : NAME EQUAL expr>': shape_13(transformer.param),
+        '<param : NAME>': shape_8(transformer.param),
+        '<body : _SEP _stmt __body_star_2 _SEP>': shape_0(transformer.body),
+        '<body : _SEP _stmt __body_star_2>': shape_1(transformer.body),
+        '<body : _SEP _stmt _SEP>': shape_2(transformer.body),
+        '<body : _SEP _stmt>': shape_3(transformer.body),
+        '<body : _SEP>': shape_4(transformer.body),
+        '<body : _stmt __body_star_2 _SEP>': shape_5(transformer.body),
+        '<body : _stmt __body_star_2>': shape_6(transformer.body),
+        '<body : _stmt _SEP>': shape_7(transformer.body),
+        '<body : _stmt>': shape_8(transformer.body),
+        '<body : >': shape_9(transformer.body),
         '<_stmt : _simple_stmt>': None,
         '<_stmt : repeat>': None,
-        '<repeat : _simple_stmt X expr>': reduce_40,
+        '<repeat : _simple_stmt X expr>': shape_13(transformer.repeat),
         '<_simple_stmt : conv>': None,
         '<_simple_stmt : deconv>': None,
         '<_simple_stmt : upsample>': None,
@@ -5520,32 +4177,32 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
         '<_simple_stmt : mul>': None,
         '<_simple_stmt : call>': None,
         '<_simple_stmt : loose_shortcut>': None,
-        '<call : NAME call_args>': reduce_62,
-        '<call : NAME>': reduce_63,
-        '<call_args : LPAR arg __call_args_star_3 RPAR>': reduce_64,
-        '<call_args : LPAR arg RPAR>': reduce_65,
-        '<call_args : LPAR RPAR>': reduce_66,
-        '<arg : expr>': reduce_67,
-        '<arg : NAME EQUAL expr>': reduce_68,
-        '<residual : RESIDUAL LBRACE body RBRACE shortcut>': reduce_69,
-        '<residual : RESIDUAL LBRACE body RBRACE>': reduce_70,
-        '<shortcut : SHORTCUT ALWAYS LBRACE body RBRACE>': reduce_71,
-        '<shortcut : SHORTCUT LBRACE body RBRACE>': reduce_72,
-        '<loose_shortcut : SHORTCUT ALWAYS LBRACE body RBRACE>': reduce_73,
-        '<loose_shortcut : SHORTCUT LBRACE body RBRACE>': reduce_74,
-        '<concat : CONCAT CROP LBRACE branches RBRACE>': reduce_75,
-        '<concat : CONCAT LBRACE branches RBRACE>': reduce_76,
-        '<add : ADD LBRACE branches RBRACE>': reduce_77,
-        '<mul : MUL LBRACE branches RBRACE>': reduce_78,
-        '<branches : _SEP __branches_star_4>': reduce_79,
-        '<branches : _SEP>': reduce_80,
-        '<branches : __branches_star_4>': reduce_81,
-        '<branches : >': reduce_82,
-        '<branch : BRANCH LBRACE body RBRACE>': reduce_83,
-        '<conv : CONV kernel stride __conv_star_5>': reduce_84,
-        '<conv : CONV kernel stride>': reduce_85,
-        '<conv : CONV kernel __conv_star_5>': reduce_86,
-        '<conv : CONV kernel>': reduce_87,
+        '<call : NAME call_args>': shape_14(transformer.call),
+        '<call : NAME>': shape_8(transformer.call),
+        '<call_args : LPAR arg __call_args_star_3 RPAR>': shape_0(transformer.call_args),
+        '<call_args : LPAR arg RPAR>': shape_2(transformer.call_args),
+        '<call_args : LPAR RPAR>': shape_12(transformer.call_args),
+        '<arg : expr>': shape_8(transformer.positional_arg),
+        '<arg : NAME EQUAL expr>': shape_13(transformer.keyword_arg),
+        '<residual : RESIDUAL LBRACE body RBRACE shortcut>': shape_15(transformer.residual),
+        '<residual : RESIDUAL LBRACE body RBRACE>': shape_16(transformer.residual),
+        '<shortcut : SHORTCUT ALWAYS LBRACE body RBRACE>': shape_11(transformer.shortcut),
+        '<shortcut : SHORTCUT LBRACE body RBRACE>': shape_16(transformer.shortcut),
+        '<loose_shortcut : SHORTCUT ALWAYS LBRACE body RBRACE>': shape_11(transformer.loose_shortcut),
+        '<loose_shortcut : SHORTCUT LBRACE body RBRACE>': shape_16(transformer.loose_shortcut),
+        '<concat : CONCAT CROP LBRACE branches RBRACE>': shape_11(transformer.concat),
+        '<concat : CONCAT LBRACE branches RBRACE>': shape_16(transformer.concat),
+        '<add : ADD LBRACE branches RBRACE>': shape_16(transformer.add),
+        '<mul : MUL LBRACE branches RBRACE>': shape_16(transformer.mul),
+        '<branches : _SEP __branches_star_4>': shape_17(transformer.branches),
+        '<branches : _SEP>': shape_4(transformer.branches),
+        '<branches : __branches_star_4>': shape_18(transformer.branches),
+        '<branches : >': shape_9(transformer.branches),
+        '<branch : BRANCH LBRACE body RBRACE>': shape_16(transformer.branch),
+        '<conv : CONV kernel stride __conv_star_5>': shape_19(transformer.conv),
+        '<conv : CONV kernel stride>': shape_20(transformer.conv),
+        '<conv : CONV kernel __conv_star_5>': shape_1(transformer.conv),
+        '<conv : CONV kernel>': shape_3(transformer.conv),
         '<_conv_opt : out>': None,
         '<_conv_opt : mult>': None,
         '<_conv_opt : pad>': None,
@@ -5553,145 +4210,145 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
         '<_conv_opt : groups>': None,
         '<_conv_opt : DEPTHWISE>': None,
         '<_conv_opt : NOBIAS>': None,
-        '<out : __ANON_0 expr>': reduce_95,
-        '<mult : __ANON_0 MULT>': reduce_96,
-        '<pad : PAD SAME>': reduce_97,
-        '<pad : PAD VALID>': reduce_98,
-        '<pad : PAD DIMS>': reduce_99,
-        '<pad : PAD pair>': reduce_100,
-        '<pad : PAD expr>': reduce_101,
-        '<dil : DIL DIMS>': reduce_102,
-        '<dil : DIL pair>': reduce_103,
-        '<dil : DIL expr>': reduce_104,
-        '<groups : GROUPS expr>': reduce_105,
-        '<deconv : DECONV kernel stride __deconv_star_6>': reduce_106,
-        '<deconv : DECONV kernel stride>': reduce_107,
-        '<deconv : DECONV kernel __deconv_star_6>': reduce_108,
-        '<deconv : DECONV kernel>': reduce_109,
+        '<out : __ANON_0 expr>': shape_3(transformer.out),
+        '<mult : __ANON_0 MULT>': shape_3(transformer.mult),
+        '<pad : PAD SAME>': shape_3(transformer.pad),
+        '<pad : PAD VALID>': shape_3(transformer.pad),
+        '<pad : PAD DIMS>': shape_3(transformer.pad),
+        '<pad : PAD pair>': shape_3(transformer.pad),
+        '<pad : PAD expr>': shape_3(transformer.pad),
+        '<dil : DIL DIMS>': shape_3(transformer.dil),
+        '<dil : DIL pair>': shape_3(transformer.dil),
+        '<dil : DIL expr>': shape_3(transformer.dil),
+        '<groups : GROUPS expr>': shape_3(transformer.groups),
+        '<deconv : DECONV kernel stride __deconv_star_6>': shape_19(transformer.deconv),
+        '<deconv : DECONV kernel stride>': shape_20(transformer.deconv),
+        '<deconv : DECONV kernel __deconv_star_6>': shape_1(transformer.deconv),
+        '<deconv : DECONV kernel>': shape_3(transformer.deconv),
         '<_deconv_opt : out>': None,
         '<_deconv_opt : pad>': None,
         '<_deconv_opt : outpad>': None,
         '<_deconv_opt : groups>': None,
         '<_deconv_opt : NOBIAS>': None,
-        '<outpad : OUTPAD DIMS>': reduce_115,
-        '<outpad : OUTPAD pair>': reduce_116,
-        '<outpad : OUTPAD expr>': reduce_117,
-        '<upsample : UPSAMPLE MULT UPSAMPLE_MODE>': reduce_118,
-        '<upsample : UPSAMPLE MULT>': reduce_119,
-        '<upsample : UPSAMPLE TO DIMS UPSAMPLE_MODE>': reduce_120,
-        '<upsample : UPSAMPLE TO DIMS>': reduce_121,
-        '<upsample : UPSAMPLE TO pair UPSAMPLE_MODE>': reduce_122,
-        '<upsample : UPSAMPLE TO pair>': reduce_123,
-        '<upsample : UPSAMPLE TO TO_INPUT UPSAMPLE_MODE>': reduce_124,
-        '<upsample : UPSAMPLE TO TO_INPUT>': reduce_125,
-        '<kernel : DIMS>': reduce_126,
-        '<kernel : pair>': reduce_127,
-        '<kernel : _atom>': reduce_128,
-        '<stride : SLASH DIMS>': reduce_129,
-        '<stride : SLASH pair>': reduce_130,
-        '<stride : SLASH expr>': reduce_131,
-        '<pair : LPAR expr COMMA expr RPAR>': reduce_132,
-        '<pool : POOL POOL_MODE GLOBAL __pool_star_7>': reduce_133,
-        '<pool : POOL POOL_MODE GLOBAL>': reduce_134,
-        '<pool : POOL POOL_MODE ADAPTIVE kernel __pool_star_7>': reduce_135,
-        '<pool : POOL POOL_MODE ADAPTIVE kernel>': reduce_136,
-        '<pool : POOL POOL_MODE kernel stride __pool_star_7>': reduce_137,
-        '<pool : POOL POOL_MODE kernel stride>': reduce_138,
-        '<pool : POOL POOL_MODE kernel __pool_star_7>': reduce_139,
-        '<pool : POOL POOL_MODE kernel>': reduce_140,
+        '<outpad : OUTPAD DIMS>': shape_3(transformer.outpad),
+        '<outpad : OUTPAD pair>': shape_3(transformer.outpad),
+        '<outpad : OUTPAD expr>': shape_3(transformer.outpad),
+        '<upsample : UPSAMPLE MULT UPSAMPLE_MODE>': shape_20(transformer.upsample),
+        '<upsample : UPSAMPLE MULT>': shape_3(transformer.upsample),
+        '<upsample : UPSAMPLE TO DIMS UPSAMPLE_MODE>': shape_21(transformer.upsample),
+        '<upsample : UPSAMPLE TO DIMS>': shape_22(transformer.upsample),
+        '<upsample : UPSAMPLE TO pair UPSAMPLE_MODE>': shape_21(transformer.upsample),
+        '<upsample : UPSAMPLE TO pair>': shape_22(transformer.upsample),
+        '<upsample : UPSAMPLE TO TO_INPUT UPSAMPLE_MODE>': shape_21(transformer.upsample),
+        '<upsample : UPSAMPLE TO TO_INPUT>': shape_22(transformer.upsample),
+        '<kernel : DIMS>': shape_8(transformer.kernel),
+        '<kernel : pair>': shape_8(transformer.kernel),
+        '<kernel : _atom>': shape_8(transformer.kernel),
+        '<stride : SLASH DIMS>': shape_3(transformer.stride),
+        '<stride : SLASH pair>': shape_3(transformer.stride),
+        '<stride : SLASH expr>': shape_3(transformer.stride),
+        '<pair : LPAR expr COMMA expr RPAR>': shape_11(transformer.pair),
+        '<pool : POOL POOL_MODE GLOBAL __pool_star_7>': shape_19(transformer.pool),
+        '<pool : POOL POOL_MODE GLOBAL>': shape_20(transformer.pool),
+        '<pool : POOL POOL_MODE ADAPTIVE kernel __pool_star_7>': shape_23(transformer.pool),
+        '<pool : POOL POOL_MODE ADAPTIVE kernel>': shape_24(transformer.pool),
+        '<pool : POOL POOL_MODE kernel stride __pool_star_7>': shape_23(transformer.pool),
+        '<pool : POOL POOL_MODE kernel stride>': shape_24(transformer.pool),
+        '<pool : POOL POOL_MODE kernel __pool_star_7>': shape_19(transformer.pool),
+        '<pool : POOL POOL_MODE kernel>': shape_20(transformer.pool),
         '<_pool_opt : pad>': None,
         '<_pool_opt : CEIL>': None,
-        '<fc : FC __ANON_0 expr NOBIAS>': reduce_143,
-        '<fc : FC __ANON_0 expr>': reduce_144,
-        '<fc : FC expr NOBIAS>': reduce_145,
-        '<fc : FC expr>': reduce_146,
-        '<flatten : FLATTEN>': reduce_147,
-        '<dropout : DROPOUT expr>': reduce_148,
-        '<dropout : DROPOUT>': reduce_149,
-        '<bn : BN __bn_star_8>': reduce_150,
-        '<bn : BN>': reduce_151,
+        '<fc : FC __ANON_0 expr NOBIAS>': shape_21(transformer.fc),
+        '<fc : FC __ANON_0 expr>': shape_22(transformer.fc),
+        '<fc : FC expr NOBIAS>': shape_20(transformer.fc),
+        '<fc : FC expr>': shape_3(transformer.fc),
+        '<flatten : FLATTEN>': shape_4(transformer.flatten),
+        '<dropout : DROPOUT expr>': shape_3(transformer.dropout),
+        '<dropout : DROPOUT>': shape_4(transformer.dropout),
+        '<bn : BN __bn_star_8>': shape_17(transformer.bn),
+        '<bn : BN>': shape_4(transformer.bn),
         '<_bn_opt : eps>': None,
         '<_bn_opt : momentum>': None,
-        '<eps : EPS expr>': reduce_154,
-        '<momentum : MOMENTUM expr>': reduce_155,
-        '<ln : LN eps>': reduce_156,
-        '<ln : LN>': reduce_157,
-        '<gn : GN expr eps>': reduce_158,
-        '<gn : GN expr>': reduce_159,
-        '<layerscale : LAYERSCALE expr>': reduce_160,
-        '<droppath : DROPPATH expr>': reduce_161,
-        '<shuffle : SHUFFLE expr>': reduce_162,
-        '<channels : CHANNELS channel_from COLON channel_to>': reduce_163,
-        '<channels : CHANNELS channel_from COLON>': reduce_164,
-        '<channels : CHANNELS COLON channel_to>': reduce_165,
-        '<channel_from : expr>': reduce_166,
-        '<channel_to : expr>': reduce_167,
-        '<activation : ACTIVATION expr>': reduce_168,
-        '<activation : ACTIVATION>': reduce_169,
+        '<eps : EPS expr>': shape_3(transformer.eps),
+        '<momentum : MOMENTUM expr>': shape_3(transformer.momentum),
+        '<ln : LN eps>': shape_3(transformer.ln),
+        '<ln : LN>': shape_4(transformer.ln),
+        '<gn : GN expr eps>': shape_20(transformer.gn),
+        '<gn : GN expr>': shape_3(transformer.gn),
+        '<layerscale : LAYERSCALE expr>': shape_3(transformer.layerscale),
+        '<droppath : DROPPATH expr>': shape_3(transformer.droppath),
+        '<shuffle : SHUFFLE expr>': shape_3(transformer.shuffle),
+        '<channels : CHANNELS channel_from COLON channel_to>': shape_25(transformer.channels),
+        '<channels : CHANNELS channel_from COLON>': shape_2(transformer.channels),
+        '<channels : CHANNELS COLON channel_to>': shape_22(transformer.channels),
+        '<channel_from : expr>': shape_8(transformer.channel_from),
+        '<channel_to : expr>': shape_8(transformer.channel_to),
+        '<activation : ACTIVATION expr>': shape_14(transformer.activation),
+        '<activation : ACTIVATION>': shape_8(transformer.activation),
         '<expr : _sum>': None,
         '<_sum : product>': None,
         '<_sum : binop_add>': None,
         '<_sum : binop_sub>': None,
-        '<binop_add : _sum PLUS product>': reduce_174,
-        '<binop_sub : _sum MINUS product>': reduce_175,
+        '<binop_add : _sum PLUS product>': shape_13(transformer.binop_add),
+        '<binop_sub : _sum MINUS product>': shape_13(transformer.binop_sub),
         '<product : _unary>': None,
         '<product : binop_mul>': None,
         '<product : binop_div>': None,
         '<product : binop_floordiv>': None,
-        '<binop_mul : product STAR _unary>': reduce_180,
-        '<binop_div : product SLASH _unary>': reduce_181,
-        '<binop_floordiv : product __ANON_1 _unary>': reduce_182,
+        '<binop_mul : product STAR _unary>': shape_13(transformer.binop_mul),
+        '<binop_div : product SLASH _unary>': shape_13(transformer.binop_div),
+        '<binop_floordiv : product __ANON_1 _unary>': shape_13(transformer.binop_floordiv),
         '<_unary : _atom>': None,
         '<_unary : neg>': None,
-        '<neg : MINUS _unary>': reduce_185,
+        '<neg : MINUS _unary>': shape_3(transformer.neg),
         '<_atom : number>': None,
         '<_atom : var>': None,
         '<_atom : func>': None,
-        '<_atom : LPAR expr RPAR>': reduce_189,
-        '<func : NAME LPAR expr __func_star_9 RPAR>': reduce_190,
-        '<func : NAME LPAR expr RPAR>': reduce_191,
-        '<number : NUMBER>': reduce_192,
-        '<number : SIZE>': reduce_193,
-        '<var : NAME>': reduce_194,
-        '<expect : EXPECT NAME comparison DIMS>': reduce_195,
-        '<expect : EXPECT NAME comparison NUMBER>': reduce_196,
-        '<expect : EXPECT NAME comparison SIZE>': reduce_197,
-        '<expect : EXPECT NAME DIMS>': reduce_198,
-        '<expect : EXPECT NAME NUMBER>': reduce_199,
-        '<expect : EXPECT NAME SIZE>': reduce_200,
-        '<comparison : LESSTHAN>': reduce_201,
-        '<comparison : __ANON_2>': reduce_202,
-        '<comparison : MORETHAN>': reduce_203,
-        '<comparison : __ANON_3>': reduce_204,
-        '<comparison : __ANON_4>': reduce_205,
-        '<comparison : EQUAL>': reduce_206,
-        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt __preprocess_star_10 _SEP RBRACE>': reduce_207,
-        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt __preprocess_star_10 RBRACE>': reduce_208,
-        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt _SEP RBRACE>': reduce_209,
-        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt RBRACE>': reduce_210,
-        '<preprocess : PREPROCESS LBRACE _SEP RBRACE>': reduce_211,
-        '<preprocess : PREPROCESS LBRACE _pre_stmt __preprocess_star_10 _SEP RBRACE>': reduce_212,
-        '<preprocess : PREPROCESS LBRACE _pre_stmt __preprocess_star_10 RBRACE>': reduce_213,
-        '<preprocess : PREPROCESS LBRACE _pre_stmt _SEP RBRACE>': reduce_214,
-        '<preprocess : PREPROCESS LBRACE _pre_stmt RBRACE>': reduce_215,
-        '<preprocess : PREPROCESS LBRACE RBRACE>': reduce_216,
+        '<_atom : LPAR expr RPAR>': shape_26(None),
+        '<func : NAME LPAR expr __func_star_9 RPAR>': shape_27(transformer.func),
+        '<func : NAME LPAR expr RPAR>': shape_28(transformer.func),
+        '<number : NUMBER>': shape_8(transformer.number),
+        '<number : SIZE>': shape_8(transformer.number),
+        '<var : NAME>': shape_8(transformer.var),
+        '<expect : EXPECT NAME comparison DIMS>': shape_24(transformer.expect),
+        '<expect : EXPECT NAME comparison NUMBER>': shape_24(transformer.expect),
+        '<expect : EXPECT NAME comparison SIZE>': shape_24(transformer.expect),
+        '<expect : EXPECT NAME DIMS>': shape_20(transformer.expect),
+        '<expect : EXPECT NAME NUMBER>': shape_20(transformer.expect),
+        '<expect : EXPECT NAME SIZE>': shape_20(transformer.expect),
+        '<comparison : LESSTHAN>': shape_8(transformer.comparison),
+        '<comparison : __ANON_2>': shape_8(transformer.comparison),
+        '<comparison : MORETHAN>': shape_8(transformer.comparison),
+        '<comparison : __ANON_3>': shape_8(transformer.comparison),
+        '<comparison : __ANON_4>': shape_8(transformer.comparison),
+        '<comparison : EQUAL>': shape_8(transformer.comparison),
+        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt __preprocess_star_10 _SEP RBRACE>': shape_29(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt __preprocess_star_10 RBRACE>': shape_30(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt _SEP RBRACE>': shape_31(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt RBRACE>': shape_32(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _SEP RBRACE>': shape_33(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _pre_stmt __preprocess_star_10 _SEP RBRACE>': shape_34(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _pre_stmt __preprocess_star_10 RBRACE>': shape_35(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _pre_stmt _SEP RBRACE>': shape_36(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _pre_stmt RBRACE>': shape_16(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE RBRACE>': shape_37(transformer.preprocess),
         '<_pre_stmt : scale>': None,
         '<_pre_stmt : standardize>': None,
-        '<scale : SCALE expr>': reduce_219,
-        '<standardize : STANDARDIZE MEAN tuple STD tuple>': reduce_220,
-        '<standardize : STANDARDIZE>': reduce_221,
-        '<tuple : LPAR expr __func_star_9 RPAR>': reduce_222,
-        '<tuple : LPAR expr RPAR>': reduce_223,
-        '<augment : AUGMENT LBRACE _SEP _aug_stmt __augment_star_11 _SEP RBRACE>': reduce_224,
-        '<augment : AUGMENT LBRACE _SEP _aug_stmt __augment_star_11 RBRACE>': reduce_225,
-        '<augment : AUGMENT LBRACE _SEP _aug_stmt _SEP RBRACE>': reduce_226,
-        '<augment : AUGMENT LBRACE _SEP _aug_stmt RBRACE>': reduce_227,
-        '<augment : AUGMENT LBRACE _SEP RBRACE>': reduce_228,
-        '<augment : AUGMENT LBRACE _aug_stmt __augment_star_11 _SEP RBRACE>': reduce_229,
-        '<augment : AUGMENT LBRACE _aug_stmt __augment_star_11 RBRACE>': reduce_230,
-        '<augment : AUGMENT LBRACE _aug_stmt _SEP RBRACE>': reduce_231,
-        '<augment : AUGMENT LBRACE _aug_stmt RBRACE>': reduce_232,
-        '<augment : AUGMENT LBRACE RBRACE>': reduce_233,
+        '<scale : SCALE expr>': shape_3(transformer.scale),
+        '<standardize : STANDARDIZE MEAN tuple STD tuple>': shape_15(transformer.standardize),
+        '<standardize : STANDARDIZE>': shape_4(transformer.standardize),
+        '<tuple : LPAR expr __func_star_9 RPAR>': shape_0(transformer.tuple),
+        '<tuple : LPAR expr RPAR>': shape_2(transformer.tuple),
+        '<augment : AUGMENT LBRACE _SEP _aug_stmt __augment_star_11 _SEP RBRACE>': shape_29(transformer.augment),
+        '<augment : AUGMENT LBRACE _SEP _aug_stmt __augment_star_11 RBRACE>': shape_30(transformer.augment),
+        '<augment : AUGMENT LBRACE _SEP _aug_stmt _SEP RBRACE>': shape_31(transformer.augment),
+        '<augment : AUGMENT LBRACE _SEP _aug_stmt RBRACE>': shape_32(transformer.augment),
+        '<augment : AUGMENT LBRACE _SEP RBRACE>': shape_33(transformer.augment),
+        '<augment : AUGMENT LBRACE _aug_stmt __augment_star_11 _SEP RBRACE>': shape_34(transformer.augment),
+        '<augment : AUGMENT LBRACE _aug_stmt __augment_star_11 RBRACE>': shape_35(transformer.augment),
+        '<augment : AUGMENT LBRACE _aug_stmt _SEP RBRACE>': shape_36(transformer.augment),
+        '<augment : AUGMENT LBRACE _aug_stmt RBRACE>': shape_16(transformer.augment),
+        '<augment : AUGMENT LBRACE RBRACE>': shape_37(transformer.augment),
         '<_aug_stmt : flip>': None,
         '<_aug_stmt : rotate>': None,
         '<_aug_stmt : zoom>': None,
@@ -5699,71 +4356,71 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
         '<_aug_stmt : crop>': None,
         '<_aug_stmt : brightness>': None,
         '<_aug_stmt : contrast>': None,
-        '<flip : FLIP FLIP_AXIS>': reduce_241,
-        '<flip : FLIP>': reduce_242,
-        '<rotate : ROTATE expr>': reduce_243,
-        '<zoom : ZOOM number number>': reduce_244,
-        '<zoom : ZOOM number>': reduce_245,
-        '<skew : SKEW expr>': reduce_246,
-        '<crop : CROP expr PAD _atom>': reduce_247,
-        '<crop : CROP expr>': reduce_248,
-        '<brightness : BRIGHTNESS expr>': reduce_249,
-        '<contrast : CONTRAST expr>': reduce_250,
-        '<train : TRAIN LBRACE _SEP _train_stmt __train_star_12 _SEP RBRACE>': reduce_251,
-        '<train : TRAIN LBRACE _SEP _train_stmt __train_star_12 RBRACE>': reduce_252,
-        '<train : TRAIN LBRACE _SEP _train_stmt _SEP RBRACE>': reduce_253,
-        '<train : TRAIN LBRACE _SEP _train_stmt RBRACE>': reduce_254,
-        '<train : TRAIN LBRACE _SEP RBRACE>': reduce_255,
-        '<train : TRAIN LBRACE _train_stmt __train_star_12 _SEP RBRACE>': reduce_256,
-        '<train : TRAIN LBRACE _train_stmt __train_star_12 RBRACE>': reduce_257,
-        '<train : TRAIN LBRACE _train_stmt _SEP RBRACE>': reduce_258,
-        '<train : TRAIN LBRACE _train_stmt RBRACE>': reduce_259,
-        '<train : TRAIN LBRACE RBRACE>': reduce_260,
+        '<flip : FLIP FLIP_AXIS>': shape_3(transformer.flip),
+        '<flip : FLIP>': shape_4(transformer.flip),
+        '<rotate : ROTATE expr>': shape_3(transformer.rotate),
+        '<zoom : ZOOM number number>': shape_20(transformer.zoom),
+        '<zoom : ZOOM number>': shape_3(transformer.zoom),
+        '<skew : SKEW expr>': shape_3(transformer.skew),
+        '<crop : CROP expr PAD _atom>': shape_25(transformer.crop),
+        '<crop : CROP expr>': shape_3(transformer.crop),
+        '<brightness : BRIGHTNESS expr>': shape_3(transformer.brightness),
+        '<contrast : CONTRAST expr>': shape_3(transformer.contrast),
+        '<train : TRAIN LBRACE _SEP _train_stmt __train_star_12 _SEP RBRACE>': shape_29(transformer.train),
+        '<train : TRAIN LBRACE _SEP _train_stmt __train_star_12 RBRACE>': shape_30(transformer.train),
+        '<train : TRAIN LBRACE _SEP _train_stmt _SEP RBRACE>': shape_31(transformer.train),
+        '<train : TRAIN LBRACE _SEP _train_stmt RBRACE>': shape_32(transformer.train),
+        '<train : TRAIN LBRACE _SEP RBRACE>': shape_33(transformer.train),
+        '<train : TRAIN LBRACE _train_stmt __train_star_12 _SEP RBRACE>': shape_34(transformer.train),
+        '<train : TRAIN LBRACE _train_stmt __train_star_12 RBRACE>': shape_35(transformer.train),
+        '<train : TRAIN LBRACE _train_stmt _SEP RBRACE>': shape_36(transformer.train),
+        '<train : TRAIN LBRACE _train_stmt RBRACE>': shape_16(transformer.train),
+        '<train : TRAIN LBRACE RBRACE>': shape_37(transformer.train),
         '<_train_stmt : optimizer>': None,
         '<_train_stmt : setting>': None,
         '<_train_stmt : schedule>': None,
-        '<optimizer : OPTIMIZER NAME __optimizer_star_13>': reduce_264,
-        '<optimizer : OPTIMIZER NAME>': reduce_265,
+        '<optimizer : OPTIMIZER NAME __optimizer_star_13>': shape_1(transformer.optimizer),
+        '<optimizer : OPTIMIZER NAME>': shape_3(transformer.optimizer),
         '<_opt_opt : opt_lr>': None,
         '<_opt_opt : opt_momentum>': None,
         '<_opt_opt : NESTEROV>': None,
         '<_opt_opt : opt_betas>': None,
-        '<opt_lr : LR expr>': reduce_270,
-        '<opt_momentum : MOMENTUM expr>': reduce_271,
-        '<opt_betas : BETAS tuple>': reduce_272,
-        '<setting : SETTING expr>': reduce_273,
-        '<schedule : SCHEDULE NAME __schedule_star_14>': reduce_274,
-        '<schedule : SCHEDULE NAME>': reduce_275,
-        '<__start_star_0 : _SEP _top>': reduce_276,
-        '<__start_star_0 : __start_star_0 _SEP _top>': reduce_277,
-        '<__params_star_1 : COMMA param>': reduce_278,
-        '<__params_star_1 : __params_star_1 COMMA param>': reduce_279,
-        '<__body_star_2 : _SEP _stmt>': reduce_280,
-        '<__body_star_2 : __body_star_2 _SEP _stmt>': reduce_281,
-        '<__call_args_star_3 : COMMA arg>': reduce_282,
-        '<__call_args_star_3 : __call_args_star_3 COMMA arg>': reduce_283,
-        '<__branches_star_4 : branch _SEP>': reduce_284,
+        '<opt_lr : LR expr>': shape_3(transformer.opt_lr),
+        '<opt_momentum : MOMENTUM expr>': shape_3(transformer.opt_momentum),
+        '<opt_betas : BETAS tuple>': shape_3(transformer.opt_betas),
+        '<setting : SETTING expr>': shape_14(transformer.setting),
+        '<schedule : SCHEDULE NAME __schedule_star_14>': shape_1(transformer.schedule),
+        '<schedule : SCHEDULE NAME>': shape_3(transformer.schedule),
+        '<__start_star_0 : _SEP _top>': shape_38(None),
+        '<__start_star_0 : __start_star_0 _SEP _top>': shape_39(None),
+        '<__params_star_1 : COMMA param>': shape_38(None),
+        '<__params_star_1 : __params_star_1 COMMA param>': shape_39(None),
+        '<__body_star_2 : _SEP _stmt>': shape_38(None),
+        '<__body_star_2 : __body_star_2 _SEP _stmt>': shape_39(None),
+        '<__call_args_star_3 : COMMA arg>': shape_38(None),
+        '<__call_args_star_3 : __call_args_star_3 COMMA arg>': shape_39(None),
+        '<__branches_star_4 : branch _SEP>': shape_40(None),
         '<__branches_star_4 : branch>': None,
-        '<__branches_star_4 : __branches_star_4 branch _SEP>': reduce_286,
-        '<__branches_star_4 : __branches_star_4 branch>': reduce_287,
+        '<__branches_star_4 : __branches_star_4 branch _SEP>': shape_41(None),
+        '<__branches_star_4 : __branches_star_4 branch>': shape_42(None),
         '<__conv_star_5 : _conv_opt>': None,
-        '<__conv_star_5 : __conv_star_5 _conv_opt>': reduce_289,
+        '<__conv_star_5 : __conv_star_5 _conv_opt>': shape_42(None),
         '<__deconv_star_6 : _deconv_opt>': None,
-        '<__deconv_star_6 : __deconv_star_6 _deconv_opt>': reduce_291,
+        '<__deconv_star_6 : __deconv_star_6 _deconv_opt>': shape_42(None),
         '<__pool_star_7 : _pool_opt>': None,
-        '<__pool_star_7 : __pool_star_7 _pool_opt>': reduce_293,
+        '<__pool_star_7 : __pool_star_7 _pool_opt>': shape_42(None),
         '<__bn_star_8 : _bn_opt>': None,
-        '<__bn_star_8 : __bn_star_8 _bn_opt>': reduce_295,
-        '<__func_star_9 : COMMA expr>': reduce_296,
-        '<__func_star_9 : __func_star_9 COMMA expr>': reduce_297,
-        '<__preprocess_star_10 : _SEP _pre_stmt>': reduce_298,
-        '<__preprocess_star_10 : __preprocess_star_10 _SEP _pre_stmt>': reduce_299,
-        '<__augment_star_11 : _SEP _aug_stmt>': reduce_300,
-        '<__augment_star_11 : __augment_star_11 _SEP _aug_stmt>': reduce_301,
-        '<__train_star_12 : _SEP _train_stmt>': reduce_302,
-        '<__train_star_12 : __train_star_12 _SEP _train_stmt>': reduce_303,
+        '<__bn_star_8 : __bn_star_8 _bn_opt>': shape_42(None),
+        '<__func_star_9 : COMMA expr>': shape_38(None),
+        '<__func_star_9 : __func_star_9 COMMA expr>': shape_39(None),
+        '<__preprocess_star_10 : _SEP _pre_stmt>': shape_38(None),
+        '<__preprocess_star_10 : __preprocess_star_10 _SEP _pre_stmt>': shape_39(None),
+        '<__augment_star_11 : _SEP _aug_stmt>': shape_38(None),
+        '<__augment_star_11 : __augment_star_11 _SEP _aug_stmt>': shape_39(None),
+        '<__train_star_12 : _SEP _train_stmt>': shape_38(None),
+        '<__train_star_12 : __train_star_12 _SEP _train_stmt>': shape_39(None),
         '<__optimizer_star_13 : _opt_opt>': None,
-        '<__optimizer_star_13 : __optimizer_star_13 _opt_opt>': reduce_305,
+        '<__optimizer_star_13 : __optimizer_star_13 _opt_opt>': shape_42(None),
         '<__schedule_star_14 : number>': None,
-        '<__schedule_star_14 : __schedule_star_14 number>': reduce_307,
+        '<__schedule_star_14 : __schedule_star_14 number>': shape_42(None),
     }

@@ -11,7 +11,8 @@ positions are the rule's span, from its first token to its last (None for an emp
 span is Span(0, 0)). Generated per rule, an action knows which children it keeps, which it splices
 and which child starts and ends its span: nothing is tested while parsing that the grammar decides.
 A rule whose value is its one child's (`_atom: number`, `?expr: _sum`) gets no action (None): the
-parser only changes state.
+parser only changes state. Rules whose actions differ only in the method they call share the code:
+`shape_N(method)` makes the action of each.
 """
 
 from __future__ import annotations
@@ -62,25 +63,25 @@ def _facts(rules) -> tuple[set[str], dict[str, set[str]]]:
     return nullable, kinds
 
 
-def _action(rule, nullable: set[str], kinds: dict[str, set[str]], function: str) -> list[str] | None:
-    """The lines of the reduce action of `rule`, a function named `function` of the list of its
-    children's entries returning the rule's entry; None when the rule's value is its one child's."""
+def _action(rule, nullable: set[str], kinds: dict[str, set[str]]) -> list[str] | None:
+    """The body of the reduce action of `rule`, a function `reduce(c)` of the list of its children's
+    entries returning the rule's entry, which calls `method` for the rule's value; None when the
+    rule's value is its one child's."""
     expansion, name, keep = rule.expansion, rule.origin.name, kept_children(rule)
     inline, expand1 = name.startswith("_"), rule.options.expand1
-    method = None if inline else str(rule.alias or name)
     child_kinds = [{"item"} if s.is_term else kinds[s.name] for s in expansion]
     passes = _passes_through(rule, keep)
     if passes == "inline" or (passes == "collapse" and child_kinds[0] == {"item"}):
         return None
     size = len(expansion)
-    lines = [f"def {function}(c):  # {rule}"]
+    lines = []
     if size:
         lines.append(f"    {''.join(f'c{i}, ' for i in range(size))}= c")
     if passes == "collapse":  # `?rule: _spliced`, and the child is a list of values
         return lines + ["    v = c0[0]",
                         "    if type(v) is not list: return c0",
                         "    if len(v) == 1: return (v[0], c0[1], c0[2], c0[3], c0[4])",
-                        f"    return (t_{method}(new_tuple(Span, c0[1:]), v), c0[1], c0[2], c0[3], c0[4])"]
+                        "    return (method(new_tuple(Span, c0[1:]), v), c0[1], c0[2], c0[3], c0[4])"]
     parts = []
     for i in keep if not (inline and len(keep) == 1) else ():
         if child_kinds[i] == {"item"}:
@@ -125,7 +126,7 @@ def _action(rule, nullable: set[str], kinds: dict[str, set[str]], function: str)
         return lines
     if expand1:
         lines.append("    if len(values) == 1: return (values[0], line, column, end_line, end_column)")
-    lines.append(f"    return (t_{method}(span, values), line, column, end_line, end_column)")
+    lines.append("    return (method(span, values), line, column, end_line, end_column)")
     return lines
 
 
@@ -202,9 +203,16 @@ def source(parser) -> list[str]:
                    if rule.expansion[i].is_term})
     first = {t.name: first_characters(t.pattern.to_regexp(), parser.lexer_conf.g_regex_flags)
              for t in sorted(parser.terminals, key=lambda t: t.name)}
-    actions = {str(rule): _action(rule, nullable, kinds, f"reduce_{n}") for n, rule in enumerate(rules)}
-    methods = sorted({str(rule.alias or rule.origin.name) for rule in rules
-                      if actions[str(rule)] is not None and not rule.origin.name.startswith("_")})
+    shapes: dict[tuple[str, ...], int] = {}  # rules differing only in their method share one maker
+    made = {}
+    for rule in rules:
+        action = _action(rule, nullable, kinds)
+        if action is None:
+            made[str(rule)] = "None"
+            continue
+        shape = shapes.setdefault(tuple(action), len(shapes))
+        inline = rule.origin.name.startswith("_")
+        made[str(rule)] = f"shape_{shape}({'None' if inline else 'transformer.' + str(rule.alias or rule.origin.name)})"
     lines = [
         "",
         "# cnndsl's fast path (grammar/fast_path.py explains these; cnndsl/parser.py reads them).",
@@ -214,12 +222,11 @@ def source(parser) -> list[str]:
         "",
         "def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):",
         '    """Each rule\'s reduce action (by `str(rule)`), calling `transformer`\'s method for the rule."""',
-        *(f"    t_{name} = transformer.{name}" for name in methods),
     ]
-    for action in actions.values():
-        if action is not None:
-            lines += ["", *(f"    {line}" for line in action)]
+    for action, shape in shapes.items():
+        lines += ["", f"    def shape_{shape}(method):", "        def reduce(c):",
+                  *(f"        {line}" for line in action), "        return reduce"]
     lines += ["", "    return {"]
-    lines += [f"        {key!r}: {action[0].split('(')[0][4:] if action else None}," for key, action in actions.items()]
+    lines += [f"        {key!r}: {value}," for key, value in made.items()]
     lines += ["    }"]
     return lines
