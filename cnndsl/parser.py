@@ -640,11 +640,14 @@ def _parse_fast(text: str) -> S.Program:
             lexer = lexers[state]
             if lexer is None:
                 lexer = lexers[state] = _scanner(state)
-            if text[pos] in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
-                pos = skip_blanks(text, pos).end()
+            character = text[pos]
+            if character in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
+                pos += 1
+                if text[pos:pos + 1] in (" ", "\t"):  # more than one
+                    pos = skip_blanks(text, pos).end()
                 if pos == size_of_text:
                     break
-            character = text[pos]
+                character = text[pos]
             found = (lexer[0].get(character) or lexer[1](character))(text, pos)
             if found is None:
                 raise _Irregular
@@ -685,18 +688,20 @@ def _parse_fast(text: str) -> S.Program:
                 if chain is not None:
                     state = chain.get(kind, state)
                 state_stack[-1] = state
-            else:
-                if size:
-                    children = value_stack[-size:]
-                    del value_stack[-size:]
-                    del state_stack[-size:]
-                    push_value(reduce(children))
-                else:
-                    push_value(reduce(()))
+            elif size:  # the rule's children give way to it on both stacks
+                state, chain = gotos[state_stack[-size - 1]][name]
+                if chain is not None:
+                    state = chain.get(kind, state)
+                state_stack[-size:] = (state,)
+                value_stack[-size:] = (reduce(value_stack[-size:]),)
+                if state == end_state and kind == "$END":
+                    return value_stack[-1][0]
+            else:  # an empty rule
                 state, chain = gotos[state_stack[-1]][name]
                 if chain is not None:
                     state = chain.get(kind, state)
                 push_state(state)
+                push_value(reduce(()))
                 if state == end_state and kind == "$END":
                     return value_stack[-1][0]
             row = actions[state]
