@@ -3699,9 +3699,8 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v2 = c2[0]
             if type(v2) is not list: v2 = [v2]
             values = [c1[0], *v2]
-            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_1(method):
@@ -3710,36 +3709,32 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v2 = c2[0]
             if type(v2) is not list: v2 = [v2]
             values = [c1[0], *v2]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_2(method):
         def reduce(c):
             c0, c1, c2, = c
             values = [c1[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_3(method):
         def reduce(c):
             c0, c1, = c
             values = [c1[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_4(method):
         def reduce(c):
             c0, = c
             values = []
-            line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c0[3], c0[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_5(method):
@@ -3748,9 +3743,8 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v1 = c1[0]
             if type(v1) is not list: v1 = [v1]
             values = [c0[0], *v1]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_6(method):
@@ -3759,27 +3753,24 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v1 = c1[0]
             if type(v1) is not list: v1 = [v1]
             values = [c0[0], *v1]
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_7(method):
         def reduce(c):
             c0, c1, = c
             values = [c0[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_8(method):
         def reduce(c):
             c0, = c
             values = [c0[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c0[3], c0[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_9(method):
@@ -3800,63 +3791,56 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
         def reduce(c):
             c0, c1, c2, c3, c4, c5, = c
             values = [c1[0], c2[0], c4[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c5[3], c5[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_11(method):
         def reduce(c):
             c0, c1, c2, c3, c4, = c
             values = [c1[0], c3[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_12(method):
         def reduce(c):
             c0, c1, = c
             values = []
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_13(method):
         def reduce(c):
             c0, c1, c2, = c
             values = [c0[0], c2[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_14(method):
         def reduce(c):
             c0, c1, = c
             values = [c0[0], c1[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_15(method):
         def reduce(c):
             c0, c1, c2, c3, c4, = c
             values = [c2[0], c4[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_16(method):
         def reduce(c):
             c0, c1, c2, c3, = c
             values = [c2[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_17(method):
@@ -3865,9 +3849,8 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v1 = c1[0]
             if type(v1) is not list: v1 = [v1]
             values = v1
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_18(method):
@@ -3876,9 +3859,8 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v0 = c0[0]
             if type(v0) is not list: v0 = [v0]
             values = v0
-            line, column, end_line, end_column = c0[1], c0[2], c0[3], c0[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c0[3], c0[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_19(method):
@@ -3887,36 +3869,32 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v3 = c3[0]
             if type(v3) is not list: v3 = [v3]
             values = [c1[0], c2[0], *v3]
-            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_20(method):
         def reduce(c):
             c0, c1, c2, = c
             values = [c1[0], c2[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_21(method):
         def reduce(c):
             c0, c1, c2, c3, = c
             values = [c2[0], c3[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_22(method):
         def reduce(c):
             c0, c1, c2, = c
             values = [c2[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_23(method):
@@ -3925,35 +3903,31 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v4 = c4[0]
             if type(v4) is not list: v4 = [v4]
             values = [c1[0], c2[0], c3[0], *v4]
-            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_24(method):
         def reduce(c):
             c0, c1, c2, c3, = c
             values = [c1[0], c2[0], c3[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_25(method):
         def reduce(c):
             c0, c1, c2, c3, = c
             values = [c1[0], c3[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_26(method):
         def reduce(c):
             c0, c1, c2, = c
             values = c1[0]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            return (values, line, column, end_line, end_column)
+            return (values, c0[1], c0[2], c2[3], c2[4])
         return reduce
 
     def shape_27(method):
@@ -3962,18 +3936,16 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v3 = c3[0]
             if type(v3) is not list: v3 = [v3]
             values = [c0[0], c2[0], *v3]
-            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_28(method):
         def reduce(c):
             c0, c1, c2, c3, = c
             values = [c0[0], c2[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_29(method):
@@ -3982,9 +3954,8 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v4 = c4[0]
             if type(v4) is not list: v4 = [v4]
             values = [c3[0], *v4]
-            line, column, end_line, end_column = c0[1], c0[2], c6[3], c6[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c6[3], c6[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_30(method):
@@ -3993,36 +3964,32 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v4 = c4[0]
             if type(v4) is not list: v4 = [v4]
             values = [c3[0], *v4]
-            line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c5[3], c5[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_31(method):
         def reduce(c):
             c0, c1, c2, c3, c4, c5, = c
             values = [c3[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c5[3], c5[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_32(method):
         def reduce(c):
             c0, c1, c2, c3, c4, = c
             values = [c3[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_33(method):
         def reduce(c):
             c0, c1, c2, c3, = c
             values = []
-            line, column, end_line, end_column = c0[1], c0[2], c3[3], c3[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_34(method):
@@ -4031,9 +3998,8 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v3 = c3[0]
             if type(v3) is not list: v3 = [v3]
             values = [c2[0], *v3]
-            line, column, end_line, end_column = c0[1], c0[2], c5[3], c5[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c5[3], c5[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_35(method):
@@ -4042,35 +4008,31 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             v3 = c3[0]
             if type(v3) is not list: v3 = [v3]
             values = [c2[0], *v3]
-            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_36(method):
         def reduce(c):
             c0, c1, c2, c3, c4, = c
             values = [c2[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c4[3], c4[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_37(method):
         def reduce(c):
             c0, c1, c2, = c
             values = []
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            span = new_tuple(Span, (line, column, end_line, end_column))
-            return (method(span, values), line, column, end_line, end_column)
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
         return reduce
 
     def shape_38(method):
         def reduce(c):
             c0, c1, = c
             values = c1[0]
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            return (values, line, column, end_line, end_column)
+            return (values, c0[1], c0[2], c1[3], c1[4])
         return reduce
 
     def shape_39(method):
@@ -4080,16 +4042,14 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             if type(v0) is not list: v0 = [v0]
             values = v0
             values += [c2[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            return (values, line, column, end_line, end_column)
+            return (values, c0[1], c0[2], c2[3], c2[4])
         return reduce
 
     def shape_40(method):
         def reduce(c):
             c0, c1, = c
             values = c0[0]
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            return (values, line, column, end_line, end_column)
+            return (values, c0[1], c0[2], c1[3], c1[4])
         return reduce
 
     def shape_41(method):
@@ -4099,8 +4059,7 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             if type(v0) is not list: v0 = [v0]
             values = v0
             values += [c1[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c2[3], c2[4]
-            return (values, line, column, end_line, end_column)
+            return (values, c0[1], c0[2], c2[3], c2[4])
         return reduce
 
     def shape_42(method):
@@ -4110,8 +4069,7 @@ def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
             if type(v0) is not list: v0 = [v0]
             values = v0
             values += [c1[0]]
-            line, column, end_line, end_column = c0[1], c0[2], c1[3], c1[4]
-            return (values, line, column, end_line, end_column)
+            return (values, c0[1], c0[2], c1[3], c1[4])
         return reduce
 
     return {

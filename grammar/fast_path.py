@@ -108,10 +108,13 @@ def _action(rule, nullable: set[str], kinds: dict[str, set[str]]) -> list[str] |
         return None
 
     first, last = edge(range(size)), edge(range(size - 1, -1, -1))
-    if first and last:
-        lines.append(f"    line, column, end_line, end_column = {first}[1], {first}[2], {last}[3], {last}[4]")
-        if not inline:
-            lines.append("    span = new_tuple(Span, (line, column, end_line, end_column))")
+    if first and last:  # the common case, in as few steps as it takes
+        if inline:
+            return lines + [f"    return (values, {first}[1], {first}[2], {last}[3], {last}[4])"]
+        lines.append(f"    span = new_tuple(Span, ({first}[1], {first}[2], {last}[3], {last}[4]))")
+        if expand1:
+            lines.append("    if len(values) == 1: return (values[0], span[0], span[1], span[2], span[3])")
+        return lines + ["    return (method(span, values), span[0], span[1], span[2], span[3])"]
     else:
         lines += [f"    f = {first or 'first_entry(c)' if size else 'None'}",
                   f"    z = {last or 'last_entry(c)' if size else 'None'}",
