@@ -665,9 +665,10 @@ def _parse_fast(text: str) -> S.Program:
             if kind in keywords:
                 kind = keywords[kind].get(text[start:pos], kind)
             if kind in kept_terminals:
-                token = new_token(token_type, text[start:pos])
+                value = text[start:pos]
+                token = new_token(token_type, value)
                 token.type, token.value, token.line, token.column, token.end_line, token.end_column = (
-                    kind, str(token), start_line, column, line, pos - line_start + 1)
+                    kind, value, start_line, column, line, pos - line_start + 1)
             else:
                 token = None
             entry = (token, start_line, column, line, pos - line_start + 1)
