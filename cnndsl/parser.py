@@ -13,10 +13,13 @@ from __future__ import annotations
 import functools
 import math
 import re
+from typing import NamedTuple
 
 from . import syntax as S
 from .errors import MAX_ERRORS, CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
 from .grammar.cnndsl_lalr import (
+    FIRST_CHARACTERS,
+    KEPT_TERMINALS,
     LAYER_KEYWORDS,
     OPTION_KEYWORDS,
     SECTION_KEYWORDS,
@@ -30,6 +33,8 @@ from .grammar.cnndsl_lalr import (
     UnexpectedEOF,
     UnexpectedInput,
     UnexpectedToken,
+    _create_unless,
+    reduce_actions,
 )
 
 __all__ = ["KEYWORDS", "LAYER_KEYWORDS", "OPTION_KEYWORDS", "SECTION_KEYWORDS", "TOP_KEYWORDS", "WORDS",
@@ -58,17 +63,9 @@ _TERMINAL_WORDS = {
 }
 
 
-@functools.cache
-def _parser() -> Lark:
-    """lark's stand-alone LALR parser, with its reduce actions replaced by `_callback`s: parsing
-    builds the syntax nodes directly."""
-    parser = Lark_StandAlone()
-    table_parser = parser.parser.parser.parser  # ParsingFrontend -> LALR_Parser -> _Parser
-    table_parser.callbacks = {rule: _callback(rule, _TRANSFORMER) for rule in table_parser.callbacks}
-    return parser
-
-
-_new_tuple = tuple.__new__  # Span(...) without NamedTuple's Python-level __new__: one per token and node
+# Span(...) and the commonest syntax nodes without their Python-level __new__, which only checks the
+# number of fields: one is made for every token and node.
+_new_tuple = tuple.__new__
 
 
 def _span(token: Token) -> Span:
@@ -104,7 +101,7 @@ def _literal(token: Token) -> int | float:
 
 def _dims(token: Token) -> tuple[S.Num, ...]:
     span = _span(token)
-    return tuple([S.Num(int(part), span) for part in token.split("x")])
+    return tuple([_new_tuple(S.Num, (int(part), span)) for part in token.split("x")])
 
 
 class _LooseShortcut(S.Node):
@@ -166,7 +163,7 @@ class _ToSyntax:
     def repeat(self, span, items):
         if isinstance(items[0], _LooseShortcut):
             raise _misplaced_shortcut(items[0].span)
-        return S.Repeat(items[0], items[1], span)
+        return _new_tuple(S.Repeat, (items[0], items[1], span))
 
     def loose_shortcut(self, span, items):
         return _LooseShortcut(items[-1], len(items) == 2, span)
@@ -189,7 +186,7 @@ class _ToSyntax:
     def residual(self, span, items):
         body = items[0]
         shortcut, always = (items[1] if len(items) > 1 else (None, False))
-        return S.Residual(body, shortcut, always, span)
+        return _new_tuple(S.Residual, (body, shortcut, always, span))
 
     def shortcut(self, span, items):
         return (items[-1], len(items) == 2)
@@ -212,16 +209,16 @@ class _ToSyntax:
 
     # ------------------------------------------------------------ layers
     def _layer(self, op, span, options):
-        return S.Layer(op, tuple(options), span)
+        return _new_tuple(S.Layer, (op, tuple(options), span))
 
     def _flag(self, token: Token) -> S.Option:
-        return S.Option(str(token).lower(), True, _span(token))
+        return _new_tuple(S.Option, (str(token).lower(), True, _span(token)))
 
     def _options(self, items):
         return [self._flag(i) if isinstance(i, Token) else i for i in items]
 
     def conv(self, span, items):
-        return self._layer("conv", span, self._options(items))
+        return _new_tuple(S.Layer, ("conv", tuple(self._options(items)), span))
 
     def deconv(self, span, items):
         return self._layer("deconv", span, self._options(items))
@@ -245,10 +242,10 @@ class _ToSyntax:
         return self._layer("upsample", span, options)
 
     def kernel(self, span, items):
-        return S.Option("kernel", self._pair(items[0]), span)
+        return _new_tuple(S.Option, ("kernel", self._pair(items[0]), span))
 
     def stride(self, span, items):
-        return S.Option("stride", self._pair(items[0]), span)
+        return _new_tuple(S.Option, ("stride", self._pair(items[0]), span))
 
     def _pair(self, item):
         if isinstance(item, Token):
@@ -259,7 +256,7 @@ class _ToSyntax:
         return tuple(items)  # (height, width)
 
     def out(self, span, items):
-        return S.Option("out", items[0], span)
+        return _new_tuple(S.Option, ("out", items[0], span))
 
     def mult(self, span, items):
         return S.Option("mult", S.Num(int(str(items[0])[:-1]), _span(items[0])), span)
@@ -268,7 +265,7 @@ class _ToSyntax:
         (item,) = items
         if isinstance(item, Token) and item.type in ("SAME", "VALID"):
             return S.Option("pad", str(item), span)
-        return S.Option("pad", self._pair(item), span)
+        return _new_tuple(S.Option, ("pad", self._pair(item), span))
 
     def dil(self, span, items):
         return S.Option("dil", self._pair(items[0]), span)
@@ -293,7 +290,7 @@ class _ToSyntax:
         return self._layer("dropout", span, [S.Option("p", items[0], span)] if items else [])
 
     def bn(self, span, items):
-        return self._layer("bn", span, items)
+        return _new_tuple(S.Layer, ("bn", tuple(items), span))
 
     def ln(self, span, items):
         return self._layer("ln", span, items)
@@ -326,24 +323,26 @@ class _ToSyntax:
         return S.Option("momentum", items[0], span)
 
     def activation(self, span, items):
-        options = [S.Option("kind", str(items[0]), _span(items[0]))]
+        options = (_new_tuple(S.Option, ("kind", str(items[0]), _span(items[0]))),)
         if len(items) > 1:
-            options.append(S.Option("alpha", items[1], items[1].span))
-        return self._layer("act", span, options)
+            options += (S.Option("alpha", items[1], items[1].span),)
+        return _new_tuple(S.Layer, ("act", options, span))
 
     # ------------------------------------------------------------ arithmetic
     def number(self, span, items):
+        if items[0].isdigit():  # the common case, without _literal's checks; the span is the token's
+            return _new_tuple(S.Num, (int(items[0]), span))
         return S.Num(_literal(items[0]), _span(items[0]))
 
     def var(self, span, items):
-        return S.Var(str(items[0]), _span(items[0]))
+        return _new_tuple(S.Var, (str(items[0]), _span(items[0])))
 
     def neg(self, span, items):
         return S.Neg(items[0], span)
 
     def _binop(op):  # noqa: N805 - a method factory used in the class body
         def method(self, span, items):
-            return S.BinOp(op, items[0], items[1], span)
+            return _new_tuple(S.BinOp, (op, items[0], items[1], span))
         return method
 
     binop_add = _binop("+")
@@ -423,88 +422,66 @@ class _ToSyntax:
         return S.Setting("schedule", (str(items[0]), *items[1:]), (), span)
 
 
-class _Spliced(list):
-    """The children of an inlined rule (`_stmt`, `_atom`, a `x*` repetition): its parent takes
-    them as its own, as lark's tree builder would."""
+# ---------------------------------------------------------------- parsing
+#
+# Parsing runs lark's LALR tables in one loop (`_parse_fast`) with reduce actions generated, one per
+# rule, from the grammar at build time (grammar/fast_path.py explains them): every value on the
+# stack is an entry (value, line, column, end_line, end_column), the value being a kept token, a
+# syntax node or an inlined rule's list of values, the positions the span. lark's own parser runs
+# the same actions (`_lark_callback`), for the errors and for `cnndsl fmt`.
 
 
-def _first_token(children: list) -> Token | None:
+def _first_entry(children):
     for child in children:
-        first = child if type(child) is Token else child[1]
-        if first is not None:
-            return first
-    return None
-
-
-def _last_token(children: list) -> Token | None:
-    for child in reversed(children):
-        last = child if type(child) is Token else child[2]
-        if last is not None:
-            return last
-    return None
-
-
-def _callback(rule, transformer: _ToSyntax):
-    """The parser's action when it reduces `rule`: what lark's tree builder does (drop the
-    keywords and separators, splice inlined rules, pass a lone child of a `?rule` through), but
-    calling `transformer`'s method for the rule at once instead of building a tree node.
-
-    Every value on the parser's stack is a Token or a triple (value, first token, last token):
-    the rule's span runs from its first token to its last (Span(0, 0) for an empty one)."""
-    keep = tuple(i for i, symbol in enumerate(rule.expansion)
-                 if rule.options.keep_all_tokens or not (symbol.is_term and symbol.filter_out))
-    inline = rule.origin.name.startswith("_")
-    expand1 = rule.options.expand1
-    method = None if inline else getattr(transformer, rule.alias or rule.origin.name, None)
-    if method is None and not (inline or expand1):
-        raise AssertionError(f"the grammar's rule '{rule.origin.name}' has no method in _ToSyntax")
-    token_type, new_tuple = Token, tuple.__new__
-    if expand1 and keep == (0,) and len(rule.expansion) == 1:
-        def collapse(children: list):  # `?expr: _sum`: the lone child is the value
-            child = children[0]
-            if type(child) is token_type:
-                return (child, child, child)
-            value = child[0]
-            if type(value) is _Spliced:
-                if len(value) == 1:
-                    return (value[0], child[1], child[2])
-                span = Span(child[1].line, child[1].column, child[2].end_line, child[2].end_column)
-                return (method(span, value), child[1], child[2])
+        if child[1] is not None:
             return child
-        return collapse
+    return None
 
-    def reduce(children: list):
-        values: list = []
-        for index in keep:
-            child = children[index]
-            if type(child) is token_type:
-                values.append(child)
-                continue
-            value = child[0]
-            if type(value) is _Spliced:
-                if values:
-                    values.extend(value)
-                else:
-                    values = value  # left recursion (`a*`): extend the same list, linear in its length
-            else:
-                values.append(value)
-        if children:
-            first, last = children[0], children[-1]
-            if type(first) is not token_type:
-                first = first[1] if first[1] is not None else _first_token(children)
-            if type(last) is not token_type:
-                last = last[2] if last[2] is not None else _last_token(children)
-        else:
-            first = last = None
-        if inline:
-            return (values if type(values) is _Spliced else _Spliced(values), first, last)
-        if expand1 and len(values) == 1:
-            return (values[0], first, last)
-        span = (new_tuple(Span, (first.line, first.column, last.end_line, last.end_column)) if first is not None
-                else Span(0, 0))
-        return (method(span, values), first, last)
 
-    return reduce
+def _last_entry(children):
+    for child in reversed(children):
+        if child[1] is not None:
+            return child
+    return None
+
+
+class _Grammar(NamedTuple):
+    parser: Lark
+    reducers: dict  # rule -> its reduce action, or None where the rule's value is its child's
+    kept_terminals: frozenset[str]  # whose tokens some rule keeps: the parser holds them on the stack
+    rule_names: frozenset[str]
+
+
+@functools.cache
+def _grammar() -> _Grammar:
+    """lark's stand-alone LALR parser, with its reduce actions replaced by the generated ones:
+    parsing builds the syntax nodes directly, in lark's parser as in the fast path."""
+    parser = Lark_StandAlone()
+    table_parser = parser.parser.parser.parser  # ParsingFrontend -> LALR_Parser -> _Parser
+    actions = reduce_actions(_TRANSFORMER, Span, _new_tuple, _first_entry, _last_entry)
+    rules = list(table_parser.callbacks)
+    if {str(rule) for rule in rules} != set(actions):
+        raise AssertionError("the parser module's reduce actions are not its rules': run `python -m cnndsl.grammar`")
+    reducers = {rule: actions[str(rule)] for rule in rules}
+    table_parser.callbacks = {rule: _lark_callback(reducers[rule], KEPT_TERMINALS) for rule in rules}
+    return _Grammar(parser, reducers, KEPT_TERMINALS, frozenset(rule.origin.name for rule in rules))
+
+
+def _parser() -> Lark:
+    return _grammar().parser
+
+
+def _lark_callback(reducer, kept_terminals: frozenset[str]):
+    """The reduce action for lark's own parser, whose stack holds its Tokens where the fast path
+    holds entries."""
+    token_type = Token
+
+    def callback(children: list):
+        entries = [(child if child.type in kept_terminals else None, child.line, child.column, child.end_line,
+                    child.end_column) if type(child) is token_type else child for child in children]
+        return entries[0] if reducer is None else reducer(entries)
+
+    return callback
 
 
 _TRANSFORMER = _ToSyntax()
@@ -515,36 +492,130 @@ class _Irregular(Exception):
     text then raises the error, with everything its messages need."""
 
 
+class _Tables(NamedTuple):
+    """lark's LALR table, for the fast path.
+
+    `actions[state]` maps a terminal to the state to shift to (>= 0) or to ~the index of the rule to
+    reduce (< 0); `rules[index]` is (length, reduce action or None, name). `gotos[state]` maps a rule's
+    name to where the parser goes after reducing it with `state` below: (state, None), or (state,
+    {terminal: state}) when, with that terminal next, the new state would only reduce a rule that
+    leaves its child's value as it is, and so on (`number` -> `_atom` -> `_unary` -> `product` ->
+    `_sum` -> `expr`): the state at the end of that chain, reached at once.
+    """
+
+    actions: list[dict[str, int]]
+    gotos: dict[int, dict[str, tuple[int, dict[str, int] | None]]]
+    rules: list[tuple[int, object, str]]
+    start: int
+    end: int
+    kept_terminals: frozenset[str]
+    lexers: list[tuple | None]  # state -> its `_scanner`, made when the state first lexes
+    unusual: tuple[frozenset[str], frozenset[str]]  # the terminals that may hold newlines; those ignored
+
+
+class _Rows(dict):
+    """The goto table's rows, each made when the parser first reduces above its state: most
+    programs need few of them."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, state: int):
+        row = self[state] = self.make(state)
+        return row
+
+
 @functools.cache
-def _tables():
-    """lark's LALR table for the fast path: state -> token type -> (True, next state) for a shift,
-    (False, (length, action, rule name)) for a reduce; the start and accepting states; and the
-    contextual lexer's lexer of each state."""
-    parser = _parser()
-    table_parser = parser.parser.parser.parser
-    table = table_parser.parse_table
-    actions = table_parser.callbacks
-    def entry(action, arg):
-        if action == Shift:
-            return (True, arg)
-        return (False, (len(arg.expansion), _passes_through(arg) or actions[arg], arg.origin.name))
+def _tables() -> _Tables:
+    grammar = _grammar()
+    table = grammar.parser.parser.parser.parser.parse_table
+    index: dict = {}
+    rules: list[tuple[int, object, str]] = []
+    actions: list[dict[str, int]] = [{} for _ in table.states]
+    targets: list[dict[str, int]] = [{} for _ in table.states]
+    for state, entries in table.states.items():
+        for symbol, (action, arg) in entries.items():
+            if action == Shift:
+                (targets if symbol in grammar.rule_names else actions)[state][symbol] = arg
+                continue
+            if arg not in index:
+                index[arg] = len(rules)
+                rules.append((len(arg.expansion), grammar.reducers[arg], arg.origin.name))
+            actions[state][symbol] = ~index[arg]
 
-    states = {state: {symbol: entry(*action) for symbol, action in entries.items()}
-              for state, entries in table.states.items()}
-    return states, table.start_states["start"], table.end_states["start"], parser.parser.lexer.lexers
+    def chain_end(below: int, state: int, terminal: str) -> int:
+        for _ in range(len(rules)):  # a chain of unit rules has no cycle in an LALR table
+            code = actions[state].get(terminal)
+            if code is None or code >= 0 or rules[~code][1] is not None:
+                return state
+            state = targets[below][rules[~code][2]]
+        raise AssertionError("a cycle of unit rules in the LALR table")
+
+    def goto_row(below: int) -> dict[str, tuple[int, dict[str, int] | None]]:
+        row = {}
+        for name, state in targets[below].items():
+            chain = {terminal: end for terminal in actions[state]
+                     if (end := chain_end(below, state, terminal)) != state}
+            row[name] = (state, chain or None)
+        return row
+
+    gotos = _Rows(goto_row)
+    lexers = grammar.parser.parser.lexer.lexers
+    newline_kinds = frozenset().union(*(lexer.newline_types for lexer in lexers.values()))
+    ignore_kinds = frozenset().union(*(lexer.ignore_types for lexer in lexers.values()))
+    return _Tables(actions, gotos, rules, table.start_states["start"], table.end_states["start"],
+                   grammar.kept_terminals, [None] * len(actions), (newline_kinds, ignore_kinds))
 
 
-def _passes_through(rule) -> bool:
-    """Whether reducing `rule` leaves its one child as it is (`_atom: number`, `_stmt: repeat`): an
-    inlined rule of one symbol, kept. The fast path then only changes the parser's state."""
-    return (rule.origin.name.startswith("_") and len(rule.expansion) == 1
-            and not (rule.expansion[0].is_term and rule.expansion[0].filter_out and not rule.options.keep_all_tokens))
+def _scanner(state: int) -> tuple:
+    """The contextual lexer of `state`: the match of a regex of only the terminals that can start
+    with a token's first character (FIRST_CHARACTERS), by that character, as far as made, and the
+    function that makes and records one; and the names it
+    gives keywords matched as names (lark's "unless" callbacks, whose patterns are all plain
+    strings here). lark's regex of the state tries every terminal in turn, in its order: leaving out
+    those that cannot match here keeps that order, and so the token lark would read, in a third of
+    the time. The terminals and callbacks are those lark's lexer makes (`_build_scanner`), without
+    compiling its regex of them all."""
+    lexer = _parser().parser.lexer.lexers[state]
+    if lexer.user_callbacks:
+        raise AssertionError("the fast path expects no lexer callbacks of the user's")
+    terminals, callbacks = _create_unless(lexer.terminals, lexer.g_regex_flags, lexer.re, lexer.use_bytes)
+    keywords = {}
+    for kind, callback in callbacks.items():
+        words = getattr(getattr(callback, "scanner", None), "terminals", None)
+        if words is None or any(t.pattern.type != "str" or t.pattern.flags for t in words):
+            raise AssertionError(f"the fast path reads lark's callbacks as keyword tables, not {callback!r}")
+        keywords[kind] = {t.pattern.value: t.name for t in words}
+    flags = lexer.g_regex_flags
+    by_character: dict[str, object] = {}
+
+    def matcher(character: str):
+        found = by_character.get(character)
+        if found is None:
+            known = len(character) == 1 and character <= "\x7f"  # FIRST_CHARACTERS know ASCII only
+            chosen = tuple((t.name, t.pattern.to_regexp()) for t in terminals
+                           if not known or FIRST_CHARACTERS[t.name] is None or character in FIRST_CHARACTERS[t.name])
+            found = by_character[character] = _regex(chosen, flags) if chosen else _NO_MATCH
+        return found
+
+    return by_character, matcher, keywords
+
+
+_NO_MATCH = re.compile("(?!)").match  # no terminal of the state can start with the character
+
+
+@functools.cache
+def _regex(terminals: tuple[tuple[str, str], ...], flags: int):
+    """The match of lark's regex for `terminals` ((name, regex) pairs), in that order: one per set
+    of terminals that can start with some character, shared by the states."""
+    return re.compile("|".join(f"(?P<{name}>{regexp})" for name, regexp in terminals), flags).match
 
 
 def _parse(text: str) -> S.Program:
     """Lex and parse `text` in one loop over lark's tables, reducing into syntax nodes: what lark's
-    contextual lexer and LALR parser do, without their per-token objects and indirections (a third
-    of the time). Anything irregular is left to lark (`_Irregular`), whose errors the messages read."""
+    contextual lexer and LALR parser do, without their per-token objects and indirections. Anything
+    irregular is left to lark (`_Irregular`), whose errors the messages read."""
     try:
         return _parse_fast(text)
     except _Irregular:
@@ -555,83 +626,86 @@ _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 
 
 def _parse_fast(text: str) -> S.Program:
-    states, state, end_state, lexers = _tables()
-    scanners: dict[int, tuple] = {}
+    actions, gotos, rules, state, end_state, kept_terminals, lexers, unusual = _tables()
+    newline_kinds, ignore_kinds = unusual
+    unusual = newline_kinds | ignore_kinds
     new_token, token_type, skip_blanks = str.__new__, Token, _BLANKS
     state_stack: list[int] = [state]
     value_stack: list = []
+    push_state, push_value = state_stack.append, value_stack.append
     pos, line, line_start, size_of_text = 0, 1, 0, len(text)
-    token = None
     while True:
+        kind = "$END"
         while pos < size_of_text:
-            scanner = scanners.get(state)
-            if scanner is None:
-                lexer = lexers[state]
-                patterns = lexer.scanner._mres
-                if len(patterns) != 1:
-                    raise _Irregular  # lark splits a scanner of over 100 terminals: none here
-                scanner = scanners[state] = (patterns[0].match, lexer.callback, lexer.newline_types,
-                                             lexer.ignore_types)
-            match, callback, newline_types, ignore_types = scanner
-            if text[pos] in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
-                pos = skip_blanks(text, pos).end()
+            lexer = lexers[state]
+            if lexer is None:
+                lexer = lexers[state] = _scanner(state)
+            character = text[pos]
+            if character in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
+                pos += 1
+                if text[pos:pos + 1] in (" ", "\t"):  # more than one
+                    pos = skip_blanks(text, pos).end()
                 if pos == size_of_text:
-                    continue  # to the end of the file
-            found = match(text, pos)
+                    break
+                character = text[pos]
+            found = (lexer[0].get(character) or lexer[1](character))(text, pos)
             if found is None:
                 raise _Irregular
-            value, kind = found.group(), found.lastgroup
-            start, column = pos, pos - line_start + 1
-            start_line = line
-            pos += len(value)
-            if kind in newline_types and "\n" in value:
-                line += value.count("\n")
-                line_start = start + value.rindex("\n") + 1
-            if kind in ignore_types:
-                continue
-            token = new_token(token_type, value)
-            token.type, token.value, token.start_pos, token.end_pos = kind, value, start, pos
-            token.line, token.column, token.end_line, token.end_column = start_line, column, line, pos - line_start + 1
-            if kind in callback:
-                token = callback[kind](token)
+            kind = found.lastgroup
+            start, start_line, pos = pos, line, found.end()
+            column = start - line_start + 1
+            if kind in unusual:
+                if kind in newline_kinds and "\n" in (value := text[start:pos]):
+                    line += value.count("\n")
+                    line_start = start + value.rindex("\n") + 1
+                if kind in ignore_kinds:
+                    kind = "$END"
+                    continue
+            keywords = lexer[2]
+            if kind in keywords:
+                kind = keywords[kind].get(text[start:pos], kind)
+            if kind in kept_terminals:
+                value = text[start:pos]
+                token = new_token(token_type, value)
+                token.type, token.value, token.line, token.column, token.end_line, token.end_column = (
+                    kind, value, start_line, column, line, pos - line_start + 1)
+            else:
+                token = None
+            entry = (token, start_line, column, line, pos - line_start + 1)
             break
-        else:
-            end = new_token(token_type, "")
-            end.type, end.value = "$END", ""
-            if token is None:
-                end.start_pos, end.line, end.column, end.end_line, end.end_column, end.end_pos = 0, 1, 1, 1, 1, 0
-            else:
-                end.start_pos, end.line, end.column = token.start_pos, token.line, token.column
-                end.end_line, end.end_column, end.end_pos = token.end_line, token.end_column, token.end_pos
-            token = end
-        kind = token.type
+        row = actions[state]
         while True:
-            action = states[state].get(kind)
-            if action is None:
+            code = row.get(kind)
+            if code is None:
                 raise _Irregular
-            shift, arg = action
-            if shift:
-                state = arg
-                state_stack.append(state)
-                value_stack.append(token)
+            if code >= 0:  # shift
+                state = code
+                push_state(state)
+                push_value(entry)
                 break
-            size, reduce, name = arg
-            if reduce is True:  # the child stays on the stack as the rule's value
-                state_stack.pop()
-                state = states[state_stack[-1]][name][1]
-                state_stack.append(state)
-                continue
-            if size:
-                children = value_stack[-size:]
-                del value_stack[-size:]
-                del state_stack[-size:]
-            else:
-                children = []
-            value_stack.append(reduce(children))
-            state = states[state_stack[-1]][name][1]
-            state_stack.append(state)
-            if state == end_state and kind == "$END":
-                return value_stack[-1][0]
+            size, reduce, name = rules[~code]
+            if reduce is None:  # the child stays on the stack as the rule's value
+                state, chain = gotos[state_stack[-2]][name]
+                if chain is not None:
+                    state = chain.get(kind, state)
+                state_stack[-1] = state
+            elif size:  # the rule's children give way to it on both stacks
+                state, chain = gotos[state_stack[-size - 1]][name]
+                if chain is not None:
+                    state = chain.get(kind, state)
+                state_stack[-size:] = (state,)
+                value_stack[-size:] = (reduce(value_stack[-size:]),)
+                if state == end_state and kind == "$END":
+                    return value_stack[-1][0]
+            else:  # an empty rule
+                state, chain = gotos[state_stack[-1]][name]
+                if chain is not None:
+                    state = chain.get(kind, state)
+                push_state(state)
+                push_value(reduce(()))
+                if state == end_state and kind == "$END":
+                    return value_stack[-1][0]
+            row = actions[state]
 
 
 def parse_program(text: str, source: Source | None = None) -> S.Program:

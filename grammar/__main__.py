@@ -19,6 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from . import fast_path
+
 HERE = Path(__file__).resolve().parent
 GRAMMAR = HERE / "cnndsl.lark"
 MODULE = HERE / "cnndsl_lalr.py"
@@ -161,6 +163,7 @@ def generate(grammar: str) -> str:
         "",
     ]
     gen_standalone(parser, output=lambda *parts: lines.append(" ".join(map(str, parts))), compress=False)
+    lines += fast_path.source(parser)
     return "\n".join(lines) + "\n"
 
 

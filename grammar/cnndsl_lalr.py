@@ -3595,3 +3595,790 @@ Shift = 0
 Reduce = 1
 def Lark_StandAlone(**kwargs):
   return Lark._load_from_dict(DATA, MEMO, **kwargs)
+
+# cnndsl's fast path (grammar/fast_path.py explains these; cnndsl/parser.py reads them).
+KEPT_TERMINALS = frozenset(['ACTIVATION', 'ADAPTIVE', 'ALWAYS', 'CEIL', 'CROP', 'DEPTHWISE', 'DIMS', 'EQUAL', 'FLIP_AXIS', 'GLOBAL', 'LESSTHAN', 'MORETHAN', 'MULT', 'NAME', 'NESTEROV', 'NOBIAS', 'NUMBER', 'POOL_MODE', 'SAME', 'SETTING', 'SIZE', 'TO_INPUT', 'UPSAMPLE_MODE', 'VALID', '__ANON_2', '__ANON_3', '__ANON_4'])
+FIRST_CHARACTERS = {'ACTIVATION': 'eghlrst',
+ 'ADAPTIVE': 'a',
+ 'ADD': 'a',
+ 'ALWAYS': 'a',
+ 'AUGMENT': 'a',
+ 'BETAS': 'b',
+ 'BLOCK': 'b',
+ 'BN': 'b',
+ 'BRANCH': 'b',
+ 'BRIGHTNESS': 'b',
+ 'CEIL': 'c',
+ 'CHANNELS': 'c',
+ 'COLON': ':',
+ 'COMMA': ',',
+ 'CONCAT': 'c',
+ 'CONTRAST': 'c',
+ 'CONV': 'c',
+ 'CROP': 'c',
+ 'DECONV': 'd',
+ 'DEPTHWISE': 'd',
+ 'DIL': 'd',
+ 'DIMS': '0123456789',
+ 'DROPOUT': 'd',
+ 'DROPPATH': 'd',
+ 'EPS': 'e',
+ 'EQUAL': '=',
+ 'EXPECT': 'e',
+ 'FC': 'f',
+ 'FLATTEN': 'f',
+ 'FLIP': 'f',
+ 'FLIP_AXIS': 'hv',
+ 'GLOBAL': 'g',
+ 'GN': 'g',
+ 'GROUPS': 'g',
+ 'LAYERSCALE': 'l',
+ 'LBRACE': '{',
+ 'LESSTHAN': '<',
+ 'LN': 'l',
+ 'LPAR': '(',
+ 'LR': 'l',
+ 'MEAN': 'm',
+ 'MINUS': '-',
+ 'MOMENTUM': 'm',
+ 'MORETHAN': '>',
+ 'MUL': 'm',
+ 'MULT': '0123456789',
+ 'NAME': 'ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz',
+ 'NESTEROV': 'n',
+ 'NETWORK': 'n',
+ 'NOBIAS': 'n',
+ 'NUMBER': '.0123456789',
+ 'OPTIMIZER': 'o',
+ 'OUTPAD': 'o',
+ 'PAD': 'p',
+ 'PLUS': '+',
+ 'POOL': 'p',
+ 'POOL_MODE': 'am',
+ 'PREPROCESS': 'p',
+ 'RBRACE': '}',
+ 'RESIDUAL': 'r',
+ 'ROTATE': 'r',
+ 'RPAR': ')',
+ 'SAME': 's',
+ 'SCALE': 's',
+ 'SCHEDULE': 's',
+ 'SETTING': 'belsvw',
+ 'SHORTCUT': 's',
+ 'SHUFFLE': 's',
+ 'SIZE': '.0123456789',
+ 'SKEW': 's',
+ 'SLASH': '/',
+ 'STANDARDIZE': 's',
+ 'STAR': '*',
+ 'STD': 's',
+ 'TO': 't',
+ 'TO_INPUT': 'i',
+ 'TRAIN': 't',
+ 'UPSAMPLE': 'u',
+ 'UPSAMPLE_MODE': 'bn',
+ 'VALID': 'v',
+ 'X': 'x',
+ 'ZOOM': 'z',
+ '_SEP': '\n\r#;',
+ '__ANON_0': '-',
+ '__ANON_1': '/',
+ '__ANON_2': '<',
+ '__ANON_3': '>',
+ '__ANON_4': '=',
+ '__IGNORE_0': '\t\x0c\r ',
+ '__IGNORE_1': '\\'}
+
+
+def reduce_actions(transformer, Span, new_tuple, first_entry, last_entry):
+    """Each rule's reduce action (by `str(rule)`), calling `transformer`'s method for the rule."""
+
+    def shape_0(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            v2 = c2[0]
+            if type(v2) is not list: v2 = [v2]
+            values = [c1[0], *v2]
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_1(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            v2 = c2[0]
+            if type(v2) is not list: v2 = [v2]
+            values = [c1[0], *v2]
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_2(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = [c1[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_3(method):
+        def reduce(c):
+            c0, c1, = c
+            values = [c1[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_4(method):
+        def reduce(c):
+            c0, = c
+            values = []
+            span = new_tuple(Span, (c0[1], c0[2], c0[3], c0[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_5(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            v1 = c1[0]
+            if type(v1) is not list: v1 = [v1]
+            values = [c0[0], *v1]
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_6(method):
+        def reduce(c):
+            c0, c1, = c
+            v1 = c1[0]
+            if type(v1) is not list: v1 = [v1]
+            values = [c0[0], *v1]
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_7(method):
+        def reduce(c):
+            c0, c1, = c
+            values = [c0[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_8(method):
+        def reduce(c):
+            c0, = c
+            values = [c0[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c0[3], c0[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_9(method):
+        def reduce(c):
+            values = []
+            f = None
+            z = None
+            if f is None:
+                line = column = end_line = end_column = None
+                span = Span(0, 0)
+            else:
+                line, column, end_line, end_column = f[1], f[2], z[3], z[4]
+                span = new_tuple(Span, (line, column, end_line, end_column))
+            return (method(span, values), line, column, end_line, end_column)
+        return reduce
+
+    def shape_10(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, = c
+            values = [c1[0], c2[0], c4[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c5[3], c5[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_11(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            values = [c1[0], c3[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_12(method):
+        def reduce(c):
+            c0, c1, = c
+            values = []
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_13(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = [c0[0], c2[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_14(method):
+        def reduce(c):
+            c0, c1, = c
+            values = [c0[0], c1[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_15(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            values = [c2[0], c4[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_16(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c2[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_17(method):
+        def reduce(c):
+            c0, c1, = c
+            v1 = c1[0]
+            if type(v1) is not list: v1 = [v1]
+            values = v1
+            span = new_tuple(Span, (c0[1], c0[2], c1[3], c1[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_18(method):
+        def reduce(c):
+            c0, = c
+            v0 = c0[0]
+            if type(v0) is not list: v0 = [v0]
+            values = v0
+            span = new_tuple(Span, (c0[1], c0[2], c0[3], c0[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_19(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            v3 = c3[0]
+            if type(v3) is not list: v3 = [v3]
+            values = [c1[0], c2[0], *v3]
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_20(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = [c1[0], c2[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_21(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c2[0], c3[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_22(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = [c2[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_23(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            v4 = c4[0]
+            if type(v4) is not list: v4 = [v4]
+            values = [c1[0], c2[0], c3[0], *v4]
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_24(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c1[0], c2[0], c3[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_25(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c1[0], c3[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_26(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = c1[0]
+            return (values, c0[1], c0[2], c2[3], c2[4])
+        return reduce
+
+    def shape_27(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            v3 = c3[0]
+            if type(v3) is not list: v3 = [v3]
+            values = [c0[0], c2[0], *v3]
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_28(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = [c0[0], c2[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_29(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, c6, = c
+            v4 = c4[0]
+            if type(v4) is not list: v4 = [v4]
+            values = [c3[0], *v4]
+            span = new_tuple(Span, (c0[1], c0[2], c6[3], c6[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_30(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, = c
+            v4 = c4[0]
+            if type(v4) is not list: v4 = [v4]
+            values = [c3[0], *v4]
+            span = new_tuple(Span, (c0[1], c0[2], c5[3], c5[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_31(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, = c
+            values = [c3[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c5[3], c5[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_32(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            values = [c3[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_33(method):
+        def reduce(c):
+            c0, c1, c2, c3, = c
+            values = []
+            span = new_tuple(Span, (c0[1], c0[2], c3[3], c3[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_34(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, c5, = c
+            v3 = c3[0]
+            if type(v3) is not list: v3 = [v3]
+            values = [c2[0], *v3]
+            span = new_tuple(Span, (c0[1], c0[2], c5[3], c5[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_35(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            v3 = c3[0]
+            if type(v3) is not list: v3 = [v3]
+            values = [c2[0], *v3]
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_36(method):
+        def reduce(c):
+            c0, c1, c2, c3, c4, = c
+            values = [c2[0]]
+            span = new_tuple(Span, (c0[1], c0[2], c4[3], c4[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_37(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            values = []
+            span = new_tuple(Span, (c0[1], c0[2], c2[3], c2[4]))
+            return (method(span, values), span[0], span[1], span[2], span[3])
+        return reduce
+
+    def shape_38(method):
+        def reduce(c):
+            c0, c1, = c
+            values = c1[0]
+            return (values, c0[1], c0[2], c1[3], c1[4])
+        return reduce
+
+    def shape_39(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            v0 = c0[0]
+            if type(v0) is not list: v0 = [v0]
+            values = v0
+            values += [c2[0]]
+            return (values, c0[1], c0[2], c2[3], c2[4])
+        return reduce
+
+    def shape_40(method):
+        def reduce(c):
+            c0, c1, = c
+            values = c0[0]
+            return (values, c0[1], c0[2], c1[3], c1[4])
+        return reduce
+
+    def shape_41(method):
+        def reduce(c):
+            c0, c1, c2, = c
+            v0 = c0[0]
+            if type(v0) is not list: v0 = [v0]
+            values = v0
+            values += [c1[0]]
+            return (values, c0[1], c0[2], c2[3], c2[4])
+        return reduce
+
+    def shape_42(method):
+        def reduce(c):
+            c0, c1, = c
+            v0 = c0[0]
+            if type(v0) is not list: v0 = [v0]
+            values = v0
+            values += [c1[0]]
+            return (values, c0[1], c0[2], c1[3], c1[4])
+        return reduce
+
+    return {
+        '<start : _SEP _top __start_star_0 _SEP>': shape_0(transformer.start),
+        '<start : _SEP _top __start_star_0>': shape_1(transformer.start),
+        '<start : _SEP _top _SEP>': shape_2(transformer.start),
+        '<start : _SEP _top>': shape_3(transformer.start),
+        '<start : _SEP>': shape_4(transformer.start),
+        '<start : _top __start_star_0 _SEP>': shape_5(transformer.start),
+        '<start : _top __start_star_0>': shape_6(transformer.start),
+        '<start : _top _SEP>': shape_7(transformer.start),
+        '<start : _top>': shape_8(transformer.start),
+        '<start : >': shape_9(transformer.start),
+        '<_top : network>': None,
+        '<_top : input>': None,
+        '<_top : block_def>': None,
+        '<_top : expect>': None,
+        '<_top : preprocess>': None,
+        '<_top : augment>': None,
+        '<_top : train>': None,
+        '<_top : _stmt>': None,
+        '<network : NETWORK NAME>': shape_3(transformer.network),
+        '<input : TO_INPUT DIMS>': shape_3(transformer.input),
+        '<input : TO_INPUT NUMBER>': shape_3(transformer.input),
+        '<block_def : BLOCK NAME params LBRACE body RBRACE>': shape_10(transformer.block_def),
+        '<block_def : BLOCK NAME LBRACE body RBRACE>': shape_11(transformer.block_def),
+        '<params : LPAR param __params_star_1 RPAR>': shape_0(transformer.params),
+        '<params : LPAR param RPAR>': shape_2(transformer.params),
+        '<params : LPAR RPAR>': shape_12(transformer.params),
+        '<param : NAME EQUAL expr>': shape_13(transformer.param),
+        '<param : NAME>': shape_8(transformer.param),
+        '<body : _SEP _stmt __body_star_2 _SEP>': shape_0(transformer.body),
+        '<body : _SEP _stmt __body_star_2>': shape_1(transformer.body),
+        '<body : _SEP _stmt _SEP>': shape_2(transformer.body),
+        '<body : _SEP _stmt>': shape_3(transformer.body),
+        '<body : _SEP>': shape_4(transformer.body),
+        '<body : _stmt __body_star_2 _SEP>': shape_5(transformer.body),
+        '<body : _stmt __body_star_2>': shape_6(transformer.body),
+        '<body : _stmt _SEP>': shape_7(transformer.body),
+        '<body : _stmt>': shape_8(transformer.body),
+        '<body : >': shape_9(transformer.body),
+        '<_stmt : _simple_stmt>': None,
+        '<_stmt : repeat>': None,
+        '<repeat : _simple_stmt X expr>': shape_13(transformer.repeat),
+        '<_simple_stmt : conv>': None,
+        '<_simple_stmt : deconv>': None,
+        '<_simple_stmt : upsample>': None,
+        '<_simple_stmt : pool>': None,
+        '<_simple_stmt : fc>': None,
+        '<_simple_stmt : flatten>': None,
+        '<_simple_stmt : dropout>': None,
+        '<_simple_stmt : bn>': None,
+        '<_simple_stmt : activation>': None,
+        '<_simple_stmt : ln>': None,
+        '<_simple_stmt : gn>': None,
+        '<_simple_stmt : layerscale>': None,
+        '<_simple_stmt : droppath>': None,
+        '<_simple_stmt : shuffle>': None,
+        '<_simple_stmt : channels>': None,
+        '<_simple_stmt : residual>': None,
+        '<_simple_stmt : concat>': None,
+        '<_simple_stmt : add>': None,
+        '<_simple_stmt : mul>': None,
+        '<_simple_stmt : call>': None,
+        '<_simple_stmt : loose_shortcut>': None,
+        '<call : NAME call_args>': shape_14(transformer.call),
+        '<call : NAME>': shape_8(transformer.call),
+        '<call_args : LPAR arg __call_args_star_3 RPAR>': shape_0(transformer.call_args),
+        '<call_args : LPAR arg RPAR>': shape_2(transformer.call_args),
+        '<call_args : LPAR RPAR>': shape_12(transformer.call_args),
+        '<arg : expr>': shape_8(transformer.positional_arg),
+        '<arg : NAME EQUAL expr>': shape_13(transformer.keyword_arg),
+        '<residual : RESIDUAL LBRACE body RBRACE shortcut>': shape_15(transformer.residual),
+        '<residual : RESIDUAL LBRACE body RBRACE>': shape_16(transformer.residual),
+        '<shortcut : SHORTCUT ALWAYS LBRACE body RBRACE>': shape_11(transformer.shortcut),
+        '<shortcut : SHORTCUT LBRACE body RBRACE>': shape_16(transformer.shortcut),
+        '<loose_shortcut : SHORTCUT ALWAYS LBRACE body RBRACE>': shape_11(transformer.loose_shortcut),
+        '<loose_shortcut : SHORTCUT LBRACE body RBRACE>': shape_16(transformer.loose_shortcut),
+        '<concat : CONCAT CROP LBRACE branches RBRACE>': shape_11(transformer.concat),
+        '<concat : CONCAT LBRACE branches RBRACE>': shape_16(transformer.concat),
+        '<add : ADD LBRACE branches RBRACE>': shape_16(transformer.add),
+        '<mul : MUL LBRACE branches RBRACE>': shape_16(transformer.mul),
+        '<branches : _SEP __branches_star_4>': shape_17(transformer.branches),
+        '<branches : _SEP>': shape_4(transformer.branches),
+        '<branches : __branches_star_4>': shape_18(transformer.branches),
+        '<branches : >': shape_9(transformer.branches),
+        '<branch : BRANCH LBRACE body RBRACE>': shape_16(transformer.branch),
+        '<conv : CONV kernel stride __conv_star_5>': shape_19(transformer.conv),
+        '<conv : CONV kernel stride>': shape_20(transformer.conv),
+        '<conv : CONV kernel __conv_star_5>': shape_1(transformer.conv),
+        '<conv : CONV kernel>': shape_3(transformer.conv),
+        '<_conv_opt : out>': None,
+        '<_conv_opt : mult>': None,
+        '<_conv_opt : pad>': None,
+        '<_conv_opt : dil>': None,
+        '<_conv_opt : groups>': None,
+        '<_conv_opt : DEPTHWISE>': None,
+        '<_conv_opt : NOBIAS>': None,
+        '<out : __ANON_0 expr>': shape_3(transformer.out),
+        '<mult : __ANON_0 MULT>': shape_3(transformer.mult),
+        '<pad : PAD SAME>': shape_3(transformer.pad),
+        '<pad : PAD VALID>': shape_3(transformer.pad),
+        '<pad : PAD DIMS>': shape_3(transformer.pad),
+        '<pad : PAD pair>': shape_3(transformer.pad),
+        '<pad : PAD expr>': shape_3(transformer.pad),
+        '<dil : DIL DIMS>': shape_3(transformer.dil),
+        '<dil : DIL pair>': shape_3(transformer.dil),
+        '<dil : DIL expr>': shape_3(transformer.dil),
+        '<groups : GROUPS expr>': shape_3(transformer.groups),
+        '<deconv : DECONV kernel stride __deconv_star_6>': shape_19(transformer.deconv),
+        '<deconv : DECONV kernel stride>': shape_20(transformer.deconv),
+        '<deconv : DECONV kernel __deconv_star_6>': shape_1(transformer.deconv),
+        '<deconv : DECONV kernel>': shape_3(transformer.deconv),
+        '<_deconv_opt : out>': None,
+        '<_deconv_opt : pad>': None,
+        '<_deconv_opt : outpad>': None,
+        '<_deconv_opt : groups>': None,
+        '<_deconv_opt : NOBIAS>': None,
+        '<outpad : OUTPAD DIMS>': shape_3(transformer.outpad),
+        '<outpad : OUTPAD pair>': shape_3(transformer.outpad),
+        '<outpad : OUTPAD expr>': shape_3(transformer.outpad),
+        '<upsample : UPSAMPLE MULT UPSAMPLE_MODE>': shape_20(transformer.upsample),
+        '<upsample : UPSAMPLE MULT>': shape_3(transformer.upsample),
+        '<upsample : UPSAMPLE TO DIMS UPSAMPLE_MODE>': shape_21(transformer.upsample),
+        '<upsample : UPSAMPLE TO DIMS>': shape_22(transformer.upsample),
+        '<upsample : UPSAMPLE TO pair UPSAMPLE_MODE>': shape_21(transformer.upsample),
+        '<upsample : UPSAMPLE TO pair>': shape_22(transformer.upsample),
+        '<upsample : UPSAMPLE TO TO_INPUT UPSAMPLE_MODE>': shape_21(transformer.upsample),
+        '<upsample : UPSAMPLE TO TO_INPUT>': shape_22(transformer.upsample),
+        '<kernel : DIMS>': shape_8(transformer.kernel),
+        '<kernel : pair>': shape_8(transformer.kernel),
+        '<kernel : _atom>': shape_8(transformer.kernel),
+        '<stride : SLASH DIMS>': shape_3(transformer.stride),
+        '<stride : SLASH pair>': shape_3(transformer.stride),
+        '<stride : SLASH expr>': shape_3(transformer.stride),
+        '<pair : LPAR expr COMMA expr RPAR>': shape_11(transformer.pair),
+        '<pool : POOL POOL_MODE GLOBAL __pool_star_7>': shape_19(transformer.pool),
+        '<pool : POOL POOL_MODE GLOBAL>': shape_20(transformer.pool),
+        '<pool : POOL POOL_MODE ADAPTIVE kernel __pool_star_7>': shape_23(transformer.pool),
+        '<pool : POOL POOL_MODE ADAPTIVE kernel>': shape_24(transformer.pool),
+        '<pool : POOL POOL_MODE kernel stride __pool_star_7>': shape_23(transformer.pool),
+        '<pool : POOL POOL_MODE kernel stride>': shape_24(transformer.pool),
+        '<pool : POOL POOL_MODE kernel __pool_star_7>': shape_19(transformer.pool),
+        '<pool : POOL POOL_MODE kernel>': shape_20(transformer.pool),
+        '<_pool_opt : pad>': None,
+        '<_pool_opt : CEIL>': None,
+        '<fc : FC __ANON_0 expr NOBIAS>': shape_21(transformer.fc),
+        '<fc : FC __ANON_0 expr>': shape_22(transformer.fc),
+        '<fc : FC expr NOBIAS>': shape_20(transformer.fc),
+        '<fc : FC expr>': shape_3(transformer.fc),
+        '<flatten : FLATTEN>': shape_4(transformer.flatten),
+        '<dropout : DROPOUT expr>': shape_3(transformer.dropout),
+        '<dropout : DROPOUT>': shape_4(transformer.dropout),
+        '<bn : BN __bn_star_8>': shape_17(transformer.bn),
+        '<bn : BN>': shape_4(transformer.bn),
+        '<_bn_opt : eps>': None,
+        '<_bn_opt : momentum>': None,
+        '<eps : EPS expr>': shape_3(transformer.eps),
+        '<momentum : MOMENTUM expr>': shape_3(transformer.momentum),
+        '<ln : LN eps>': shape_3(transformer.ln),
+        '<ln : LN>': shape_4(transformer.ln),
+        '<gn : GN expr eps>': shape_20(transformer.gn),
+        '<gn : GN expr>': shape_3(transformer.gn),
+        '<layerscale : LAYERSCALE expr>': shape_3(transformer.layerscale),
+        '<droppath : DROPPATH expr>': shape_3(transformer.droppath),
+        '<shuffle : SHUFFLE expr>': shape_3(transformer.shuffle),
+        '<channels : CHANNELS channel_from COLON channel_to>': shape_25(transformer.channels),
+        '<channels : CHANNELS channel_from COLON>': shape_2(transformer.channels),
+        '<channels : CHANNELS COLON channel_to>': shape_22(transformer.channels),
+        '<channel_from : expr>': shape_8(transformer.channel_from),
+        '<channel_to : expr>': shape_8(transformer.channel_to),
+        '<activation : ACTIVATION expr>': shape_14(transformer.activation),
+        '<activation : ACTIVATION>': shape_8(transformer.activation),
+        '<expr : _sum>': None,
+        '<_sum : product>': None,
+        '<_sum : binop_add>': None,
+        '<_sum : binop_sub>': None,
+        '<binop_add : _sum PLUS product>': shape_13(transformer.binop_add),
+        '<binop_sub : _sum MINUS product>': shape_13(transformer.binop_sub),
+        '<product : _unary>': None,
+        '<product : binop_mul>': None,
+        '<product : binop_div>': None,
+        '<product : binop_floordiv>': None,
+        '<binop_mul : product STAR _unary>': shape_13(transformer.binop_mul),
+        '<binop_div : product SLASH _unary>': shape_13(transformer.binop_div),
+        '<binop_floordiv : product __ANON_1 _unary>': shape_13(transformer.binop_floordiv),
+        '<_unary : _atom>': None,
+        '<_unary : neg>': None,
+        '<neg : MINUS _unary>': shape_3(transformer.neg),
+        '<_atom : number>': None,
+        '<_atom : var>': None,
+        '<_atom : func>': None,
+        '<_atom : LPAR expr RPAR>': shape_26(None),
+        '<func : NAME LPAR expr __func_star_9 RPAR>': shape_27(transformer.func),
+        '<func : NAME LPAR expr RPAR>': shape_28(transformer.func),
+        '<number : NUMBER>': shape_8(transformer.number),
+        '<number : SIZE>': shape_8(transformer.number),
+        '<var : NAME>': shape_8(transformer.var),
+        '<expect : EXPECT NAME comparison DIMS>': shape_24(transformer.expect),
+        '<expect : EXPECT NAME comparison NUMBER>': shape_24(transformer.expect),
+        '<expect : EXPECT NAME comparison SIZE>': shape_24(transformer.expect),
+        '<expect : EXPECT NAME DIMS>': shape_20(transformer.expect),
+        '<expect : EXPECT NAME NUMBER>': shape_20(transformer.expect),
+        '<expect : EXPECT NAME SIZE>': shape_20(transformer.expect),
+        '<comparison : LESSTHAN>': shape_8(transformer.comparison),
+        '<comparison : __ANON_2>': shape_8(transformer.comparison),
+        '<comparison : MORETHAN>': shape_8(transformer.comparison),
+        '<comparison : __ANON_3>': shape_8(transformer.comparison),
+        '<comparison : __ANON_4>': shape_8(transformer.comparison),
+        '<comparison : EQUAL>': shape_8(transformer.comparison),
+        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt __preprocess_star_10 _SEP RBRACE>': shape_29(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt __preprocess_star_10 RBRACE>': shape_30(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt _SEP RBRACE>': shape_31(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _SEP _pre_stmt RBRACE>': shape_32(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _SEP RBRACE>': shape_33(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _pre_stmt __preprocess_star_10 _SEP RBRACE>': shape_34(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _pre_stmt __preprocess_star_10 RBRACE>': shape_35(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _pre_stmt _SEP RBRACE>': shape_36(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE _pre_stmt RBRACE>': shape_16(transformer.preprocess),
+        '<preprocess : PREPROCESS LBRACE RBRACE>': shape_37(transformer.preprocess),
+        '<_pre_stmt : scale>': None,
+        '<_pre_stmt : standardize>': None,
+        '<scale : SCALE expr>': shape_3(transformer.scale),
+        '<standardize : STANDARDIZE MEAN tuple STD tuple>': shape_15(transformer.standardize),
+        '<standardize : STANDARDIZE>': shape_4(transformer.standardize),
+        '<tuple : LPAR expr __func_star_9 RPAR>': shape_0(transformer.tuple),
+        '<tuple : LPAR expr RPAR>': shape_2(transformer.tuple),
+        '<augment : AUGMENT LBRACE _SEP _aug_stmt __augment_star_11 _SEP RBRACE>': shape_29(transformer.augment),
+        '<augment : AUGMENT LBRACE _SEP _aug_stmt __augment_star_11 RBRACE>': shape_30(transformer.augment),
+        '<augment : AUGMENT LBRACE _SEP _aug_stmt _SEP RBRACE>': shape_31(transformer.augment),
+        '<augment : AUGMENT LBRACE _SEP _aug_stmt RBRACE>': shape_32(transformer.augment),
+        '<augment : AUGMENT LBRACE _SEP RBRACE>': shape_33(transformer.augment),
+        '<augment : AUGMENT LBRACE _aug_stmt __augment_star_11 _SEP RBRACE>': shape_34(transformer.augment),
+        '<augment : AUGMENT LBRACE _aug_stmt __augment_star_11 RBRACE>': shape_35(transformer.augment),
+        '<augment : AUGMENT LBRACE _aug_stmt _SEP RBRACE>': shape_36(transformer.augment),
+        '<augment : AUGMENT LBRACE _aug_stmt RBRACE>': shape_16(transformer.augment),
+        '<augment : AUGMENT LBRACE RBRACE>': shape_37(transformer.augment),
+        '<_aug_stmt : flip>': None,
+        '<_aug_stmt : rotate>': None,
+        '<_aug_stmt : zoom>': None,
+        '<_aug_stmt : skew>': None,
+        '<_aug_stmt : crop>': None,
+        '<_aug_stmt : brightness>': None,
+        '<_aug_stmt : contrast>': None,
+        '<flip : FLIP FLIP_AXIS>': shape_3(transformer.flip),
+        '<flip : FLIP>': shape_4(transformer.flip),
+        '<rotate : ROTATE expr>': shape_3(transformer.rotate),
+        '<zoom : ZOOM number number>': shape_20(transformer.zoom),
+        '<zoom : ZOOM number>': shape_3(transformer.zoom),
+        '<skew : SKEW expr>': shape_3(transformer.skew),
+        '<crop : CROP expr PAD _atom>': shape_25(transformer.crop),
+        '<crop : CROP expr>': shape_3(transformer.crop),
+        '<brightness : BRIGHTNESS expr>': shape_3(transformer.brightness),
+        '<contrast : CONTRAST expr>': shape_3(transformer.contrast),
+        '<train : TRAIN LBRACE _SEP _train_stmt __train_star_12 _SEP RBRACE>': shape_29(transformer.train),
+        '<train : TRAIN LBRACE _SEP _train_stmt __train_star_12 RBRACE>': shape_30(transformer.train),
+        '<train : TRAIN LBRACE _SEP _train_stmt _SEP RBRACE>': shape_31(transformer.train),
+        '<train : TRAIN LBRACE _SEP _train_stmt RBRACE>': shape_32(transformer.train),
+        '<train : TRAIN LBRACE _SEP RBRACE>': shape_33(transformer.train),
+        '<train : TRAIN LBRACE _train_stmt __train_star_12 _SEP RBRACE>': shape_34(transformer.train),
+        '<train : TRAIN LBRACE _train_stmt __train_star_12 RBRACE>': shape_35(transformer.train),
+        '<train : TRAIN LBRACE _train_stmt _SEP RBRACE>': shape_36(transformer.train),
+        '<train : TRAIN LBRACE _train_stmt RBRACE>': shape_16(transformer.train),
+        '<train : TRAIN LBRACE RBRACE>': shape_37(transformer.train),
+        '<_train_stmt : optimizer>': None,
+        '<_train_stmt : setting>': None,
+        '<_train_stmt : schedule>': None,
+        '<optimizer : OPTIMIZER NAME __optimizer_star_13>': shape_1(transformer.optimizer),
+        '<optimizer : OPTIMIZER NAME>': shape_3(transformer.optimizer),
+        '<_opt_opt : opt_lr>': None,
+        '<_opt_opt : opt_momentum>': None,
+        '<_opt_opt : NESTEROV>': None,
+        '<_opt_opt : opt_betas>': None,
+        '<opt_lr : LR expr>': shape_3(transformer.opt_lr),
+        '<opt_momentum : MOMENTUM expr>': shape_3(transformer.opt_momentum),
+        '<opt_betas : BETAS tuple>': shape_3(transformer.opt_betas),
+        '<setting : SETTING expr>': shape_14(transformer.setting),
+        '<schedule : SCHEDULE NAME __schedule_star_14>': shape_1(transformer.schedule),
+        '<schedule : SCHEDULE NAME>': shape_3(transformer.schedule),
+        '<__start_star_0 : _SEP _top>': shape_38(None),
+        '<__start_star_0 : __start_star_0 _SEP _top>': shape_39(None),
+        '<__params_star_1 : COMMA param>': shape_38(None),
+        '<__params_star_1 : __params_star_1 COMMA param>': shape_39(None),
+        '<__body_star_2 : _SEP _stmt>': shape_38(None),
+        '<__body_star_2 : __body_star_2 _SEP _stmt>': shape_39(None),
+        '<__call_args_star_3 : COMMA arg>': shape_38(None),
+        '<__call_args_star_3 : __call_args_star_3 COMMA arg>': shape_39(None),
+        '<__branches_star_4 : branch _SEP>': shape_40(None),
+        '<__branches_star_4 : branch>': None,
+        '<__branches_star_4 : __branches_star_4 branch _SEP>': shape_41(None),
+        '<__branches_star_4 : __branches_star_4 branch>': shape_42(None),
+        '<__conv_star_5 : _conv_opt>': None,
+        '<__conv_star_5 : __conv_star_5 _conv_opt>': shape_42(None),
+        '<__deconv_star_6 : _deconv_opt>': None,
+        '<__deconv_star_6 : __deconv_star_6 _deconv_opt>': shape_42(None),
+        '<__pool_star_7 : _pool_opt>': None,
+        '<__pool_star_7 : __pool_star_7 _pool_opt>': shape_42(None),
+        '<__bn_star_8 : _bn_opt>': None,
+        '<__bn_star_8 : __bn_star_8 _bn_opt>': shape_42(None),
+        '<__func_star_9 : COMMA expr>': shape_38(None),
+        '<__func_star_9 : __func_star_9 COMMA expr>': shape_39(None),
+        '<__preprocess_star_10 : _SEP _pre_stmt>': shape_38(None),
+        '<__preprocess_star_10 : __preprocess_star_10 _SEP _pre_stmt>': shape_39(None),
+        '<__augment_star_11 : _SEP _aug_stmt>': shape_38(None),
+        '<__augment_star_11 : __augment_star_11 _SEP _aug_stmt>': shape_39(None),
+        '<__train_star_12 : _SEP _train_stmt>': shape_38(None),
+        '<__train_star_12 : __train_star_12 _SEP _train_stmt>': shape_39(None),
+        '<__optimizer_star_13 : _opt_opt>': None,
+        '<__optimizer_star_13 : __optimizer_star_13 _opt_opt>': shape_42(None),
+        '<__schedule_star_14 : number>': None,
+        '<__schedule_star_14 : __schedule_star_14 number>': shape_42(None),
+    }

@@ -298,3 +298,97 @@ def test_walk_visits_parents_before_children_in_statement_order():
 
     names = [n.name for n in ir.walk(net.ir.body)]
     assert names == [n.name for n in recursive(net.ir.body)] and len(names) == len(set(names)) > 12
+
+
+# ---------------------------------------------------------------- the fast path against lark's parsers
+
+
+def _large_program(statements: int) -> str:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "check_scale.py"
+    spec = importlib.util.spec_from_file_location("check_scale", path)
+    check_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_scale)
+    return check_scale.program(statements)
+
+
+def _differential_texts() -> dict[str, str]:
+    root = Path(__file__).resolve().parent.parent
+    paths = [*EXAMPLES, *sorted((root / "benchmarks").glob("*.cnn")),
+             *sorted((root / "tests" / "fixtures").glob("sketch_*.cnn"))]
+    texts = {p.name: p.read_text(encoding="utf-8") for p in paths}
+    texts.update({f"case {i}": case.text for i, case in enumerate(CASES)})
+    texts.update({  # corners of the grammar the examples may not reach
+        "empty": "", "separators only": ";\n\n# c\n", "nested parentheses": "fc ((2 + 3)) * -(4 // 2)",
+        "every section": "preprocess { scale 1/255; standardize mean (0.5, 0.5) std (0.2, 0.2) }\n"
+                         "augment { flip horizontal; rotate 10; zoom 0.9 1.1; crop 32 pad 4 }\n"
+                         "train { optimizer sgd lr 0.1 momentum 0.9 nesterov; epochs 3; schedule cosine 5 }",
+        "expectations": "conv 3x3 -> 8\nexpect params <= 5M\nexpect output 8x30x30\nexpect macs = 1.5K",
+        "loose shortcut": "residual { conv 3x3 pad1 -> 8 }\nshortcut always { conv 1x1 -> 8 }",
+        "unicode": "conv 3\u00d73 -> 8", "continued line": "conv 3x3 \\\n  -> 8 nobias",
+        "upsample and channels": "upsample 2x bilinear; upsample to (4, 4); upsample to input\n"
+                                 "channels 2:4; channels :3",
+    })
+    return texts
+
+
+def _fast(text: str):
+    from cnndsl.parser import _Irregular, _parse_fast
+
+    try:
+        return _parse_fast(text)
+    except _Irregular:
+        return "left to lark"
+    except cnndsl.CnnDslError as err:
+        return ("error", str(err), err.span)
+
+
+def _by_lark(text: str):
+    try:
+        return _parser().parse(text)[0]
+    except Exception as err:  # noqa: BLE001 - the generated module's UnexpectedInput
+        if any(cls.__name__ == "UnexpectedInput" for cls in type(err).__mro__):
+            return "left to lark"
+        if isinstance(err, cnndsl.CnnDslError):
+            return ("error", str(err), err.span)
+        raise
+
+
+def test_fast_path_builds_exactly_what_lark_builds():
+    # The fast path's loop over lark's tables, its lexer and its generated reduce actions against lark's
+    # own parser and lexer running the same actions, and against lark's tree converted node by node.
+    checked = 0
+    for name, text in _differential_texts().items():
+        fast = _fast(text)
+        assert fast == _by_lark(text), name
+        if isinstance(fast, S.Program):
+            assert fast == _from_lark_tree(STOCK.parse(text)), name
+            checked += 1
+    assert checked > 30
+
+
+def test_fast_path_builds_a_large_program_exactly_as_lark():
+    text = _large_program(3_000)
+    fast = _fast(text)
+    assert isinstance(fast, S.Program) and len(fast.items) > 1_000
+    assert fast == _by_lark(text) == _from_lark_tree(STOCK.parse(text))
+
+
+def test_fast_path_lexes_every_first_character_as_lark():
+    # Each state's regex is split by the token's first character: every character, in every state the
+    # examples reach, must read the token lark's whole regex reads.
+    from cnndsl.parser import _grammar, _scanner, _tables
+
+    tables = _tables()
+    for text in TEXTS.values():
+        _fast(text)
+    reached = [state for state, lexer in enumerate(tables.lexers) if lexer is not None]
+    assert len(reached) > 100
+    samples = ["conv", "x2", "3x3", "2x", "5M", ".5", "1e-3", "->", "//", "relu6", "max", "#c", ";", "\n", "{",
+               "_a", "Z9", "\\\n", "\u00d7", "=", "<=", "nobias", "avg", "horizontal", "weight_decay"]
+    for state in reached:
+        by_character, make, _keywords = _scanner(state)
+        whole = _grammar().parser.parser.lexer.lexers[state].scanner._mres[0].match
+        for sample in samples:
+            mine, lark_s = make(sample[0])(sample, 0), whole(sample, 0)
+            assert (mine and (mine.lastgroup, mine.group())) == (lark_s and (lark_s.lastgroup, lark_s.group())), \
+                (state, sample)
