@@ -66,7 +66,12 @@ class _Frame:
     @cached_property
     def values(self) -> tuple:
         """Everything a statement's expression may read here: the arguments and `in_c`."""
-        return (self.block, self.in_c, tuple(self.env.items()))
+        return (self.block, self.in_c, _typed(self.env))
+
+
+def _typed(env: dict[str, int | float]) -> tuple:
+    """The arguments as a key that tells 1 from 1.0 (equal in Python, printed apart in a call's `args`)."""
+    return tuple((name, type(value), value) for name, value in env.items())
 
 
 IN_C = "in_c"
@@ -346,7 +351,7 @@ class _Expander:
         in_c = shape[0] if shape is not None else None
         env = self.bind(block, stmt, frame, in_c)
         calls = frame.calls + (stmt.span,)
-        key = (block.name, tuple(env.items()), shape, self.depth, len(calls)) if shape is not None else None
+        key = (block.name, _typed(env), shape, self.depth, len(calls)) if shape is not None else None
         known = self.called.get(key) if key is not None else None
         # (Past the node limit the call is expanded again, to fail at the statement that passes it.)
         if known is not None and self.nodes + known[1] - 1 <= MAX_NODES:

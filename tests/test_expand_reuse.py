@@ -122,3 +122,12 @@ unit(4)
                      ("unit5.conv1", 36)]
     assert [network.shapes[name].output for name, _ in convs] == [
         (16, 16, 16), (24, 16, 16), (28, 16, 16), (32, 16, 16), (36, 8, 8)]
+
+
+def test_a_whole_float_argument_is_not_an_int_argument(monkeypatch):
+    """1 == 1.0 in Python, but a call's arguments are printed as written: `b(1.0)` is not moved to `b(1)`
+    (each call here has the same 4x8x8 input)."""
+    text = "block b(k) { conv 1x1 -> 4 * k }\ninput 4x8x8\nb(1.0); b(1); b(1)\n"
+    network = same_expansion(text, monkeypatch)
+    calls = [n for n in network.walk() if isinstance(n, ir.Seq) and n.block]
+    assert [type(dict(c.args)["k"]) for c in calls] == [float, int, int]
