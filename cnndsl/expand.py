@@ -70,8 +70,8 @@ class _Frame:
 
 
 def _typed(env: dict[str, int | float]) -> tuple:
-    """The arguments as a key that tells 1 from 1.0 (equal in Python, printed apart in a call's `args`)."""
-    return tuple((name, type(value), value) for name, value in env.items())
+    """The arguments as a key that tells 1 from 1.0 and 0.0 from -0.0 (equal in Python, printed apart)."""
+    return tuple((name, type(value), value, math.copysign(1, value)) for name, value in env.items())
 
 
 IN_C = "in_c"
@@ -109,8 +109,8 @@ class _Expander:
         # A layer is a pure function of these: `bn` or `conv 3x3 pad1 -> c` written again, or called
         # again with the same arguments and input, is the node built before at another place.
         self.built: dict[tuple, tuple[ir.Node, str, LayerShape]] = {}
-        # The same for block calls: (block, arguments, input shape, nesting) -> (the call's Seq, the
-        # statements it counts); `bottleneck(256) x35` expands once and is moved 34 times.
+        # The same for block calls: (block, arguments, input shape, nesting, the blocks calling it) ->
+        # (the call's Seq, the statements it counts); `bottleneck(256) x35` expands once, moves 34 times.
         self.called: dict[tuple, tuple[ir.Seq, int]] = {}
 
     # ------------------------------------------------------------ arithmetic
@@ -351,7 +351,9 @@ class _Expander:
         in_c = shape[0] if shape is not None else None
         env = self.bind(block, stmt, frame, in_c)
         calls = frame.calls + (stmt.span,)
-        key = (block.name, _typed(env), shape, self.depth, len(calls)) if shape is not None else None
+        # The blocks on the stack are part of it: the same call made inside another chain of calls may
+        # call a block already on that chain (an error there, not here).
+        key = (block.name, _typed(env), shape, self.depth, frame.blocks_on_stack) if shape is not None else None
         known = self.called.get(key) if key is not None else None
         # (Past the node limit the call is expanded again, to fail at the statement that passes it.)
         if known is not None and self.nodes + known[1] - 1 <= MAX_NODES:

@@ -131,3 +131,20 @@ def test_a_whole_float_argument_is_not_an_int_argument(monkeypatch):
     network = same_expansion(text, monkeypatch)
     calls = [n for n in network.walk() if isinstance(n, ir.Seq) and n.block]
     assert [type(dict(c.args)["k"]) for c in calls] == [float, int, int]
+
+
+def test_a_call_is_not_moved_into_a_chain_that_calls_it(monkeypatch):
+    """`Y` -> `C(1)` -> `X(0)` is fine, but the same `C(1)` under `X(1)` makes X call itself: the error
+    must come whichever of the two is written first."""
+    for order in (("Y", "X(1)"), ("X(1)", "Y")):
+        blocks = "input 3x8x8\nblock C(k) { X(0) x k }\nblock X(j) { C(1) x j }\nblock Y { C(1) }\n"
+        text = blocks + "\n".join(order) + "\n"
+        for reuse in (True, False):
+            with pytest.raises(CnnDslError, match=r"block X calls itself \(X -> C -> X\)"):
+                expanded(text, reuse, monkeypatch)
+
+
+def test_minus_zero_is_not_zero(monkeypatch):
+    text = "block b(p) { dropout p }\ninput 4x8x8\nb(0.0); b(-0.0)\n"
+    network = same_expansion(text, monkeypatch)
+    assert [str(dict(n.args)["p"]) for n in network.walk() if isinstance(n, ir.Seq) and n.block] == ["0.0", "-0.0"]
