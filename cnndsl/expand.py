@@ -252,9 +252,7 @@ class _Expander:
     def statement(self, stmt: S.Statement, scope: _Scope, frame: _Frame, shape: Shape | None
                   ) -> tuple[list[ir.Node], Shape | None]:
         if type(stmt) is S.Layer:  # most statements
-            self.nodes += 1
-            if self.nodes > MAX_NODES:
-                self.count(0, stmt, frame)  # raises
+            self.count(1, stmt, frame)
             return self.layer(stmt, scope, frame, shape)
         if isinstance(stmt, S.Repeat):
             count = self.integer(stmt.count, frame, "a repeat count", minimum=0)  # x 0: a switch, e.g. `x use_se`

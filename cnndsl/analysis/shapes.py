@@ -80,14 +80,7 @@ def active(node: ir.Node, shapes: Shapes) -> list[ir.Node]:
     while pending:
         node = pending.pop()
         out.append(node)
-        if type(node) is ir.Residual:
-            if node.shortcut is not None and shapes[node.name].projects:
-                pending.append(node.shortcut)
-            pending.append(node.body)
-        else:
-            children = node.children()
-            if children:
-                pending.extend(reversed(children))
+        pending.extend(reversed(_active_children(node, shapes)))
     return out
 
 
@@ -95,16 +88,18 @@ def active_depths(node: ir.Node, shapes: Shapes, indents: Callable[[ir.Node], bo
                   ) -> list[tuple[ir.Node, int]]:
     """`active`, each node with its depth: how many nodes around it `indents` holds true of."""
     out: list[tuple[ir.Node, int]] = []
-    pending = [(node, 0)]  # a stack, the next node on top: deep networks need no recursion
+    pending = [(node, 0)]
     while pending:
         node, depth = pending.pop()
         out.append((node, depth))
-        if type(node) is ir.Residual:
-            children = (node.body, node.shortcut) if node.shortcut is not None and shapes[node.name].projects \
-                else (node.body,)
-        else:
-            children = node.children()
+        children = _active_children(node, shapes)
         if children:
             inner = depth + 1 if indents(node) else depth
             pending.extend([(child, inner) for child in reversed(children)])
     return out
+
+
+def _active_children(node: ir.Node, shapes: Shapes) -> tuple[ir.Node, ...]:
+    if type(node) is ir.Residual and node.shortcut is not None and not shapes[node.name].projects:
+        return (node.body,)
+    return node.children()
