@@ -12,7 +12,7 @@ from .analysis import Report, Shapes, TensorSpec, analyze, tensor_specs
 from .errors import CnnDslError, Diagnostic, Source, Span
 from .expand import expand
 from .parser import parse_program
-from .syntax import InputHeader, Program
+from .syntax import Program
 
 if TYPE_CHECKING:
     from pathlib import Path  # imported where a Path is made: `cnndsl analyze` does without pathlib
@@ -123,11 +123,10 @@ def parse(text: str, path: str = "<string>", input_shape: tuple[int, ...] | None
     `expect` lines included, so a Net that exists is one every backend can build."""
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write at the start
     source = Source(text, path)
-    program = parse_program(text, source)
-    network = expand(program, source, input_shape)
-    declared = next((item.shape for item in program.items if isinstance(item, InputHeader)), None)
-    del program  # free before the analysis: the IR holds everything the figures need
-    net = Net(network, declared, reparse=True)
+    # The program goes straight from the parser to the expander, which lets each statement's syntax
+    # go once it is expanded: the IR holds everything the figures need.
+    network = expand(parse_program(text, source), source, input_shape)
+    net = Net(network, network.declared_input, reparse=True)
     net.report  # noqa: B018 - run every check now, not at first use
     return net
 

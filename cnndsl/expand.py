@@ -524,9 +524,15 @@ def _whole(value: int | float) -> int | float:
 
 
 def expand(program: S.Program, source: Source, input_override: tuple[int, ...] | None = None) -> ir.Network:
-    """Build the flat IR from a parsed program. Raises a `CnnDslError` for any mistake."""
+    """Build the flat IR from a parsed program. Raises a `CnnDslError` for any mistake.
+
+    Each top-level statement's syntax is let go as soon as it is expanded: where the caller keeps
+    no reference to `program` (`cnndsl.parse` passes it straight from the parser), the IR grows into
+    the memory the syntax leaves (a 90,000-statement program's syntax is 60 MB)."""
+    items = list(program.items)
+    del program
     try:
-        return _expand(program, source, input_override)
+        return _expand(items, source, input_override)
     except CnnDslError as err:
         raise err.with_source(source) from None
     except RecursionError:
@@ -541,11 +547,12 @@ def _single(items: list, what: str):
     return items[0] if items else None
 
 
-def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] | None) -> ir.Network:
+def _expand(items: list, source: Source, input_override: tuple[int, ...] | None) -> ir.Network:
     """The IR, or every independent mistake in the program raised together (`CnnDslError.errors`):
     each header, block definition, top-level statement, expectation and section is checked on its
     own. After a statement fails the shape flowing on is unknown, so the statements after it are
-    still expanded (their values, names and calls checked) but no longer shape-checked."""
+    still expanded (their values, names and calls checked) but no longer shape-checked. `items`, the
+    program's, is emptied: the statements are dropped one by one as they are expanded."""
     errors: list[CnnDslError] = []
 
     def attempt(check, *args):
@@ -558,11 +565,15 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
             return None
 
     by_kind: dict[type, list] = {}
-    for item in program.items:
-        by_kind.setdefault(type(item), []).append(item)
+    statements = []
+    for item in items:
+        if type(item) in _STATEMENT_TYPES:
+            statements.append(item)
+        else:
+            by_kind.setdefault(type(item), []).append(item)
+    items.clear()
     headers, inputs, block_defs, expects, sections = (
         by_kind.get(kind, []) for kind in (S.NetworkHeader, S.InputHeader, S.BlockDef, S.ExpectStmt, S.Section))
-    statements = [i for i in program.items if type(i) in _STATEMENT_TYPES]
     header = attempt(_single, headers, "network") or (headers[0] if headers else None)
     input_header = attempt(_single, inputs, "input") or (inputs[0] if inputs else None)
 
@@ -596,7 +607,9 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
     expander.shape_lost = input_shape is None
     items: list[ir.Node] = []
     shape, scope, frame = input_shape, _Scope(""), _Frame({}, (), ())
-    for stmt in statements:
+    first_span = statements[0].span if statements else None
+    for index, stmt in enumerate(statements):
+        statements[index] = None  # its syntax is not needed once it is expanded
         try:
             nodes, shape = expander.statement(stmt, scope, frame, shape)
             items.extend(nodes)
@@ -615,7 +628,7 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
     if errors:
         raise CnnDslError.collect(_distinct(errors))
 
-    body = ir.Seq(name="", span=statements[0].span, items=tuple(items))
+    body = ir.Seq(name="", span=first_span, items=tuple(items))
     # Each statement's shape was inferred as it was built: the body's runs from the input to the last.
     expander.shapes[body.name] = LayerShape(input_shape, shape)
     if expander.droppaths:
@@ -633,6 +646,7 @@ def _expand(program: S.Program, source: Source, input_override: tuple[int, ...] 
         train=train if train is not None else ir.TrainConfig(),
         source=source,
         input_span=input_span,
+        declared_input=input_header.shape if input_header else None,
         blocks=tuple(blocks.values()),
     )
 

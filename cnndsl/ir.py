@@ -124,6 +124,7 @@ class Network:
     train: TrainConfig = field(default_factory=TrainConfig)
     source: Source = Source("")
     input_span: Span | None = None
+    declared_input: tuple[int, ...] | None = None  # what the `input` line says (`input_shape` may override it)
     # The block definitions as written (syntax.BlockDef, expressions unevaluated): a backend that
     # writes one class per definition reads each statement's expressions here, finding the statement
     # of a node by its span.
