@@ -365,7 +365,6 @@ class _Expander:
         seq = self.sequence(shape, out, name=inner.prefix[:-1], span=block.span, calls=calls, items=tuple(items),
                             block=block.name, args=tuple(env.items()))
         if key is not None and len(self.shapes.warnings.items) == warnings and len(self.called) < MAX_BUILT:
-            self.shapes.infer(seq, shape)
             self.called[key] = (seq, self.nodes - nodes + 1)
         return seq
 

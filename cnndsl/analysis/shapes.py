@@ -15,7 +15,7 @@ from .. import ir
 from ..errors import CnnDslError, LimitError, Warnings
 from ..kinds.base import LayerShape, Shape, Window, effective_kernel, fmt, same_padding, window
 
-__all__ = ["MAX_ELEMENTS", "LayerShape", "Shape", "Shapes", "Window", "active", "active_depths", "check_size",
+__all__ = ["MAX_ELEMENTS", "LayerShape", "Shape", "Shapes", "Window", "active", "active_depths", "too_large",
            "effective_kernel", "fmt", "infer_shapes", "same_padding", "window"]
 
 # The most values one tensor (an activation of one sample, or a layer's parameters) may hold: 2**40 is
@@ -23,11 +23,10 @@ __all__ = ["MAX_ELEMENTS", "LayerShape", "Shape", "Shapes", "Window", "active", 
 MAX_ELEMENTS = 1 << 40
 
 
-def check_size(values: int, what: str, node: ir.Node) -> None:
-    """Refuse a tensor of more than MAX_ELEMENTS values (`what` says which, for the message)."""
-    if values > MAX_ELEMENTS:
-        raise LimitError(f"{what}: {values:,} values, over the limit of {MAX_ELEMENTS:,} (2**40) per tensor", node.span,
-                         calls=node.calls, hint="use fewer channels or a smaller input")
+def too_large(values: int, what: str, node: ir.Node) -> LimitError:
+    """The error for a tensor of more than MAX_ELEMENTS values (`what` says which)."""
+    return LimitError(f"{what}: {values:,} values, over the limit of {MAX_ELEMENTS:,} (2**40) per tensor", node.span,
+                      calls=node.calls, hint="use fewer channels or a smaller input")
 
 
 class Shapes(dict):
@@ -49,11 +48,13 @@ class Shapes(dict):
         if known is not None and known.input == shape:
             return known.output  # inferred as the node was built (names are unique)
         layer = node.infer(shape, self)
-        # (The sizes are compared first: the message is made only for a tensor that is too large.)
-        if math.prod(layer.output) > MAX_ELEMENTS:
-            check_size(math.prod(layer.output), f"the output of {node.name} ({fmt(layer.output)})", node)
-        if not node.children() and node.cost(layer).params > MAX_ELEMENTS:
-            check_size(node.cost(layer).params, f"the parameters of {node.name}", node)
+        values = math.prod(layer.output)
+        if values > MAX_ELEMENTS:
+            raise too_large(values, f"the output of {node.name} ({fmt(layer.output)})", node)
+        if not node.children():
+            values = node.cost(layer).params
+            if values > MAX_ELEMENTS:
+                raise too_large(values, f"the parameters of {node.name}", node)
         self[node.name] = layer
         return layer.output
 
