@@ -624,8 +624,112 @@ def _parse(text: str) -> S.Program:
 
 _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 
+# Reuse of statements read before. Generated programs, and most long ones, say the same statement
+# again and again (`conv 3x3 pad1 -> 64 nobias` in every unit): where a statement may start, the text
+# up to the next character that can end one (';', a newline, '}', or a comment) is looked up, with the
+# parser's state, among the texts read before. Read from the same state, the same text lexes into the
+# same tokens and reduces in the same steps, so a text that ended as one statement again is one, with
+# the same value and the same state after it: the parser pushes that value, its spans moved to the
+# new place, and reads on from the stop. The token at the stop is still lexed, by the lexer the first
+# reading used, and must be of the kind it was then, since which rule a reduction ends in may depend
+# on it. A text that did not end as one statement of its own (`residual { conv ...` before its first
+# ';') is remembered as such and read as usual.
+_STATEMENT_STOP = re.compile(r"[;\n\r}#]").search
+_LEAVES = frozenset((int, float, str, bool, type(None)))
 
-def _parse_fast(text: str) -> S.Program:
+
+@functools.cache
+def _statement_starts() -> frozenset[int]:
+    """The parser states where a statement may begin: those that read the keyword `conv`."""
+    return frozenset(state for state, row in enumerate(_tables().actions) if "CONV" in row)
+
+
+def _movable(value) -> bool:
+    """Whether `value` is made only of syntax nodes, tuples, spans and plain values: what `_moved`
+    can place elsewhere (a token, which has positions of its own, is not)."""
+    kind = type(value)
+    if kind is Span or kind in _LEAVES:
+        return True
+    return (kind is tuple or isinstance(value, S.Node)) and all(_movable(v) for v in value)
+
+
+def _moved(value, line: int, shift: int):
+    """`value` with its spans, all on one line, moved to `line` and `shift` columns along."""
+    kind = type(value)
+    if kind is Span:
+        return _new_tuple(Span, (line, value[1] + shift, line, value[3] + shift)) if value[0] else value
+    if kind in _LEAVES:
+        return value
+    return _new_tuple(kind, [_moved(v, line, shift) for v in value])
+
+
+def _placer(entry: tuple):
+    """A function of (line, shift) that makes what `_moved` makes of the stack entry `entry`, as one
+    expression of the entry's own constants (about three times faster than `_moved`'s walk), or None
+    for one nested too deeply to write so."""
+    names: dict[str, object] = {"new": _new_tuple, "Span": Span}
+
+    def written(value, depth: int) -> str:
+        if depth > 40:
+            raise RecursionError
+        kind = type(value)
+        if kind is Span:
+            return f"new(Span, (l, s + {value[1]}, l, s + {value[3]}))" if value[0] else repr(tuple(value)).join(
+                ("new(Span, ", ")"))
+        if kind in _LEAVES and kind is not float:  # their repr is exact Python
+            return repr(value)
+        name = f"k{len(names)}"
+        names[name] = value if kind in _LEAVES else kind
+        if kind in _LEAVES:
+            return name
+        return f"new({name}, ({''.join(written(v, depth + 1) + ', ' for v in value)}))"
+
+    value, _, first, _, last = entry
+    try:
+        code = f"lambda l, s: ({written(value, 0)}, l, s + {first}, l, s + {last})"
+    except RecursionError:
+        return None
+    return eval(code, names)  # noqa: S307 - code written above from the parser's own values
+
+
+class _Reading:
+    """What reading a statement's text from some state made (see above)."""
+
+    __slots__ = ("lexer_state", "next_kind", "state", "entry", "column", "uses", "place")
+    COMPILED_AFTER = 16  # uses before `_placer` is worth its compiling (a third of a millisecond)
+
+    def __init__(self, lexer_state: int, next_kind: str, state: int, entry: tuple, column: int) -> None:
+        self.lexer_state = lexer_state  # the state whose lexer read the token at the stop
+        self.next_kind = next_kind  # that token's kind
+        self.state = state  # the state after the statement, reduced with that token next
+        self.entry = entry  # the statement's stack entry, at the place of its first reading
+        self.column = column  # where that text began
+        self.uses = 0
+        self.place = None
+
+    @classmethod
+    def of(cls, lexer_state: int, next_kind: str, state: int, entry: tuple, line: int, column: int) -> _Reading | bool:
+        if entry[1] != line or entry[3] != line or not isinstance(entry[0], S.Node) or not _movable(entry[0]):
+            return False
+        return cls(lexer_state, next_kind, state, entry, column)
+
+    def entry_at(self, line: int, column: int) -> tuple:
+        """The statement's stack entry, read at `line` from `column` on."""
+        shift = column - self.column
+        if self.place is not None:
+            return self.place(line, shift)
+        self.uses += 1
+        if self.uses == self.COMPILED_AFTER:
+            self.place = _placer(self.entry) or (lambda line, shift: self.moved(line, shift))
+        return self.moved(line, shift)
+
+    def moved(self, line: int, shift: int) -> tuple:
+        value, _, first, _, last = self.entry
+        return (_moved(value, line, shift), line, first + shift, line, last + shift)
+
+
+
+def _parse_fast(text: str, reuse: bool = True) -> S.Program:
     actions, gotos, rules, state, end_state, kept_terminals, lexers, unusual = _tables()
     newline_kinds, ignore_kinds = unusual
     unusual = newline_kinds | ignore_kinds
@@ -634,23 +738,56 @@ def _parse_fast(text: str) -> S.Program:
     value_stack: list = []
     push_state, push_value = state_stack.append, value_stack.append
     pos, line, line_start, size_of_text = 0, 1, 0, len(text)
+    # Statements read before (see _Reading): where one starts, `reused` holds what reading its text
+    # from that state made, and the reading of a new one is watched (`watch_*`) until it ends.
+    starts, find_stop, reused = (_statement_starts() if reuse else frozenset()), _STATEMENT_STOP, {}
+    watch_floor, watch_stop, watch_key, watch_line, watch_column = -1, -1, None, 0, 0
+    at_stop, stop_state, stop_kind, replayed = False, 0, None, None
     while True:
         kind = "$END"
         while pos < size_of_text:
-            lexer = lexers[state]
-            if lexer is None:
-                lexer = lexers[state] = _scanner(state)
-            character = text[pos]
-            if character in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
-                pos += 1
-                if text[pos:pos + 1] in (" ", "\t"):  # more than one
-                    pos = skip_blanks(text, pos).end()
-                if pos == size_of_text:
-                    break
+            if replayed is not None:  # the token after a reused statement, matched by the lexer it is read with
+                found, lexer = replayed
+                replayed = None
+            else:
+                lexer = lexers[state]
+                if lexer is None:
+                    lexer = lexers[state] = _scanner(state)
                 character = text[pos]
-            found = (lexer[0].get(character) or lexer[1](character))(text, pos)
-            if found is None:
-                raise _Irregular
+                if character in " \t":  # blanks between tokens, cheaper to skip than to try every terminal on
+                    pos += 1
+                    if text[pos:pos + 1] in (" ", "\t"):  # more than one
+                        pos = skip_blanks(text, pos).end()
+                    if pos == size_of_text:
+                        break
+                    character = text[pos]
+                if state in starts and (stop := find_stop(text, pos)) is not None and stop.start() > pos:
+                    if watch_key is not None:  # a statement starts inside the one watched: that one is none
+                        reused[watch_key] = False
+                        watch_floor, watch_stop, watch_key = -1, -1, None
+                    key = (state, text[pos:stop.start()])
+                    reading = reused.get(key)
+                    if reading is None:
+                        watch_floor, watch_stop, watch_key, at_stop = len(state_stack), stop.start(), key, False
+                        watch_line, watch_column = line, pos - line_start + 1
+                    elif reading:
+                        after = reading.lexer_state
+                        after_lexer = lexers[after]
+                        ahead = text[stop.start()]
+                        found = (after_lexer[0].get(ahead) or after_lexer[1](ahead))(text, stop.start())
+                        if found is not None:
+                            ahead = found.lastgroup
+                            if ahead in after_lexer[2]:
+                                ahead = after_lexer[2][ahead].get(found.group(), ahead)
+                            if ahead == reading.next_kind:
+                                state = reading.state
+                                push_state(state)
+                                push_value(reading.entry_at(line, pos - line_start + 1))
+                                pos, replayed = stop.start(), (found, after_lexer)
+                                continue
+                found = (lexer[0].get(character) or lexer[1](character))(text, pos)
+                if found is None:
+                    raise _Irregular
             kind = found.lastgroup
             start, start_line, pos = pos, line, found.end()
             column = start - line_start + 1
@@ -664,6 +801,12 @@ def _parse_fast(text: str) -> S.Program:
             keywords = lexer[2]
             if kind in keywords:
                 kind = keywords[kind].get(text[start:pos], kind)
+            if start >= watch_stop >= 0:  # the token after the watched statement's text
+                if start == watch_stop:
+                    at_stop, stop_state, stop_kind = True, state, kind
+                else:  # a token runs past the stop: not a statement of its own
+                    reused[watch_key] = False
+                    watch_floor, watch_stop, watch_key = -1, -1, None
             if kind in kept_terminals:
                 value = text[start:pos]
                 token = new_token(token_type, value)
@@ -678,6 +821,13 @@ def _parse_fast(text: str) -> S.Program:
             code = row.get(kind)
             if code is None:
                 raise _Irregular
+            if watch_floor >= 0 and (at_stop if code >= 0 else len(state_stack) - rules[~code][0] < watch_floor):
+                # The token at the stop is shifted, or a reduction reaches below the watched statement: it
+                # was read whole now (one symbol above where it began), or it is no statement of its own.
+                whole = at_stop and len(state_stack) == watch_floor + 1
+                reused[watch_key] = whole and _Reading.of(stop_state, stop_kind, state, value_stack[-1],
+                                                          watch_line, watch_column)
+                watch_floor, watch_stop, watch_key, at_stop = -1, -1, None, False
             if code >= 0:  # shift
                 state = code
                 push_state(state)
@@ -804,21 +954,27 @@ def _statement_start(text: str, position: int) -> int:
 MAX_NESTING = 100  # braces and parentheses, one inside another
 
 
+_BRACKETS = re.compile(r"[{}()]|#[^\n]*")  # a bracket, or a comment to pass over
+
+
 def _check_nesting(text: str, source: Source) -> None:
     """Fail with a location, before parsing, where braces or parentheses nest absurdly deep."""
     if text.count("{") + text.count("(") <= MAX_NESTING:
         return
     depth = 0
-    for number, line in enumerate(_lines(text), 1):
-        for column, char in enumerate(line.split("#", 1)[0], 1):
-            if char in "{(":
-                depth += 1
-                if depth > MAX_NESTING:
-                    raise LimitError(f"braces and parentheses nest deeper than {MAX_NESTING} levels",
-                                     Span(number, column, number, column + 1),
-                                     hint="a block can call another block instead").with_source(source)
-            elif char in "})":
-                depth = max(depth - 1, 0)
+    for found in _BRACKETS.finditer(text):  # the brackets alone: a program has few among its characters
+        char = found.group()
+        if char in ("{", "("):
+            depth += 1
+            if depth > MAX_NESTING:
+                start = found.start()
+                line_start = text.rfind("\n", 0, start) + 1
+                number, column = text.count("\n", 0, start) + 1, start - line_start + 1
+                raise LimitError(f"braces and parentheses nest deeper than {MAX_NESTING} levels",
+                                 Span(number, column, number, column + 1),
+                                 hint="a block can call another block instead").with_source(source)
+        elif char in ("}", ")"):
+            depth = max(depth - 1, 0)
 
 
 def _too_deep(source: Source) -> LimitError:

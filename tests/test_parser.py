@@ -373,6 +373,46 @@ def test_fast_path_builds_a_large_program_exactly_as_lark():
     assert fast == _by_lark(text) == _from_lark_tree(STOCK.parse(text))
 
 
+# Statements said again: each line below is one corner of reading a statement's text a second time
+# (another line, another column, another token after it, a text that is no statement of its own).
+_SAID_AGAIN = [
+    "conv 3x3 pad1 -> 8 nobias; bn; relu\n",
+    "    conv 3x3 pad1 -> 8 nobias ;bn;relu  \n",  # other columns, blanks before the stops
+    "residual { conv 3x3 pad1 -> 8 nobias; bn } shortcut { conv 1x1 -> 8 }\n",  # before '}', after '{'
+    "residual {\n  conv 3x3 pad1 -> 8 nobias\n  relu}\nrelu\n",
+    "conv 3x3 pad1 -> 8 nobias x 2\n",  # the same start, then a repeat
+    "conv 3x3 pad1 -> 8 nobias # a comment after it\n",
+    "conv 3x3 pad1 -> 8 nobias\r\n",  # a carriage return at the stop
+    "conv 3x3 pad1 -> 8 nobias\r \nrelu\n",  # ... that is a blank
+    "conv 3x3 \\\n  pad1 -> 8 nobias\n",  # a statement going on over a line end
+    "\tb(8, mid=2); b(8)\n",
+    "concat { branch { relu } branch { pool max 2/2; upsample 2x } }\n",
+    "dropout .1; dropout 0.10; fc -> -(0.0 + 3)\n",
+    "fc -> " + "(" * 45 + "4" + ")" * 45 + "\n",  # too deep to be written as one expression
+    "conv 3x3 pad1 -> 8 nobias\f\n",
+]
+
+
+def test_statements_read_again_are_what_reading_them_makes(monkeypatch):
+    # The parser reuses what a statement's text made the first time it was read (see `_Reading`): the
+    # program must be the one every statement read afresh makes, and lark's, spans and all.
+    from cnndsl.parser import _parse_fast, _Reading
+
+    moved = []
+    entry_at = _Reading.entry_at
+    monkeypatch.setattr(_Reading, "entry_at", lambda self, line, column: moved.append(line) or entry_at(
+        self, line, column))
+    text = "network t\ninput 8x8x8\nblock b(c, mid=1) { conv 1x1 -> c }\n" + "".join(_SAID_AGAIN) * 20 + "relu"
+    fresh = _parse_fast(text, reuse=False)
+    assert not moved
+    again = _parse_fast(text)
+    assert again == fresh == _by_lark(text)
+    statements = sum(1 for item in fresh.items if not isinstance(item, (S.NetworkHeader, S.InputHeader)))
+    assert len(moved) > 19 * 20 and len(set(moved)) > 19 * 10 and statements == 20 * 23 + 2
+    assert _parse_fast("relu\n" * 40 + "relu x 2\n" + "relu\n") == _parse_fast("relu\n" * 40 + "relu x 2\nrelu\n",
+                                                                               reuse=False)
+
+
 def test_fast_path_lexes_every_first_character_as_lark():
     # Each state's regex is split by the token's first character: every character, in every state the
     # examples reach, must read the token lark's whole regex reads.
