@@ -251,7 +251,7 @@ class _Expander:
 
     def statement(self, stmt: S.Statement, scope: _Scope, frame: _Frame, shape: Shape | None
                   ) -> tuple[list[ir.Node], Shape | None]:
-        if type(stmt) is S.Layer:  # most statements
+        if type(stmt) is S.Layer or type(stmt) is S.Again:  # most statements
             self.count(1, stmt, frame)
             return self.layer(stmt, scope, frame, shape)
         if isinstance(stmt, S.Repeat):
@@ -408,7 +408,7 @@ class _Expander:
         return env
 
     # ------------------------------------------------------------ layers
-    def layer(self, stmt: S.Layer, scope: _Scope, frame: _Frame, shape: Shape | None
+    def layer(self, stmt: S.Layer | S.Again, scope: _Scope, frame: _Frame, shape: Shape | None
               ) -> tuple[list[ir.Node], Shape | None]:
         line, column, end_line, end_column = span = stmt.span
         key = None
@@ -420,6 +420,8 @@ class _Expander:
                 name = scope.name(stem)
                 self.shapes[name] = layer_shape
                 return [node.moved(name, span, frame.calls)], layer_shape.output
+        if type(stmt) is S.Again:  # a layer's text read before, not built from here yet: its syntax, here
+            stmt = stmt.written_out()
         options: dict[str, S.Option] = {}
         for option in stmt.options:
             if option.key in options:
@@ -650,7 +652,7 @@ def _expand(items: list, source: Source, input_override: tuple[int, ...] | None)
     )
 
 
-_STATEMENT_TYPES = frozenset((S.Layer, S.Call, S.Repeat, S.Residual, S.Branches))
+_STATEMENT_TYPES = frozenset((S.Layer, S.Again, S.Call, S.Repeat, S.Residual, S.Branches))
 
 
 def _distinct(errors: list[CnnDslError]) -> list[CnnDslError]:

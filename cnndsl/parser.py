@@ -629,13 +629,13 @@ _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 # up to the next character that can end one (';', a newline, '}', or a comment) is looked up, with the
 # parser's state, among the texts read before. Read from the same state, the same text lexes into the
 # same tokens and reduces in the same steps, so a text that ended as one statement again is one, with
-# the same value and the same state after it: the parser pushes that value, its spans moved to the
-# new place, and reads on from the stop. The token at the stop is still lexed, by the lexer the first
-# reading used, and must be of the kind it was then, since which rule a reduction ends in may depend
-# on it. A text that did not end as one statement of its own (`residual { conv ...` before its first
-# ';') is remembered as such and read as usual.
+# the same value and the same state after it: the parser pushes that value at the new place (a layer
+# as an `Again` of the first, anything else with its spans moved) and reads on from the stop. The
+# token at the stop is still lexed, by the lexer the first reading used, and must be of the kind it
+# was then, since which rule a reduction ends in may depend on it. A text that did not end as one
+# statement of its own (`residual { conv ...` before its first ';') is remembered as such and read as
+# usual.
 _STATEMENT_STOP = re.compile(r"[;\n\r}#]").search
-_LEAVES = frozenset((int, float, str, bool, type(None)))
 
 
 @functools.cache
@@ -644,89 +644,30 @@ def _statement_starts() -> frozenset[int]:
     return frozenset(state for state, row in enumerate(_tables().actions) if "CONV" in row)
 
 
-def _movable(value) -> bool:
-    """Whether `value` is made only of syntax nodes, tuples, spans and plain values: what `_moved`
-    can place elsewhere (a token, which has positions of its own, is not)."""
-    kind = type(value)
-    if kind is Span or kind in _LEAVES:
-        return True
-    return (kind is tuple or isinstance(value, S.Node)) and all(_movable(v) for v in value)
-
-
-def _moved(value, line: int, shift: int):
-    """`value` with its spans, all on one line, moved to `line` and `shift` columns along."""
-    kind = type(value)
-    if kind is Span:
-        return _new_tuple(Span, (line, value[1] + shift, line, value[3] + shift)) if value[0] else value
-    if kind in _LEAVES:
-        return value
-    return _new_tuple(kind, [_moved(v, line, shift) for v in value])
-
-
-def _placer(entry: tuple):
-    """A function of (line, shift) that makes what `_moved` makes of the stack entry `entry`, as one
-    expression of the entry's own constants (about three times faster than `_moved`'s walk), or None
-    for one nested too deeply to write so."""
-    names: dict[str, object] = {"new": _new_tuple, "Span": Span}
-
-    def written(value, depth: int) -> str:
-        if depth > 40:
-            raise RecursionError
-        kind = type(value)
-        if kind is Span:
-            return f"new(Span, (l, s + {value[1]}, l, s + {value[3]}))" if value[0] else repr(tuple(value)).join(
-                ("new(Span, ", ")"))
-        if kind in _LEAVES and kind is not float:  # their repr is exact Python
-            return repr(value)
-        name = f"k{len(names)}"
-        names[name] = value if kind in _LEAVES else kind
-        if kind in _LEAVES:
-            return name
-        return f"new({name}, ({''.join(written(v, depth + 1) + ', ' for v in value)}))"
-
-    value, _, first, _, last = entry
-    try:
-        code = f"lambda l, s: ({written(value, 0)}, l, s + {first}, l, s + {last})"
-    except RecursionError:
-        return None
-    return eval(code, names)  # noqa: S307 - code written above from the parser's own values
-
-
-class _Reading:
+class _Reading(NamedTuple):
     """What reading a statement's text from some state made (see above)."""
 
-    __slots__ = ("lexer_state", "next_kind", "state", "entry", "column", "uses", "place")
-    COMPILED_AFTER = 16  # uses before `_placer` is worth its compiling (a third of a millisecond)
-
-    def __init__(self, lexer_state: int, next_kind: str, state: int, entry: tuple, column: int) -> None:
-        self.lexer_state = lexer_state  # the state whose lexer read the token at the stop
-        self.next_kind = next_kind  # that token's kind
-        self.state = state  # the state after the statement, reduced with that token next
-        self.entry = entry  # the statement's stack entry, at the place of its first reading
-        self.column = column  # where that text began
-        self.uses = 0
-        self.place = None
+    lexer_state: int  # the state whose lexer read the token at the stop
+    next_kind: str  # that token's kind
+    state: int  # the state after the statement, reduced with that token next
+    entry: tuple  # the statement's stack entry, at the place of its first reading
+    column: int  # where that text began
 
     @classmethod
     def of(cls, lexer_state: int, next_kind: str, state: int, entry: tuple, line: int, column: int) -> _Reading | bool:
-        if entry[1] != line or entry[3] != line or not isinstance(entry[0], S.Node) or not _movable(entry[0]):
+        if entry[1] != line or entry[3] != line or not isinstance(entry[0], S.Node) or not S.movable(entry[0]):
             return False
         return cls(lexer_state, next_kind, state, entry, column)
 
     def entry_at(self, line: int, column: int) -> tuple:
-        """The statement's stack entry, read at `line` from `column` on."""
-        shift = column - self.column
-        if self.place is not None:
-            return self.place(line, shift)
-        self.uses += 1
-        if self.uses == self.COMPILED_AFTER:
-            self.place = _placer(self.entry) or (lambda line, shift: self.moved(line, shift))
-        return self.moved(line, shift)
-
-    def moved(self, line: int, shift: int) -> tuple:
+        """The statement's stack entry, read at `line` from `column` on: for a layer an `Again`,
+        of which the expander mostly needs only the place; else the statement, its spans moved."""
         value, _, first, _, last = self.entry
-        return (_moved(value, line, shift), line, first + shift, line, last + shift)
-
+        shift = column - self.column
+        if type(value) is S.Layer:
+            span = _new_tuple(Span, (line, first + shift, line, last + shift))
+            return (_new_tuple(S.Again, (value, span)), line, first + shift, line, last + shift)
+        return (S.moved(value, line, shift), line, first + shift, line, last + shift)
 
 
 def _parse_fast(text: str, reuse: bool = True) -> S.Program:

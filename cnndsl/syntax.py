@@ -159,7 +159,22 @@ class Branches(Node):
     span: Span
 
 
-Statement = Layer | Call | Repeat | Residual | Branches
+class Again(Node):
+    """A layer statement written again word for word: the text of `first`, read at `span`.
+
+    The parser makes one where it meets the text of a layer it has read before (see
+    `cnndsl.parser`). It means `first` with its spans moved to `span`'s place (`written_out`); the
+    expander builds most of them as a copy of the layer it built for the same text, and needs no more."""
+
+    first: Layer
+    span: Span
+
+    def written_out(self) -> Layer:
+        """The layer statement as if read here."""
+        return moved(self.first, self.span.line, self.span.column - self.first.span.column)
+
+
+Statement = Layer | Again | Call | Repeat | Residual | Branches
 
 
 class Param(Node):
@@ -210,3 +225,38 @@ class NetworkHeader(Node):
 class InputHeader(Node):
     shape: tuple[int, ...]
     span: Span
+
+
+# ---------------------------------------------------------------- moving and writing out
+
+_LEAVES = frozenset((int, float, str, bool, type(None)))
+
+
+def movable(value: object) -> bool:
+    """Whether `value` is made only of syntax nodes, tuples, spans and plain values: what `moved` can
+    place elsewhere (a token, which has positions of its own, is not)."""
+    kind = type(value)
+    if kind is Span or kind in _LEAVES:
+        return True
+    return (kind is tuple or isinstance(value, Node)) and all(movable(v) for v in value)
+
+
+def moved(value: Any, line: int, shift: int) -> Any:
+    """`value` (`movable`, its spans all on one line) with every span moved to `line` and `shift`
+    columns along."""
+    kind = type(value)
+    if kind is Span:
+        return tuple.__new__(Span, (line, value[1] + shift, line, value[3] + shift)) if value[0] else value
+    if kind in _LEAVES:
+        return value
+    return tuple.__new__(kind, [moved(v, line, shift) for v in value])
+
+
+def written_out(value: Any) -> Any:
+    """`value` (a program, or any part of one) with every `Again` in it replaced by its layer."""
+    kind = type(value)
+    if kind is Again:
+        return value.written_out()
+    if kind is Span or kind in _LEAVES or not isinstance(value, tuple):
+        return value
+    return tuple.__new__(kind, [written_out(v) for v in value])

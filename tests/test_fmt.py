@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cnndsl
+from cnndsl import syntax as S
 from cnndsl.errors import CnnSyntaxError, Span
 from cnndsl.fmt import format_text, lex
 from cnndsl.parser import parse_program
@@ -42,7 +43,7 @@ def tree(text: str):
         if isinstance(value, tuple):
             return type(value).__name__, tuple(strip(v) for v in value if not isinstance(v, Span))
         return value
-    return strip(parse_program(text))
+    return strip(S.written_out(parse_program(text)))
 
 
 @pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: p.stem)

@@ -143,7 +143,7 @@ def test_nodes_built_while_parsing_equal_those_from_lark_tree():
             expected = _from_lark_tree(tree)
         except cnndsl.CnnDslError:
             continue  # a misplaced shortcut: no program either way
-        assert parse_program(text) == expected, text
+        assert S.written_out(parse_program(text)) == expected, text
         checked += 1
     assert checked > 80  # every example and fuzz text, the valid-syntax cases
 
@@ -335,7 +335,7 @@ def _fast(text: str):
     from cnndsl.parser import _Irregular, _parse_fast
 
     try:
-        return _parse_fast(text)
+        return S.written_out(_parse_fast(text))  # a layer read again is an `Again` of the first: written out
     except _Irregular:
         return "left to lark"
     except cnndsl.CnnDslError as err:
@@ -395,7 +395,8 @@ _SAID_AGAIN = [
 
 def test_statements_read_again_are_what_reading_them_makes(monkeypatch):
     # The parser reuses what a statement's text made the first time it was read (see `_Reading`): the
-    # program must be the one every statement read afresh makes, and lark's, spans and all.
+    # program must be the one every statement read afresh makes, and lark's, spans and all, once each
+    # layer read again (an `Again` of the first) is written out.
     from cnndsl.parser import _parse_fast, _Reading
 
     moved = []
@@ -406,11 +407,14 @@ def test_statements_read_again_are_what_reading_them_makes(monkeypatch):
     fresh = _parse_fast(text, reuse=False)
     assert not moved
     again = _parse_fast(text)
-    assert again == fresh == _by_lark(text)
+    assert again != fresh and S.written_out(again) == fresh == _by_lark(text)
     statements = sum(1 for item in fresh.items if not isinstance(item, (S.NetworkHeader, S.InputHeader)))
     assert len(moved) > 19 * 20 and len(set(moved)) > 19 * 10 and statements == 20 * 23 + 2
-    assert _parse_fast("relu\n" * 40 + "relu x 2\n" + "relu\n") == _parse_fast("relu\n" * 40 + "relu x 2\nrelu\n",
-                                                                               reuse=False)
+    agains = [item for item in again.items if type(item) is S.Again]
+    first_lines = 3 + "".join(_SAID_AGAIN).count("\n")
+    assert len(agains) > 19 * 10 and all(type(a.first) is S.Layer and a.first.span.line <= first_lines for a in agains)
+    assert S.written_out(_parse_fast("relu\n" * 40 + "relu x 2\n" + "relu\n")) == _parse_fast(
+        "relu\n" * 40 + "relu x 2\nrelu\n", reuse=False)
 
 
 def test_fast_path_lexes_every_first_character_as_lark():
