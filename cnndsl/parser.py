@@ -638,6 +638,43 @@ _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 _STATEMENT_STOP = re.compile(r"[;\n\r}#]").search
 
 
+# Whole lines read before, likewise: where a line begins with a statement, its text (to its newline)
+# is looked up with the parser's whole state stack. A line that left the stack as it found it, but
+# for the statements it added to the list below its start (the statement list's left-recursive rule
+# grows one list) and the separator it ended with, does that again from the same stack: the parser
+# adds the same statements, moved to the new line, lexes the separator again (with the lexer that read
+# it, as it may run on over blank lines and comments) and reads on after it.
+
+
+class _LineReading(NamedTuple):
+    """What reading a whole line from some stack made (see above)."""
+
+    line: int  # where it was read
+    statements: tuple  # what it added to the statement list below it
+    list_end: tuple[int, int]  # where the list then ended (its last statement's end)
+    separator_column: int  # where the separator that ends the line begins
+    separator_lexer: tuple  # the lexer that read it (`_scanner`)
+
+    def statements_at(self, line: int) -> list:
+        """The line's statements as read at `line`."""
+        return [_placed(statement, line, 0) for statement in self.statements]
+
+
+def _placed(value, line: int, shift: int):
+    """`value` (syntax on one line) read at `line`, `shift` columns along: `syntax.moved`, but each
+    layer in it an `Again` of the one read first, which costs two tuples where moving it costs ten."""
+    kind = type(value)
+    if kind is S.Layer or kind is S.Again:
+        span = value[-1]
+        return _new_tuple(S.Again, (value if kind is S.Layer else value[0],
+                                    _new_tuple(Span, (line, span[1] + shift, line, span[3] + shift))))
+    if kind is Span:
+        return _new_tuple(Span, (line, value[1] + shift, line, value[3] + shift)) if value[0] else value
+    if kind is tuple or isinstance(value, S.Node):
+        return _new_tuple(kind, [_placed(v, line, shift) for v in value])
+    return value
+
+
 @functools.cache
 def _statement_starts() -> frozenset[int]:
     """The parser states where a statement may begin: those that read the keyword `conv`."""
@@ -660,14 +697,10 @@ class _Reading(NamedTuple):
         return cls(lexer_state, next_kind, state, entry, column)
 
     def entry_at(self, line: int, column: int) -> tuple:
-        """The statement's stack entry, read at `line` from `column` on: for a layer an `Again`,
-        of which the expander mostly needs only the place; else the statement, its spans moved."""
+        """The statement's stack entry, read at `line` from `column` on (`_placed`)."""
         value, _, first, _, last = self.entry
         shift = column - self.column
-        if type(value) is S.Layer:
-            span = _new_tuple(Span, (line, first + shift, line, last + shift))
-            return (_new_tuple(S.Again, (value, span)), line, first + shift, line, last + shift)
-        return (S.moved(value, line, shift), line, first + shift, line, last + shift)
+        return (_placed(value, line, shift), line, first + shift, line, last + shift)
 
 
 def _parse_fast(text: str, reuse: bool = True) -> S.Program:
@@ -684,13 +717,48 @@ def _parse_fast(text: str, reuse: bool = True) -> S.Program:
     starts, find_stop, reused = (_statement_starts() if reuse else frozenset()), _STATEMENT_STOP, {}
     watch_floor, watch_stop, watch_key, watch_line, watch_column = -1, -1, None, 0, 0
     at_stop, stop_state, stop_kind, replayed = False, 0, None, None
+    # Lines read before (see _LineReading), and the one being read the first time.
+    lines_read, lexer = {}, None
+    line_key, line_end, line_floor, line_list, line_count, line_first = None, -1, -1, None, 0, 0
     while True:
         kind = "$END"
         while pos < size_of_text:
+            if pos >= line_end >= 0:  # the first token after the line watched
+                below, separator = (value_stack[-2], value_stack[-1]) if len(value_stack) > 1 else ((None,), (0,))
+                lines_read[line_key] = (
+                    below[0] is line_list and len(line_list) > line_count and separator[0] is None
+                    and separator[1] == line_first and (separator[3], separator[4]) == (line, pos - line_start + 1)
+                    and tuple(state_stack) == line_key[0] and all(S.movable(v) for v in line_list[line_count:])
+                    and _LineReading(line_first, tuple(line_list[line_count:]), below[3:], separator[2], lexer))
+                line_key, line_end, line_floor = None, -1, -1
             if replayed is not None:  # the token after a reused statement, matched by the lexer it is read with
                 found, lexer = replayed
                 replayed = None
             else:
+                if pos == line_start and state in starts and (end := text.find("\n", pos)) >= 0:
+                    key = (tuple(state_stack), text[pos:end + 1])
+                    reading = lines_read.get(key)
+                    below = value_stack[-2] if len(value_stack) > 1 else (None,)
+                    if reading is None:
+                        if type(below[0]) is list:
+                            line_key, line_end, line_floor = key, end + 1, len(state_stack) - 2
+                            line_list, line_count, line_first = below[0], len(below[0]), line
+                    elif reading and type(below[0]) is list:
+                        start = pos + reading.separator_column - 1
+                        separator_lexer = reading.separator_lexer
+                        found = (separator_lexer[0].get(text[start]) or separator_lexer[1](text[start]))(text, start)
+                        if found is not None and found.lastgroup == "_SEP" and found.end() > end:
+                            shift = line - reading.line
+                            below[0].extend(reading.statements_at(line))
+                            value_stack[-2] = (below[0], below[1], below[2], reading.list_end[0] + shift,
+                                               reading.list_end[1])
+                            pos = found.end()
+                            line += text.count("\n", start, pos)
+                            line_start = text.rindex("\n", start, pos) + 1
+                            value_stack[-1] = (None, reading.line + shift, reading.separator_column, line,
+                                               pos - line_start + 1)
+                            watch_floor, watch_stop, watch_key, at_stop = -1, -1, None, False
+                            continue
                 lexer = lexers[state]
                 if lexer is None:
                     lexer = lexers[state] = _scanner(state)
@@ -769,6 +837,9 @@ def _parse_fast(text: str, reuse: bool = True) -> S.Program:
                 reused[watch_key] = whole and _Reading.of(stop_state, stop_kind, state, value_stack[-1],
                                                           watch_line, watch_column)
                 watch_floor, watch_stop, watch_key, at_stop = -1, -1, None, False
+            if code < 0 and len(state_stack) - rules[~code][0] < line_floor:  # below the watched line's start
+                lines_read[line_key] = False
+                line_key, line_end, line_floor = None, -1, -1
             if code >= 0:  # shift
                 state = code
                 push_state(state)

@@ -249,6 +249,8 @@ def moved(value: Any, line: int, shift: int) -> Any:
         return tuple.__new__(Span, (line, value[1] + shift, line, value[3] + shift)) if value[0] else value
     if kind in _LEAVES:
         return value
+    if kind is Again:  # only its place moves: it still repeats the same first layer
+        return tuple.__new__(Again, (value[0], moved(value[1], line, shift)))
     return tuple.__new__(kind, [moved(v, line, shift) for v in value])
 
 

@@ -373,13 +373,14 @@ def test_fast_path_builds_a_large_program_exactly_as_lark():
     assert fast == _by_lark(text) == _from_lark_tree(STOCK.parse(text))
 
 
-# Statements said again: each line below is one corner of reading a statement's text a second time
-# (another line, another column, another token after it, a text that is no statement of its own).
+# Statements said again: each line below is one corner of reading a statement's text, or a whole line,
+# a second time (another line, another column, another token after it, a separator running on over
+# blank lines and comments, a text that is no statement of its own).
 _SAID_AGAIN = [
     "conv 3x3 pad1 -> 8 nobias; bn; relu\n",
     "    conv 3x3 pad1 -> 8 nobias ;bn;relu  \n",  # other columns, blanks before the stops
     "residual { conv 3x3 pad1 -> 8 nobias; bn } shortcut { conv 1x1 -> 8 }\n",  # before '}', after '{'
-    "residual {\n  conv 3x3 pad1 -> 8 nobias\n  relu}\nrelu\n",
+    "residual {\n  conv 3x3 pad1 -> 8 nobias\n  relu\n  relu}\nrelu\n",
     "conv 3x3 pad1 -> 8 nobias x 2\n",  # the same start, then a repeat
     "conv 3x3 pad1 -> 8 nobias # a comment after it\n",
     "conv 3x3 pad1 -> 8 nobias\r\n",  # a carriage return at the stop
@@ -390,26 +391,31 @@ _SAID_AGAIN = [
     "dropout .1; dropout 0.10; fc -> -(0.0 + 3)\n",
     "fc -> " + "(" * 45 + "4" + ")" * 45 + "\n",  # too deep to be written as one expression
     "conv 3x3 pad1 -> 8 nobias\f\n",
+    "relu\n\n# a line of comment\n   \n",  # the separator runs on over the lines after
+    "relu\n  ;relu\n",  # ... up to a ';' on the next line
+    "residual { conv 1x1 -> 8 }\nshortcut always { conv 1x1 -> 8 }\n",
 ]
 
 
 def test_statements_read_again_are_what_reading_them_makes(monkeypatch):
-    # The parser reuses what a statement's text made the first time it was read (see `_Reading`): the
-    # program must be the one every statement read afresh makes, and lark's, spans and all, once each
-    # layer read again (an `Again` of the first) is written out.
-    from cnndsl.parser import _parse_fast, _Reading
+    # The parser reuses what a statement's text, or a whole line, made the first time it was read (see
+    # `_Reading`, `_LineReading`): the program must be the one every statement read afresh makes, and
+    # lark's, spans and all, once each layer read again (an `Again` of the first) is written out.
+    from cnndsl.parser import _LineReading, _parse_fast, _Reading
 
-    moved = []
-    entry_at = _Reading.entry_at
-    monkeypatch.setattr(_Reading, "entry_at", lambda self, line, column: moved.append(line) or entry_at(
+    statements, lines = [], []
+    entry_at, statements_at = _Reading.entry_at, _LineReading.statements_at
+    monkeypatch.setattr(_Reading, "entry_at", lambda self, line, column: statements.append(line) or entry_at(
         self, line, column))
+    monkeypatch.setattr(_LineReading, "statements_at", lambda self, line: lines.append(line) or statements_at(
+        self, line))
     text = "network t\ninput 8x8x8\nblock b(c, mid=1) { conv 1x1 -> c }\n" + "".join(_SAID_AGAIN) * 20 + "relu"
     fresh = _parse_fast(text, reuse=False)
-    assert not moved
+    assert not statements and not lines
     again = _parse_fast(text)
     assert again != fresh and S.written_out(again) == fresh == _by_lark(text)
-    statements = sum(1 for item in fresh.items if not isinstance(item, (S.NetworkHeader, S.InputHeader)))
-    assert len(moved) > 19 * 20 and len(set(moved)) > 19 * 10 and statements == 20 * 23 + 2
+    assert len(fresh.items) == 20 * 27 + 4  # the headers, the block, 27 statements a round, the last relu
+    assert len(set(statements)) > 19 * 4 and len(set(lines)) > 19 * 10
     agains = [item for item in again.items if type(item) is S.Again]
     first_lines = 3 + "".join(_SAID_AGAIN).count("\n")
     assert len(agains) > 19 * 10 and all(type(a.first) is S.Layer and a.first.span.line <= first_lines for a in agains)
