@@ -119,6 +119,8 @@ def _misplaced_shortcut(span: Span) -> CnnSyntaxError:
 
 
 def _attach_shortcuts(items) -> tuple:
+    if _LooseShortcut not in map(type, items):  # mostly: no loop in Python over a long list
+        return tuple(items)
     out: list = []
     for item in items:
         if isinstance(item, _LooseShortcut):
@@ -770,20 +772,20 @@ def _parse_fast(text: str, reuse: bool = True) -> S.Program:
                     if pos == size_of_text:
                         break
                     character = text[pos]
-                if state in starts and (stop := find_stop(text, pos)) is not None and stop.start() > pos:
+                if state in starts and (stop := find_stop(text, pos)) is not None and (stop := stop.start()) > pos:
                     if watch_key is not None:  # a statement starts inside the one watched: that one is none
                         reused[watch_key] = False
                         watch_floor, watch_stop, watch_key = -1, -1, None
-                    key = (state, text[pos:stop.start()])
+                    key = (state, text[pos:stop])
                     reading = reused.get(key)
                     if reading is None:
-                        watch_floor, watch_stop, watch_key, at_stop = len(state_stack), stop.start(), key, False
+                        watch_floor, watch_stop, watch_key, at_stop = len(state_stack), stop, key, False
                         watch_line, watch_column = line, pos - line_start + 1
                     elif reading:
                         after = reading.lexer_state
                         after_lexer = lexers[after]
-                        ahead = text[stop.start()]
-                        found = (after_lexer[0].get(ahead) or after_lexer[1](ahead))(text, stop.start())
+                        ahead = text[stop]
+                        found = (after_lexer[0].get(ahead) or after_lexer[1](ahead))(text, stop)
                         if found is not None:
                             ahead = found.lastgroup
                             if ahead in after_lexer[2]:
@@ -792,7 +794,7 @@ def _parse_fast(text: str, reuse: bool = True) -> S.Program:
                                 state = reading.state
                                 push_state(state)
                                 push_value(reading.entry_at(line, pos - line_start + 1))
-                                pos, replayed = stop.start(), (found, after_lexer)
+                                pos, replayed = stop, (found, after_lexer)
                                 continue
                 found = (lexer[0].get(character) or lexer[1](character))(text, pos)
                 if found is None:
