@@ -3,6 +3,7 @@
     python benchmarks/check_scale.py                  # 90,000 statements, and the growth from 22,500
     python benchmarks/check_scale.py --statements N   # another size
     python benchmarks/check_scale.py --write big.cnn  # only write the program
+    python benchmarks/check_scale.py --numbered       # each line ends in a comment with its number
 
 The program is a ResNet-like stack of valid statements at one width: block definitions (a basic
 unit, a bottleneck with a projected shortcut, an inception-style concat), then lines of plain layers,
@@ -10,6 +11,10 @@ residuals with their bodies, and calls of the blocks, until it holds the asked n
 (every layer, call, residual and branch statement counts, inside blocks too). Each size is checked
 in a fresh `cnndsl check` process (one thread), timed by wall clock and measured by its peak
 resident memory (`resource.getrusage(RUSAGE_CHILDREN)`, Linux: kilobytes).
+
+The parser reuses what a statement's text, or a whole line, made where it was read before (see
+`cnndsl.parser`). `--numbered` makes every line of the body distinct (a comment with its number at
+its end), so that no whole line is read twice: the statements in them still are.
 """
 
 from __future__ import annotations
@@ -61,13 +66,16 @@ _CALLS = ((f"unit({WIDTH})", 1, 8), (f"bottleneck({WIDTH})", 1, 13), (f"mixed({W
 LINES = _ROUND * 16 + _CALLS
 
 
-def program(statements: int) -> str:
-    """A valid program of about `statements` statements (never fewer)."""
+def program(statements: int, numbered: bool = False) -> str:
+    """A valid program of about `statements` statements (never fewer); `numbered`: each line of the
+    body ends in a comment with its number."""
     out = ["network scale", f"input {WIDTH}x32x32", BLOCKS.rstrip("\n")]
     count = BLOCK_STATEMENTS
     index = 0
     while count < statements:
         text, held, _nodes = LINES[index % len(LINES)]
+        if numbered:
+            text = "\n".join(f"{line}  # {index}.{part}" for part, line in enumerate(text.split("\n")))
         out.append(text)
         count += held
         index += 1
@@ -98,10 +106,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--statements", type=int, default=90_000)
     parser.add_argument("--write", metavar="PATH", help="only write the program to PATH")
+    parser.add_argument("--numbered", action="store_true", help="end each line in a comment with its number")
     args = parser.parse_args()
     if args.write:
         with open(args.write, "w", encoding="utf-8") as file:
-            file.write(program(args.statements))
+            file.write(program(args.statements, args.numbered))
         return
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -111,7 +120,7 @@ def main() -> None:
         measure(warm)  # writes the byte code of every module check imports
         for size in (args.statements // 4, args.statements // 2, args.statements):
             path = os.path.join(folder, f"scale{size}.cnn")
-            text = program(size)
+            text = program(size, args.numbered)
             with open(path, "w", encoding="utf-8") as file:
                 file.write(text)
             seconds, megabytes = measure(path)

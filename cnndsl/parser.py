@@ -640,12 +640,17 @@ _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 _STATEMENT_STOP = re.compile(r"[;\n\r}#]").search
 
 
-# Whole lines read before, likewise: where a line begins with a statement, its text (to its newline)
-# is looked up with the parser's whole state stack. A line that left the stack as it found it, but
+# Whole lines read before, likewise: where a line begins with a statement, its text (to its newline,
+# or to a comment at its end, which the separator after the last statement holds) is looked up with
+# the parser's whole state stack. A line that left the stack as it found it, but
 # for the statements it added to the list below its start (the statement list's left-recursive rule
 # grows one list) and the separator it ended with, does that again from the same stack: the parser
 # adds the same statements, moved to the new line, lexes the separator again (with the lexer that read
-# it, as it may run on over blank lines and comments) and reads on after it.
+# it, as it may run on over blank lines and comments) and reads on after it. What a line makes is
+# kept from its second reading on: a line said once costs a lookup.
+
+
+_NEW = object()  # a line not read before
 
 
 class _LineReading(NamedTuple):
@@ -738,10 +743,13 @@ def _parse_fast(text: str, reuse: bool = True) -> S.Program:
                 replayed = None
             else:
                 if pos == line_start and state in starts and (end := text.find("\n", pos)) >= 0:
-                    key = (tuple(state_stack), text[pos:end + 1])
-                    reading = lines_read.get(key)
+                    comment = text.find("#", pos, end)  # not part of the key: the separator holds it
+                    key = (tuple(state_stack), text[pos:end + 1] if comment < 0 else text[pos:comment])
+                    reading = lines_read.get(key, _NEW)
                     below = value_stack[-2] if len(value_stack) > 1 else (None,)
-                    if reading is None:
+                    if reading is _NEW:  # watched from its second reading on: most lines are said once
+                        lines_read[key] = None
+                    elif reading is None:
                         if type(below[0]) is list:
                             line_key, line_end, line_floor = key, end + 1, len(state_stack) - 2
                             line_list, line_count, line_first = below[0], len(below[0]), line
