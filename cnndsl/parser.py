@@ -639,6 +639,10 @@ _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 # usual.
 _STATEMENT_STOP = re.compile(r"[;\n\r}#]").search
 
+# What a text makes is kept from its second reading on, when it is likely to come again: a statement
+# or a line said once costs a lookup. `_NEW` marks a text not read before.
+_NEW = object()
+
 
 # Whole lines read before, likewise: where a line begins with a statement, its text (to its newline,
 # or to a comment at its end, which the separator after the last statement holds) is looked up with
@@ -646,11 +650,7 @@ _STATEMENT_STOP = re.compile(r"[;\n\r}#]").search
 # for the statements it added to the list below its start (the statement list's left-recursive rule
 # grows one list) and the separator it ended with, does that again from the same stack: the parser
 # adds the same statements, moved to the new line, lexes the separator again (with the lexer that read
-# it, as it may run on over blank lines and comments) and reads on after it. What a line makes is
-# kept from its second reading on: a line said once costs a lookup.
-
-
-_NEW = object()  # a line not read before
+# it, as it may run on over blank lines and comments) and reads on after it.
 
 
 class _LineReading(NamedTuple):
@@ -785,8 +785,10 @@ def _parse_fast(text: str, reuse: bool = True) -> S.Program:
                         reused[watch_key] = False
                         watch_floor, watch_stop, watch_key = -1, -1, None
                     key = (state, text[pos:stop])
-                    reading = reused.get(key)
-                    if reading is None:
+                    reading = reused.get(key, _NEW)
+                    if reading is _NEW:  # watched from its second reading on, as lines are
+                        reused[key] = None
+                    elif reading is None:
                         watch_floor, watch_stop, watch_key, at_stop = len(state_stack), stop, key, False
                         watch_line, watch_column = line, pos - line_start + 1
                     elif reading:
