@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from . import syntax as S
 from .errors import MAX_ERRORS, CnnDslError, CnnSyntaxError, LimitError, Source, Span, closest
@@ -637,10 +637,14 @@ _BLANKS = re.compile(r"[ \t\f\r]+").match  # the grammar's %ignore of blanks
 # was then, since which rule a reduction ends in may depend on it. A text that did not end as one
 # statement of its own (`residual { conv ...` before its first ';') is remembered as such and read as
 # usual.
-_STATEMENT_STOP = re.compile(r"[;\n\r}#]").search
+# A carriage return after a blank is no stop: the plain reading skips it with the blanks (`_BLANKS`),
+# and the token after the statement begins after it.
+_STATEMENT_STOP = re.compile(r"[;\n}#]|(?<![ \t\f\r])\r").search
 
 # What a text makes is kept from its second reading on, when it is likely to come again: a statement
-# or a line said once costs a lookup. `_NEW` marks a text not read before.
+# or a line said once costs a lookup. So a text's entry in the parser's tables is `_NEW` (not read
+# before: absent), None (read once: the next reading is watched), False (watched, and no statement or
+# line of its own) or its reading.
 _NEW = object()
 
 
@@ -661,6 +665,22 @@ class _LineReading(NamedTuple):
     list_end: tuple[int, int]  # where the list then ended (its last statement's end)
     separator_column: int  # where the separator that ends the line begins
     separator_lexer: tuple  # the lexer that read it (`_scanner`)
+
+    @classmethod
+    def of(cls, line: int, states: tuple[int, ...], statements: list, count: int, state_stack: list[int],
+           value_stack: list, position: tuple[int, int], lexer: tuple) -> _LineReading | Literal[False]:
+        """The reading of the line read from `line` with `states` on the stack and the list
+        `statements` below it, `count` long then, now that the parser is about to read on at
+        `position` (line, column); False if the line did more than add statements to that list and
+        end in a separator there."""
+        if len(value_stack) < 2 or value_stack[-2][0] is not statements or tuple(state_stack) != states:
+            return False
+        below, separator = value_stack[-2], value_stack[-1]
+        added = statements[count:]
+        ends_here = separator[0] is None and separator[1] == line and (separator[3], separator[4]) == position
+        if not added or not ends_here or not all(S.movable(v) for v in added):
+            return False
+        return cls(line, tuple(added), below[3:], separator[2], lexer)
 
     def statements_at(self, line: int) -> list:
         """The line's statements as read at `line`."""
@@ -698,7 +718,8 @@ class _Reading(NamedTuple):
     column: int  # where that text began
 
     @classmethod
-    def of(cls, lexer_state: int, next_kind: str, state: int, entry: tuple, line: int, column: int) -> _Reading | bool:
+    def of(cls, lexer_state: int, next_kind: str, state: int, entry: tuple, line: int, column: int
+           ) -> _Reading | Literal[False]:
         if entry[1] != line or entry[3] != line or not isinstance(entry[0], S.Node) or not S.movable(entry[0]):
             return False
         return cls(lexer_state, next_kind, state, entry, column)
@@ -731,12 +752,8 @@ def _parse_fast(text: str, reuse: bool = True) -> S.Program:
         kind = "$END"
         while pos < size_of_text:
             if pos >= line_end >= 0:  # the first token after the line watched
-                below, separator = (value_stack[-2], value_stack[-1]) if len(value_stack) > 1 else ((None,), (0,))
-                lines_read[line_key] = (
-                    below[0] is line_list and len(line_list) > line_count and separator[0] is None
-                    and separator[1] == line_first and (separator[3], separator[4]) == (line, pos - line_start + 1)
-                    and tuple(state_stack) == line_key[0] and all(S.movable(v) for v in line_list[line_count:])
-                    and _LineReading(line_first, tuple(line_list[line_count:]), below[3:], separator[2], lexer))
+                lines_read[line_key] = _LineReading.of(line_first, line_key[0], line_list, line_count, state_stack,
+                                                       value_stack, (line, pos - line_start + 1), lexer)
                 line_key, line_end, line_floor = None, -1, -1
             if replayed is not None:  # the token after a reused statement, matched by the lexer it is read with
                 found, lexer = replayed
@@ -762,10 +779,10 @@ def _parse_fast(text: str, reuse: bool = True) -> S.Program:
                             below[0].extend(reading.statements_at(line))
                             value_stack[-2] = (below[0], below[1], below[2], reading.list_end[0] + shift,
                                                reading.list_end[1])
-                            pos = found.end()
+                            pos, separator_line = found.end(), line
                             line += text.count("\n", start, pos)
                             line_start = text.rindex("\n", start, pos) + 1
-                            value_stack[-1] = (None, reading.line + shift, reading.separator_column, line,
+                            value_stack[-1] = (None, separator_line, reading.separator_column, line,
                                                pos - line_start + 1)
                             watch_floor, watch_stop, watch_key, at_stop = -1, -1, None, False
                             continue

@@ -232,13 +232,20 @@ class InputHeader(Node):
 _LEAVES = frozenset((int, float, str, bool, type(None)))
 
 
-def movable(value: object) -> bool:
-    """Whether `value` is made only of syntax nodes, tuples, spans and plain values: what `moved` can
-    place elsewhere (a token, which has positions of its own, is not)."""
+MOVABLE_DEPTH = 40
+"""How deep a value `moved` is asked to walk may nest: a longer sum (`1+1+...`, nested once per
+term) is left where it is, as the walks recurse and the parser reads sums of a thousand terms."""
+
+
+def movable(value: object, depth: int = 0) -> bool:
+    """Whether `value` is made only of syntax nodes, tuples, spans and plain values, nested at most
+    MOVABLE_DEPTH deep: what `moved` can place elsewhere (a token, which has positions of its own,
+    is not)."""
     kind = type(value)
     if kind is Span or kind in _LEAVES:
         return True
-    return (kind is tuple or isinstance(value, Node)) and all(movable(v) for v in value)
+    return depth < MOVABLE_DEPTH and (kind is tuple or isinstance(value, Node)) and all(
+        movable(v, depth + 1) for v in value)
 
 
 def moved(value: Any, line: int, shift: int) -> Any:

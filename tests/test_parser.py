@@ -428,6 +428,18 @@ def test_statements_read_again_are_what_reading_them_makes(monkeypatch):
     assert len(lines) > 2 * 35
 
 
+def test_statements_too_deep_to_move_are_read_afresh():
+    # A sum nests once per term: one of hundreds of terms, said again, is read afresh, not moved by a
+    # walk as deep as it (found by a review: reuse made this program a RecursionError).
+    from cnndsl.parser import _STATEMENT_STOP, _parse_fast
+
+    text = "input 8x8x8\n" + ("fc -> " + "+".join(["1"] * 100) + "\n") * 3
+    assert S.written_out(_parse_fast(text)) == _parse_fast(text, reuse=False)  # (equality recurses as deep)
+    assert cnndsl.parse(text.replace("+1" * 99, "+1" * 399)).analyze().output == (400,)
+    # A carriage return after a blank is skipped with the blanks, so a statement's text stops after it.
+    assert [_STATEMENT_STOP(t, 0).start() for t in ("relu  \r\n", "relu\r\n", "relu\f\r\n")] == [7, 4, 6]
+
+
 def test_fast_path_lexes_every_first_character_as_lark():
     # Each state's regex is split by the token's first character: every character, in every state the
     # examples reach, must read the token lark's whole regex reads.
