@@ -684,22 +684,7 @@ class _LineReading(NamedTuple):
 
     def statements_at(self, line: int) -> list:
         """The line's statements as read at `line`."""
-        return [_placed(statement, line, 0) for statement in self.statements]
-
-
-def _placed(value, line: int, shift: int):
-    """`value` (syntax on one line) read at `line`, `shift` columns along: `syntax.moved`, but each
-    layer in it an `Again` of the one read first, which costs two tuples where moving it costs ten."""
-    kind = type(value)
-    if kind is S.Layer or kind is S.Again:
-        span = value[-1]
-        return _new_tuple(S.Again, (value if kind is S.Layer else value[0],
-                                    _new_tuple(Span, (line, span[1] + shift, line, span[3] + shift))))
-    if kind is Span:
-        return _new_tuple(Span, (line, value[1] + shift, line, value[3] + shift)) if value[0] else value
-    if kind is tuple or isinstance(value, S.Node):
-        return _new_tuple(kind, [_placed(v, line, shift) for v in value])
-    return value
+        return [S.moved(statement, line, 0, again=True) for statement in self.statements]
 
 
 @functools.cache
@@ -725,10 +710,10 @@ class _Reading(NamedTuple):
         return cls(lexer_state, next_kind, state, entry, column)
 
     def entry_at(self, line: int, column: int) -> tuple:
-        """The statement's stack entry, read at `line` from `column` on (`_placed`)."""
+        """The statement's stack entry, read at `line` from `column` on."""
         value, _, first, _, last = self.entry
         shift = column - self.column
-        return (_placed(value, line, shift), line, first + shift, line, last + shift)
+        return (S.moved(value, line, shift, again=True), line, first + shift, line, last + shift)
 
 
 def _parse_fast(text: str, reuse: bool = True) -> S.Program:

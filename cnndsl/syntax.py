@@ -248,17 +248,25 @@ def movable(value: object, depth: int = 0) -> bool:
         movable(v, depth + 1) for v in value)
 
 
-def moved(value: Any, line: int, shift: int) -> Any:
+_new = tuple.__new__
+
+
+def moved(value: Any, line: int, shift: int, again: bool = False) -> Any:
     """`value` (`movable`, its spans all on one line) with every span moved to `line` and `shift`
-    columns along."""
+    columns along; with `again`, each layer in it an `Again` of itself there (two tuples where
+    moving a `conv` makes ten), as the parser places a statement it reads again."""
     kind = type(value)
+    if kind is Again:  # only its place moves: it still repeats the same first layer
+        span = value[1]
+        return _new(Again, (value[0], _new(Span, (line, span[1] + shift, line, span[3] + shift))))
+    if again and kind is Layer:
+        span = value[2]
+        return _new(Again, (value, _new(Span, (line, span[1] + shift, line, span[3] + shift))))
     if kind is Span:
-        return tuple.__new__(Span, (line, value[1] + shift, line, value[3] + shift)) if value[0] else value
+        return _new(Span, (line, value[1] + shift, line, value[3] + shift)) if value[0] else value
     if kind in _LEAVES:
         return value
-    if kind is Again:  # only its place moves: it still repeats the same first layer
-        return tuple.__new__(Again, (value[0], moved(value[1], line, shift)))
-    return tuple.__new__(kind, [moved(v, line, shift) for v in value])
+    return _new(kind, [moved(v, line, shift, again) for v in value])
 
 
 def written_out(value: Any) -> Any:
