@@ -650,13 +650,11 @@ _NEW = object()
 
 # Whole lines read before, likewise: where a line begins with a statement, its text (to its newline,
 # or to a comment at its end, which the separator after the last statement holds) is looked up with
-# the parser's whole state stack. A line that left the stack as it found it, but
-# for the statements it added to the list below its start (the statement list's left-recursive rule
-# grows one list) and the separator it ended with, does that again from the same stack: the parser
-# adds the same statements, moved to the new line, lexes the separator again (with the lexer that read
-# it, as it may run on over blank lines and comments) and reads on after it.
-
-
+# the parser's whole state stack. A line that left the stack as it found it, but for the statements
+# it added to the list below its start (the statement list's left-recursive rule grows one list) and
+# the separator it ended with, does that again from the same stack: the parser adds the same
+# statements, moved to the new line, lexes the separator again (with the lexer that read it, as it
+# may run on over blank lines and comments) and reads on after it.
 class _LineReading(NamedTuple):
     """What reading a whole line from some stack made (see above)."""
 
